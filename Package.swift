@@ -1,0 +1,34 @@
+// swift-tools-version:5.9
+// hgdpo: HG-DPO (Diffusion-DPO + statistic matching) for Stable Diffusion U-Nets with LoRA, data-parallel over MPI.
+// C libraries come from Debian: libopenmpi-dev, libopenblas-dev, libpng-dev (launch/install-deps.sh).
+import PackageDescription
+
+let optimize: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+
+let package = Package(
+    name: "hgdpo",
+    products: [
+        .executable(name: "hgdpo", targets: ["hgdpo"]),
+    ],
+    targets: [
+        // MARK: - C libraries
+        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c",
+                       providers: [.apt(["libopenmpi-dev"])]),
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .target(name: "CPNG", path: "Sources/CPNG", linkerSettings: [.linkedLibrary("png16")]),
+
+        // MARK: - Swift modules, one per concern
+        .target(name: "Tensors", dependencies: ["CBLAS"], swiftSettings: optimize),
+        .target(name: "IO", dependencies: ["Tensors", "CPNG"], swiftSettings: optimize),
+        .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: optimize),
+        .target(name: "Commands", dependencies: ["Tensors", "IO", "Distributed"], swiftSettings: optimize),
+        .executableTarget(name: "hgdpo", dependencies: ["Commands"], swiftSettings: optimize),
+
+        // MARK: - Tests (fixtures are committed; `swift test` needs no Python)
+        .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
+        .testTarget(name: "IOTests", dependencies: ["IO"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "hgdpo"]),
+        .testTarget(name: "CommandsTests", dependencies: ["Commands", "hgdpo"]),
+    ]
+)

@@ -1,0 +1,4 @@
+#ifndef HGDPO_CPNG_H
+#define HGDPO_CPNG_H
+int hg_png_placeholder(void);
+#endif
