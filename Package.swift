@@ -26,9 +26,10 @@ let package = Package(
         .executableTarget(name: "hgdpo", dependencies: ["Commands"], swiftSettings: optimize),
 
         // MARK: - Tests (fixtures are committed; `swift test` needs no Python)
-        .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
-        .testTarget(name: "IOTests", dependencies: ["IO"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "hgdpo"]),
-        .testTarget(name: "CommandsTests", dependencies: ["Commands", "hgdpo"]),
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "TensorsTests", dependencies: ["Tensors", "TestSupport"]),
+        .testTarget(name: "IOTests", dependencies: ["IO", "TestSupport"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport", "hgdpo"]),
+        .testTarget(name: "CommandsTests", dependencies: ["Commands", "TestSupport", "hgdpo"]),
     ]
 )

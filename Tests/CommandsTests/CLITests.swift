@@ -1,0 +1,113 @@
+import XCTest
+import TestSupport
+@testable import Commands
+
+final class CLITests: XCTestCase {
+    static let demo = CommandSpec(
+        ["demo", "run"], summary: "A command for the tests",
+        arguments: [ArgumentSpec("FILE", "input"), ArgumentSpec("OUT", "output", required: false)],
+        options: [
+            .value("--steps", "N", "Steps", default: "10"),
+            .value("--lr", "LR", "Learning rate", default: "1e-5"),
+            .value("--model", "DIR", "Model", required: true),
+            .value("--precision", "P", "Precision", default: "no", choices: ["no", "bf16"]),
+            .flag("--lan", "Use LAN"),
+        ]) { _ in }
+
+    func testParsesValuesFlagsDefaultsAndPositionals() throws {
+        let p = try Self.demo.parse(["in.txt", "--model", "m", "--steps=3", "--lan", "--lr", "-2e-4"])
+        XCTAssertEqual(p.positionals, ["in.txt"])
+        XCTAssertEqual(p.string("--model"), "m")
+        XCTAssertEqual(try p.int("--steps"), 3)
+        XCTAssertEqual(try p.double("--lr"), -2e-4)
+        XCTAssertTrue(p.flag("--lan"))
+        XCTAssertEqual(p.string("--precision"), "no")
+        XCTAssertTrue(p.given("--steps"))
+        XCTAssertFalse(p.given("--precision"))
+        // `--` ends options; underscores group digits.
+        let q = try Self.demo.parse(["--model", "m", "--steps", "1_000", "--", "--odd-name"])
+        XCTAssertEqual(q.positionals, ["--odd-name"])
+        XCTAssertEqual(try q.int("--steps"), 1000)
+    }
+
+    func testErrorsNameTheOptionAndWhatWasExpected() {
+        func error(_ args: [String]) -> CLIError? {
+            do { _ = try Self.demo.parse(args); return nil } catch { return error as? CLIError }
+        }
+        XCTAssertEqual(error(["f", "--model", "m", "--stpes", "2"]),
+                       .unknownOption(command: "demo run", option: "--stpes", suggestion: "--steps"))
+        XCTAssertEqual(error(["f", "--model"]), .missingValue(option: "--model"))
+        XCTAssertEqual(error(["f", "--model", "--lan"]), .missingValue(option: "--model"))
+        XCTAssertEqual(error(["f"]), .missingRequired(option: "--model", command: "demo run"))
+        XCTAssertEqual(error(["--model", "m"]), .missingArgument(command: "demo run", name: "FILE"))
+        XCTAssertEqual(error(["a", "b", "c", "--model", "m"]), .unexpectedArgument(command: "demo run", argument: "c"))
+        XCTAssertEqual(error(["f", "--model", "m", "--precision", "fp8"]),
+                       .badValue(option: "--precision", value: "fp8", expected: "one of no, bf16"))
+        XCTAssertEqual(error(["f", "--model", "m", "--model", "n"]), .repeatedOption(option: "--model"))
+        XCTAssertEqual(error(["f", "--model", "m", "--lan=maybe"]),
+                       .badValue(option: "--lan", value: "maybe", expected: "true or false"))
+        let p = try! Self.demo.parse(["f", "--model", "m", "--steps", "ten", "--lr", "nan"])
+        XCTAssertThrowsError(try p.int("--steps")) {
+            XCTAssertEqual($0 as? CLIError, .badValue(option: "--steps", value: "ten", expected: "an integer"))
+        }
+        XCTAssertThrowsError(try p.double("--lr")) {
+            XCTAssertEqual($0 as? CLIError, .badValue(option: "--lr", value: "nan", expected: "a finite number"))
+        }
+        let r = try! Self.demo.parse(["f", "--model", "m", "--steps", "0"])
+        XCTAssertThrowsError(try r.int("--steps", in: 1...100))
+    }
+
+    func testHelpListsEveryOptionWithItsDefault() {
+        let help = Self.demo.help
+        for o in Self.demo.options { XCTAssertTrue(help.contains(o.name), o.name) }
+        XCTAssertTrue(help.contains("(default: 1e-5)"))
+        XCTAssertTrue(help.contains("(required)"))
+        XCTAssertTrue(help.contains("(one of: no, bf16)"))
+        XCTAssertTrue(help.hasPrefix("Usage: hgdpo demo run FILE [OUT] [options]"))
+    }
+
+    func testResolvesCommandsAndHelp() throws {
+        let cli = CommandLineInterface(commands: [Self.demo], version: "9")
+        guard case .help(let top) = try cli.resolve([]) else { return XCTFail("no help") }
+        XCTAssertTrue(top.contains("demo run"))
+        guard case .help(let sub) = try cli.resolve(["demo", "run", "--help"]) else { return XCTFail("no command help") }
+        XCTAssertEqual(sub, Self.demo.help)
+        guard case .help(let group) = try cli.resolve(["demo"]) else { return XCTFail("no group help") }
+        XCTAssertTrue(group.contains("demo run"))
+        XCTAssertThrowsError(try cli.resolve(["dmeo", "run"])) {
+            XCTAssertEqual($0 as? CLIError, .unknownCommand("dmeo", suggestion: "demo"))
+        }
+        guard case .version(let v) = try cli.resolve(["--version"]) else { return XCTFail("no version") }
+        XCTAssertEqual(v, "hgdpo 9")
+    }
+
+    // MARK: - The real binary
+
+    func testBinaryHelpAndExitCodes() throws {
+        let top = try hgdpo(["--help"])
+        XCTAssertEqual(top.status, 0)
+        for c in Commands.all { XCTAssertTrue(top.stdout.contains(c.name), "top-level help lacks \(c.name)") }
+        for c in Commands.all {
+            let r = try hgdpo(c.words + ["--help"])
+            XCTAssertEqual(r.status, 0, c.name)
+            for o in c.options { XCTAssertTrue(r.stdout.contains(o.name), "\(c.name) --help lacks \(o.name)") }
+        }
+        let unknown = try hgdpo(["frobnicate"])
+        XCTAssertEqual(unknown.status, 2)
+        XCTAssertTrue(unknown.stderr.contains("unknown command 'frobnicate'"), unknown.stderr)
+        let badOption = try hgdpo(["probe", "mpi", "--cuont", "3"])
+        XCTAssertEqual(badOption.status, 2)
+        XCTAssertTrue(badOption.stderr.contains("'--cuont'") && badOption.stderr.contains("--count"), badOption.stderr)
+        let badValue = try hgdpo(["probe", "mpi", "--count", "many"])
+        XCTAssertEqual(badValue.status, 2)
+        XCTAssertTrue(badValue.stderr.contains("invalid value 'many' for '--count'"), badValue.stderr)
+    }
+
+    func testProbeMPIAsSingleton() throws {
+        // Without a launcher the binary is an MPI world of one.
+        let r = try hgdpo(["probe", "mpi", "--count", "5000"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("\"world_size\":1"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("\"ok\":true"), r.stdout)
+    }
+}

@@ -1,2 +1,0 @@
-import XCTest
-final class CommandsTestsPlaceholder: XCTestCase { func testNothing() {} }
