@@ -111,3 +111,45 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("\"ok\":true"), r.stdout)
     }
 }
+
+final class InspectCommandTests: XCTestCase {
+    let fixtures = repoRoot + "/Tests/IOTests/Fixtures/tiny_unet"
+
+    /// `hgdpo inspect` on a diffusers U-Net file written by Python prints the names, dtypes and shapes Python saved.
+    func testInspectMatchesPythonsView() throws {
+        let r = try hgdpo(["inspect", fixtures + "/diffusion_pytorch_model.safetensors"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let out = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
+        let tensors = out["tensors"] as! [[String: Any]]
+        let expectedData = try Data(contentsOf: URL(fileURLWithPath: fixtures + "/expected_inspect.json"))
+        let expectedAny = try JSONSerialization.jsonObject(with: expectedData)
+        let expected = ((expectedAny as? [String: Any])?["tensors"] as? [[String: Any]]) ?? (expectedAny as! [[String: Any]])
+        func norm(_ xs: [[String: Any]]) -> [String] {
+            xs.map { "\($0["name"]!) \($0["dtype"]!) \(($0["shape"] as! [Int]))" }.sorted()
+        }
+        XCTAssertEqual(norm(tensors), norm(expected))
+        XCTAssertGreaterThan(tensors.count, 20)
+        XCTAssertTrue(tensors.contains { $0["name"] as? String == "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight" })
+        // The fp16 variant: same names and shapes, dtype F16.
+        let r16 = try hgdpo(["inspect", fixtures + "/diffusion_pytorch_model.fp16.safetensors"])
+        XCTAssertEqual(r16.status, 0, r16.stderr)
+        let t16 = (try JSONSerialization.jsonObject(with: Data(r16.stdout.utf8)) as! [String: Any])["tensors"] as! [[String: Any]]
+        XCTAssertEqual(t16.count, tensors.count)
+        XCTAssertTrue(t16.allSatisfy { $0["dtype"] as? String == "F16" })
+    }
+
+    func testInspectErrorsNameTheFile() throws {
+        let dir = try temporaryDirectory(self)
+        let bad = dir + "/bad.safetensors"
+        try Data("this is not a safetensors file".utf8).write(to: URL(fileURLWithPath: bad))
+        let r = try hgdpo(["inspect", bad])
+        XCTAssertEqual(r.status, 2)
+        XCTAssertTrue(r.stderr.contains(bad), r.stderr)
+        let missing = try hgdpo(["inspect", dir + "/nope.safetensors"])
+        XCTAssertEqual(missing.status, 2)
+        XCTAssertTrue(missing.stderr.contains("nope.safetensors"), missing.stderr)
+        let none = try hgdpo(["inspect"])
+        XCTAssertEqual(none.status, 2)
+        XCTAssertTrue(none.stderr.contains("FILE.safetensors"), none.stderr)
+    }
+}

@@ -26,7 +26,7 @@ public struct ProcessResult {
 }
 
 /// Runs a program to completion, capturing its output; `timeout` (seconds) kills it if it hangs.
-public func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
+public func runProcess(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
                 timeout: TimeInterval = 300) throws -> ProcessResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: executable)
@@ -55,7 +55,7 @@ public func run(_ executable: String, _ arguments: [String], environment: [Strin
 
 /// Runs the built `hgdpo` with arguments.
 public func hgdpo(_ arguments: [String], environment: [String: String] = [:], timeout: TimeInterval = 300) throws -> ProcessResult {
-    try run(hgdpoBinary, arguments, environment: environment, timeout: timeout)
+    try runProcess(hgdpoBinary, arguments, environment: environment, timeout: timeout)
 }
 
 /// A fresh temporary directory, removed when the test ends.

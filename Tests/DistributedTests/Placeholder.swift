@@ -1,2 +1,0 @@
-import XCTest
-final class DistributedTestsPlaceholder: XCTestCase { func testNothing() {} }
