@@ -1,0 +1,187 @@
+// 2-D convolution (square kernel, equal stride and padding on both axes, no dilation, no groups), NCHW.
+// Ref: torch.nn.Conv2d / F.conv2d (cross-correlation; Ho = (H + 2·padding − K) / stride + 1, floor division).
+//
+// Forward is im2col + one sgemm per tile of output rows: out_b (Cout, Ho·Wo) = W (Cout, Cin·K·K) · col (Cin·K·K, Ho·Wo).
+// The column buffer is tiled over output rows so it stays around a few MB (in cache, and a small workspace); a 1x1
+// stride-1 unpadded convolution is the GEMM on the input directly. Backward (input only: base weights are frozen)
+// is the transpose: dcol = Wᵀ · dout, then col2im accumulates into dinp.
+import Tensors
+
+// MARK: - Geometry
+
+/// Output height/width of a convolution, as PyTorch computes it (floor division).
+@inline(__always)
+public func conv2dOutputSize(_ size: Int, kernel: Int, stride: Int, padding: Int) -> Int {
+    (size + 2 * padding - kernel) / stride + 1
+}
+
+@inline(__always)
+private func isPointwise(kernel: Int, stride: Int, padding: Int) -> Bool {
+    kernel == 1 && stride == 1 && padding == 0
+}
+
+/// Output rows per im2col tile: enough columns for an efficient GEMM, few enough that the column buffer
+/// (Cin·K·K × rows·Wo floats) stays near `conv2dColumnBudget`.
+@inline(__always)
+private func conv2dTileRows(Cin: Int, kernel: Int, Ho: Int, Wo: Int) -> Int {
+    let rowsK = Cin * kernel * kernel
+    let columns = max(conv2dMinimumTileColumns, conv2dColumnBudget / max(1, rowsK))
+    return max(1, min(Ho, columns / max(1, Wo)))
+}
+
+/// Target size (floats) of one im2col tile, and the fewest columns a tile may have (GEMM efficiency).
+private let conv2dColumnBudget = 1 << 21
+private let conv2dMinimumTileColumns = 512
+
+/// Floats of workspace `conv2dForward` / `conv2dBackwardInput` need for these shapes (0 for a 1x1 stride-1 conv).
+public func conv2dWorkspaceSize(Cin: Int, H: Int, W: Int, kernel: Int, stride: Int, padding: Int) -> Int {
+    if isPointwise(kernel: kernel, stride: stride, padding: padding) { return 0 }
+    let Ho = conv2dOutputSize(H, kernel: kernel, stride: stride, padding: padding)
+    let Wo = conv2dOutputSize(W, kernel: kernel, stride: stride, padding: padding)
+    let rows = conv2dTileRows(Cin: Cin, kernel: kernel, Ho: Ho, Wo: Wo)
+    return Cin * kernel * kernel * rows * Wo
+}
+
+// MARK: - im2col / col2im
+
+/// col (Cin·K·K, (oh1 − oh0)·Wo) ← the input patches for output rows oh0..<oh1 of one image; zeros where the
+/// window hangs over the padding. Row index (c·K + kh)·K + kw matches the weight layout (Cout, Cin, K, K).
+private func im2colRows(_ col: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>,  // inp: (Cin, H, W)
+                        Cin: Int, H: Int, W: Int, kernel K: Int, stride s: Int, padding p: Int,
+                        Wo: Int, oh0: Int, oh1: Int) {
+    let nCols = (oh1 - oh0) * Wo
+    parallelFor(Cin, work: Cin * K * K * nCols) { c in
+        let src = inp + c * H * W
+        for kh in 0..<K {
+            for kw in 0..<K {
+                var dst = col + ((c * K + kh) * K + kw) * nCols
+                // Output columns whose input column iw = ow·s − p + kw lies inside [0, W).
+                let owLo = min(Wo, max(0, (p - kw + s - 1) / s))
+                let hiNum = W - 1 + p - kw
+                let owHi = hiNum < 0 ? owLo : max(owLo, min(Wo, hiNum / s + 1))
+                for oh in oh0..<oh1 {
+                    let ih = oh * s - p + kh
+                    if ih < 0 || ih >= H {
+                        dst.update(repeating: 0, count: Wo)
+                    } else {
+                        let row = src + ih * W - p + kw
+                        for ow in 0..<owLo { dst[ow] = 0 }
+                        if s == 1 {
+                            (dst + owLo).update(from: row + owLo, count: owHi - owLo)
+                        } else {
+                            for ow in owLo..<owHi { dst[ow] = row[ow * s] }
+                        }
+                        for ow in owHi..<Wo { dst[ow] = 0 }
+                    }
+                    dst += Wo
+                }
+            }
+        }
+    }
+}
+
+/// dinp (Cin, H, W) += the columns of col (Cin·K·K, (oh1 − oh0)·Wo) scattered back to the pixels they were read
+/// from (the adjoint of `im2colRows`). Parallel over channels, so no two workers touch the same pixel.
+private func col2imRowsAccumulate(_ dinp: UnsafeMutablePointer<Float>, _ col: UnsafePointer<Float>,
+                                  Cin: Int, H: Int, W: Int, kernel K: Int, stride s: Int, padding p: Int,
+                                  Wo: Int, oh0: Int, oh1: Int) {
+    let nCols = (oh1 - oh0) * Wo
+    parallelFor(Cin, work: Cin * K * K * nCols) { c in
+        let dst = dinp + c * H * W
+        for kh in 0..<K {
+            for kw in 0..<K {
+                var src = col + ((c * K + kh) * K + kw) * nCols
+                let owLo = min(Wo, max(0, (p - kw + s - 1) / s))
+                let hiNum = W - 1 + p - kw
+                let owHi = hiNum < 0 ? owLo : max(owLo, min(Wo, hiNum / s + 1))
+                for oh in oh0..<oh1 {
+                    let ih = oh * s - p + kh
+                    if ih >= 0 && ih < H {
+                        let row = dst + ih * W - p + kw
+                        if s == 1 {
+                            for ow in owLo..<owHi { row[ow] += src[ow] }
+                        } else {
+                            for ow in owLo..<owHi { row[ow * s] += src[ow] }
+                        }
+                    }
+                    src += Wo
+                }
+            }
+        }
+    }
+}
+
+// MARK: - Forward / backward
+
+/// out = conv2d(inp, weight, bias, stride, padding). Overwrites `out`.
+/// Ref: torch.nn.Conv2d (diffusers conv_in/conv_out, resnet conv1/conv2/conv_shortcut, Downsample2D, Upsample2D, proj_in/out).
+/// - Parameter workspace: at least `conv2dWorkspaceSize(Cin:H:W:kernel:stride:padding:)` floats.
+public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho, Wo)
+                          inp: UnsafePointer<Float>,              // (B, Cin, H, W)
+                          weight: UnsafePointer<Float>,           // (Cout, Cin, K, K)
+                          bias: UnsafePointer<Float>?,            // (Cout)
+                          B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
+                          kernel: Int, stride: Int, padding: Int,
+                          workspace: UnsafeMutablePointer<Float>) {
+    let Ho = conv2dOutputSize(H, kernel: kernel, stride: stride, padding: padding)
+    let Wo = conv2dOutputSize(W, kernel: kernel, stride: stride, padding: padding)
+    let L = Ho * Wo, rowsK = Cin * kernel * kernel
+    precondition(Ho > 0 && Wo > 0, "conv2dForward: empty output for H \(H), W \(W), kernel \(kernel)")
+    // Start from the bias (or zero) and let every GEMM accumulate (beta = 1): saves OpenBLAS's separate beta pass.
+    parallelFor(B * Cout, work: B * Cout * L) { bo in
+        (out + bo * L).update(repeating: bias?[bo % Cout] ?? 0, count: L)
+    }
+    let pointwise = isPointwise(kernel: kernel, stride: stride, padding: padding)
+    let tileRows = conv2dTileRows(Cin: Cin, kernel: kernel, Ho: Ho, Wo: Wo)
+    for b in 0..<B {
+        let inpB = inp + b * Cin * H * W, outB = out + b * Cout * L
+        if pointwise {
+            BLAS.sgemm(m: Cout, n: L, k: Cin, a: weight, lda: Cin, b: inpB, ldb: L, beta: 1, c: outB, ldc: L)
+            continue
+        }
+        var oh0 = 0
+        while oh0 < Ho {
+            let oh1 = min(Ho, oh0 + tileRows), n = (oh1 - oh0) * Wo
+            im2colRows(workspace, inpB, Cin: Cin, H: H, W: W, kernel: kernel, stride: stride, padding: padding,
+                       Wo: Wo, oh0: oh0, oh1: oh1)
+            BLAS.sgemm(m: Cout, n: n, k: rowsK, a: weight, lda: rowsK, b: workspace, ldb: n,
+                       beta: 1, c: outB + oh0 * Wo, ldc: L)
+            oh0 = oh1
+        }
+    }
+}
+
+/// dinp += ∂L/∂inp of `conv2dForward` given dout = ∂L/∂out. Accumulates; the caller zeroes `dinp`.
+/// No weight or bias gradients: base convolutions are frozen (LoRA trains only the attention projections).
+/// - Parameter workspace: at least `conv2dWorkspaceSize(Cin:H:W:kernel:stride:padding:)` floats.
+public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin, H, W)
+                                dout: UnsafePointer<Float>,           // (B, Cout, Ho, Wo)
+                                weight: UnsafePointer<Float>,         // (Cout, Cin, K, K)
+                                B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
+                                kernel: Int, stride: Int, padding: Int,
+                                workspace: UnsafeMutablePointer<Float>) {
+    let Ho = conv2dOutputSize(H, kernel: kernel, stride: stride, padding: padding)
+    let Wo = conv2dOutputSize(W, kernel: kernel, stride: stride, padding: padding)
+    let L = Ho * Wo, rowsK = Cin * kernel * kernel
+    let pointwise = isPointwise(kernel: kernel, stride: stride, padding: padding)
+    let tileRows = conv2dTileRows(Cin: Cin, kernel: kernel, Ho: Ho, Wo: Wo)
+    for b in 0..<B {
+        let dinpB = dinp + b * Cin * H * W, doutB = dout + b * Cout * L
+        if pointwise {
+            // dinp_b (Cin, HW) += Wᵀ (Cin, Cout) · dout_b (Cout, HW)
+            BLAS.sgemm(transA: true, m: Cin, n: L, k: Cout, a: weight, lda: Cin, b: doutB, ldb: L,
+                       beta: 1, c: dinpB, ldc: L)
+            continue
+        }
+        var oh0 = 0
+        while oh0 < Ho {
+            let oh1 = min(Ho, oh0 + tileRows), n = (oh1 - oh0) * Wo
+            // dcol (Cin·K·K, n) = Wᵀ (Cin·K·K, Cout) · dout_b[:, tile] (Cout, n)
+            BLAS.sgemm(transA: true, m: rowsK, n: n, k: Cout, a: weight, lda: rowsK, b: doutB + oh0 * Wo, ldb: L,
+                       beta: 0, c: workspace, ldc: n)
+            col2imRowsAccumulate(dinpB, workspace, Cin: Cin, H: H, W: W, kernel: kernel, stride: stride,
+                                 padding: padding, Wo: Wo, oh0: oh0, oh1: oh1)
+            oh0 = oh1
+        }
+    }
+}

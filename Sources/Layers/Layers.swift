@@ -1,0 +1,1 @@
+// Kernel pairs (forward/backward) over flat buffers; see each file.

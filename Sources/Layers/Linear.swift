@@ -1,0 +1,77 @@
+// Fully connected layers and their LoRA adapters, row-major, through sgemm.
+// Base weights are frozen: `linearBackwardInput` gives the input gradient only. LoRA is the only trained thing, so
+// `loraBackward` accumulates dA and dB as well.
+import Tensors
+
+// MARK: - Linear
+
+/// out = inp · weightᵀ + bias. Overwrites out.
+/// Ref: torch.nn.Linear (diffusers to_q/to_k/to_v/to_out.0, ff.net.0.proj, ff.net.2, time_embedding.linear_1/2,
+/// time_emb_proj, proj_in/proj_out with use_linear_projection).
+public func linearForward(out: UnsafeMutablePointer<Float>,   // (N, O)
+                          inp: UnsafePointer<Float>,          // (N, I)
+                          weight: UnsafePointer<Float>,       // (O, I)
+                          bias: UnsafePointer<Float>?,        // (O)
+                          N: Int, I: Int, O: Int) {
+    if let bias {
+        // Start from the bias and accumulate (beta = 1): saves OpenBLAS's separate beta = 0 pass over out.
+        parallelFor(N, work: N * O) { row in (out + row * O).update(from: bias, count: O) }
+        BLAS.sgemm(transB: true, m: N, n: O, k: I, a: inp, lda: I, b: weight, ldb: I, beta: 1, c: out, ldc: O)
+    } else {
+        BLAS.sgemm(transB: true, m: N, n: O, k: I, a: inp, lda: I, b: weight, ldb: I, beta: 0, c: out, ldc: O)
+    }
+}
+
+/// dinp += dout · weight. Accumulates. (No weight/bias gradients: base layers are frozen.)
+public func linearBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (N, I)
+                                dout: UnsafePointer<Float>,          // (N, O)
+                                weight: UnsafePointer<Float>,        // (O, I)
+                                N: Int, I: Int, O: Int) {
+    BLAS.sgemm(m: N, n: I, k: O, a: dout, lda: O, b: weight, ldb: I, beta: 1, c: dinp, ldc: I)
+}
+
+// MARK: - LoRA
+
+/// out += s · (inp · Aᵀ) · Bᵀ, caching xa = inp · Aᵀ (unscaled) for the backward pass.
+/// `scale` is the full multiplier s = lora_alpha / r (times any user scale), as peft's `scaling[adapter]`.
+/// Ref: peft LoraLayer Linear.forward (`result + lora_B(lora_A(dropout(x))) * scaling`, dropout 0);
+/// A = lora_A.weight ("down", (r, I)), B = lora_B.weight ("up", (O, r)).
+public func loraForward(out: UnsafeMutablePointer<Float>,   // (N, O) accumulated into
+                        xa: UnsafeMutablePointer<Float>,    // (N, r) overwritten: inp · Aᵀ
+                        inp: UnsafePointer<Float>,          // (N, I)
+                        a: UnsafePointer<Float>,            // (r, I)
+                        b: UnsafePointer<Float>,            // (O, r)
+                        N: Int, I: Int, O: Int, rank r: Int, scale s: Float) {
+    BLAS.sgemm(transB: true, m: N, n: r, k: I, a: inp, lda: I, b: a, ldb: I, beta: 0, c: xa, ldc: r)
+    BLAS.sgemm(transB: true, m: N, n: O, k: r, alpha: s, a: xa, lda: r, b: b, ldb: r, beta: 1, c: out, ldc: O)
+}
+
+/// Floats of workspace `loraBackward` needs: d(xa), (N, r).
+public func loraWorkspaceSize(N: Int, rank r: Int) -> Int { N * r }
+
+/// Backward of `loraForward`; accumulates into dinp, da and db (the caller zeroes them):
+/// dB += s · doutᵀ · xa; d(xa) = s · dout · B; dA += d(xa)ᵀ · inp; dinp += d(xa) · A.
+/// `dinp` may be nil when the input needs no gradient (e.g. encoder_hidden_states into to_k / to_v).
+/// - Parameter workspace: at least `loraWorkspaceSize(N:rank:)` floats.
+public func loraBackward(dinp: UnsafeMutablePointer<Float>?,  // (N, I)
+                         da: UnsafeMutablePointer<Float>,     // (r, I)
+                         db: UnsafeMutablePointer<Float>,     // (O, r)
+                         dout: UnsafePointer<Float>,          // (N, O)
+                         inp: UnsafePointer<Float>,           // (N, I)
+                         xa: UnsafePointer<Float>,            // (N, r)
+                         a: UnsafePointer<Float>,             // (r, I)
+                         b: UnsafePointer<Float>,             // (O, r)
+                         N: Int, I: Int, O: Int, rank r: Int, scale s: Float,
+                         workspace: UnsafeMutablePointer<Float>) {
+    let dxa = workspace  // (N, r)
+    // dB (O, r) += s · doutᵀ (O, N) · xa (N, r)
+    BLAS.sgemm(transA: true, m: O, n: r, k: N, alpha: s, a: dout, lda: O, b: xa, ldb: r, beta: 1, c: db, ldc: r)
+    // d(xa) (N, r) = s · dout (N, O) · B (O, r)
+    BLAS.sgemm(m: N, n: r, k: O, alpha: s, a: dout, lda: O, b: b, ldb: r, beta: 0, c: dxa, ldc: r)
+    // dA (r, I) += d(xa)ᵀ (r, N) · inp (N, I)
+    BLAS.sgemm(transA: true, m: r, n: I, k: N, a: dxa, lda: r, b: inp, ldb: I, beta: 1, c: da, ldc: I)
+    // dinp (N, I) += d(xa) (N, r) · A (r, I)
+    if let dinp {
+        BLAS.sgemm(m: N, n: I, k: r, a: dxa, lda: r, b: a, ldb: I, beta: 1, c: dinp, ldc: I)
+    }
+}

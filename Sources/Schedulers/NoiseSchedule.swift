@@ -1,0 +1,79 @@
+// The training noise schedule shared by every diffusers scheduler: betas, alphas and their cumulative product, from
+// `scheduler/scheduler_config.json`, computed as diffusers does (torch.linspace in float32; cumprod of float32 values
+// accumulated in double), so add_noise matches to the last bit. Ref: diffusers schedulers/scheduling_ddpm.py (__init__, add_noise).
+import IO
+
+public struct NoiseScheduleError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+public struct NoiseSchedule: Sendable {
+    public let trainTimesteps: Int
+    public let betas: [Float]
+    public let alphasCumprod: [Float]
+    public let predictionType: String
+
+    public init(_ c: SchedulerConfig) throws {
+        let n = c.numTrainTimesteps
+        guard n > 0 else { throw NoiseScheduleError(message: "scheduler config: num_train_timesteps must be positive, is \(n)") }
+        var b: [Float]
+        if let trained = c.trainedBetas {
+            guard trained.count == n else {
+                throw NoiseScheduleError(message: "scheduler config: trained_betas has \(trained.count) values, num_train_timesteps is \(n)")
+            }
+            b = trained.map(Float.init)
+        } else {
+            switch c.betaSchedule {
+            case "linear": b = linspace(Float(c.betaStart), Float(c.betaEnd), n)
+            case "scaled_linear": b = linspace(Float(c.betaStart).squareRoot(), Float(c.betaEnd).squareRoot(), n).map { $0 * $0 }
+            case "squaredcos_cap_v2":
+                // betas_for_alpha_bar with the cosine alpha_bar, computed in float64 then cast, as diffusers does.
+                func alphaBar(_ t: Double) -> Double { let c = _cos((t + 0.008) / 1.008 * Double.pi / 2); return c * c }
+                b = (0..<n).map { i in
+                    let t1 = Double(i) / Double(n), t2 = Double(i + 1) / Double(n)
+                    return Float(min(1 - alphaBar(t2) / alphaBar(t1), 0.999))
+                }
+            default:
+                throw NoiseScheduleError(message: "scheduler config: beta_schedule '\(c.betaSchedule)' is not supported "
+                                         + "(linear, scaled_linear, squaredcos_cap_v2)")
+            }
+        }
+        guard !c.rescaleBetasZeroSnr else {
+            throw NoiseScheduleError(message: "scheduler config: rescale_betas_zero_snr is not supported")
+        }
+        guard c.predictionType == "epsilon" else {
+            throw NoiseScheduleError(message: "scheduler config: prediction_type '\(c.predictionType)' is not supported; "
+                                     + "hgdpo trains epsilon-prediction models (SD 1.x, SD 2.x base)")
+        }
+        trainTimesteps = n
+        betas = b
+        // torch.cumprod on CPU accumulates float32 inputs in double and rounds each output to float32.
+        var acc: Double = 1
+        alphasCumprod = b.map { acc *= Double(1 - $0); return Float(acc) }
+        predictionType = c.predictionType
+    }
+
+    /// ᾱ at timestep t, and 1 for t < 0 (the step before the first: diffusers' `final_alpha_cumprod` with
+    /// set_alpha_to_one semantics used by the DDPM posterior at t = 0).
+    @inline(__always)
+    public func alphaBar(_ t: Int) -> Float { t < 0 ? 1 : alphasCumprod[t] }
+
+    /// x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε, per sample (diffusers DDPMScheduler.add_noise).
+    public func addNoise(_ x0: UnsafePointer<Float>, noise: UnsafePointer<Float>, timestep t: Int, count: Int,
+                         into out: UnsafeMutablePointer<Float>) {
+        let a = alphasCumprod[t]
+        let sa = a.squareRoot(), s1 = (1 - a).squareRoot()
+        for i in 0..<count { out[i] = sa * x0[i] + s1 * noise[i] }
+    }
+}
+
+/// torch.linspace in float32: start + i·step for the first half, end − (n−1−i)·step for the second (as ATen does).
+func linspace(_ start: Float, _ end: Float, _ n: Int) -> [Float] {
+    guard n > 1 else { return [start] }
+    let step = (end - start) / Float(n - 1)
+    let half = n / 2
+    return (0..<n).map { i in i < half ? start + step * Float(i) : end - step * Float(n - 1 - i) }
+}
+
+@_silgen_name("cos") private func _cos(_ x: Double) -> Double

@@ -1,0 +1,116 @@
+// The HG-DPO objective (HG-DPO paper Eq. 3, 8, 9) on U-Net noise predictions, and its gradient with respect to the
+// policy's predictions; the U-Net's backward takes it from there.
+//
+// For pair j (winner w, loser l; one noise ε_j and timestep t_j shared by the pair):
+//   mse_*      = mean over C,H,W of (ε_pred − ε)²                     for θ (LoRA on) and ref (LoRA off)
+//   inside_j   = −½·β·((mse_θ^w − mse_θ^l) − (mse_ref^w − mse_ref^l))
+//   dpo        = mean_j −log σ(inside_j)                                (Diffusion-DPO, Eq. 3)
+//   stat       = mean_j Σ_c (mean_hw l_θ^{t'} − mean_hw l_ref^{t'})²   (statistic matching, Eq. 8)
+//   loss       = dpo + λ_stat·stat                                      (Eq. 9)
+// where l^{t'} is the DDPM posterior mean one sampler step from the winner's x_t to t' = t − stride (stride 1 by
+// default: t−1); with x0 = (x_t − √(1−ᾱ_t)·ε)/√ᾱ_t and μ = c0·x0 + c1·x_t, the two models' means differ by
+// k_j·(ε_θ − ε_ref) with k_j = −c0·√(1−ᾱ_t)/√ᾱ_t, c0 = √ᾱ_{t'}·(1 − ᾱ_t/ᾱ_{t'})/(1 − ᾱ_t), ᾱ_{t'<0} = 1; x_t and the
+// sampler's noise cancel. Ref: ../shared/bench/torch_dpo_step.py (the same maths in PyTorch).
+import Schedulers
+
+public enum ObjectiveKind: String, Sendable, CaseIterable { case hgdpo, dpo, sft }
+
+public struct Objective: Sendable {
+    public var kind: ObjectiveKind
+    public var beta: Float
+    public var statWeight: Float
+    /// The statistic term's sampler step: from t to t − statStride (1 = one DDPM step, the trainer issue's default).
+    public var statStride: Int
+
+    public init(kind: ObjectiveKind = .hgdpo, beta: Float = 2500, statWeight: Float = 10000, statStride: Int = 1) {
+        self.kind = kind; self.beta = beta; self.statStride = statStride
+        self.statWeight = kind == .hgdpo ? statWeight : 0
+    }
+
+    /// Sums over the pairs given (divide by the pair count for means); `loss` is already normalised by `normalizer`.
+    public struct Terms: Sendable, Equatable {
+        public var pairs = 0
+        public var loss = 0.0, dpo = 0.0, stat = 0.0
+        public var correct = 0.0, insideSum = 0.0
+        public var mseThetaW = 0.0, mseThetaL = 0.0, mseRefW = 0.0, mseRefL = 0.0
+        public init() {}
+
+        public mutating func add(_ o: Terms) {
+            pairs += o.pairs; loss += o.loss; dpo += o.dpo; stat += o.stat; correct += o.correct; insideSum += o.insideSum
+            mseThetaW += o.mseThetaW; mseThetaL += o.mseThetaL; mseRefW += o.mseRefW; mseRefL += o.mseRefL
+        }
+    }
+
+    /// policy, reference: (2B, C, H, W), the B winners first, then the B losers (reference unused for `sft`).
+    /// noise: (B, C, H, W). Writes d(loss)/d(policy) into `dPolicy` (2B, C, H, W), where loss is the sum over these
+    /// pairs divided by `normalizer` (the global batch size, so that gradients all-reduced by sum give the mean).
+    public func evaluate(policy: UnsafePointer<Float>, reference: UnsafePointer<Float>?, noise: UnsafePointer<Float>,
+                         timesteps: [Int], pairs b: Int, channels c: Int, spatial hw: Int, schedule: NoiseSchedule,
+                         normalizer: Int, dPolicy: UnsafeMutablePointer<Float>) -> Terms {
+        let n = c * hw
+        let g = 1 / Double(normalizer)
+        var terms = Terms()
+        terms.pairs = b
+        dPolicy.update(repeating: 0, count: 2 * b * n)
+        func mse(_ x: UnsafePointer<Float>, _ e: UnsafePointer<Float>) -> Double {
+            var s = 0.0
+            for i in 0..<n { let d = Double(x[i] - e[i]); s += d * d }
+            return s / Double(n)
+        }
+        for j in 0..<b {
+            let eps = noise + j * n
+            let pw = policy + j * n, pl = policy + (b + j) * n
+            let dW = dPolicy + j * n, dL = dPolicy + (b + j) * n
+            let mtw = mse(pw, eps), mtl = mse(pl, eps)
+            terms.mseThetaW += mtw; terms.mseThetaL += mtl
+            if kind == .sft {
+                // Noise-prediction MSE on winners only (the paper's SFT baseline).
+                terms.loss += mtw * g
+                let f = Float(2 * g / Double(n))
+                for i in 0..<n { dW[i] = f * (pw[i] - eps[i]) }
+                continue
+            }
+            guard let reference else { preconditionFailure("Objective.evaluate: \(kind) needs reference predictions") }
+            let rw = reference + j * n, rl = reference + (b + j) * n
+            let mrw = mse(rw, eps), mrl = mse(rl, eps)
+            terms.mseRefW += mrw; terms.mseRefL += mrl
+            let inside = -0.5 * Double(beta) * ((mtw - mtl) - (mrw - mrl))
+            let dpo = softplus(-inside)                           // −log σ(inside)
+            terms.dpo += dpo; terms.insideSum += inside
+            terms.correct += inside > 0 ? 1 : 0
+            // d dpo / d inside = −σ(−inside); d inside / d mse_θ^w = −β/2, / d mse_θ^l = +β/2; d mse / d pred = 2(pred − ε)/n
+            let dInside = -sigmoid(-inside) * g
+            let fw = Float(dInside * -0.5 * Double(beta) * 2 / Double(n))
+            let fl = -fw
+            for i in 0..<n { dW[i] = fw * (pw[i] - eps[i]); dL[i] = fl * (pl[i] - eps[i]) }
+            var loss = dpo
+            if statWeight != 0 {
+                let t = timesteps[j]
+                let abar = Double(schedule.alphaBar(t)), abarPrev = Double(schedule.alphaBar(t - statStride))
+                let alpha = abar / abarPrev
+                let c0 = abarPrev.squareRoot() * (1 - alpha) / (1 - abar)
+                let k = -c0 * (1 - abar).squareRoot() / abar.squareRoot()
+                var stat = 0.0
+                for ch in 0..<c {
+                    var s = 0.0
+                    for i in 0..<hw { s += Double(pw[ch * hw + i] - rw[ch * hw + i]) }
+                    let m = k * s / Double(hw)
+                    stat += m * m
+                    let d = Float(Double(statWeight) * g * 2 * m * k / Double(hw))
+                    for i in 0..<hw { dW[ch * hw + i] += d }
+                }
+                terms.stat += stat
+                loss += Double(statWeight) * stat
+            }
+            terms.loss += loss * g
+        }
+        return terms
+    }
+}
+
+@inline(__always) func sigmoid(_ x: Double) -> Double { x >= 0 ? 1 / (1 + _exp(-x)) : _exp(x) / (1 + _exp(x)) }
+/// log(1 + e^x), stable for large |x|.
+@inline(__always) func softplus(_ x: Double) -> Double { x > 0 ? x + _log1p(_exp(-x)) : _log1p(_exp(x)) }
+
+@_silgen_name("exp") private func _exp(_ x: Double) -> Double
+@_silgen_name("log1p") private func _log1p(_ x: Double) -> Double
