@@ -148,19 +148,32 @@ public enum LoRAFile {
     /// Writes the adapters as diffusers' LoRA trainers do (`pytorch_lora_weights.safetensors`), atomically, with alpha
     /// and rank in the metadata so the file round-trips.
     public static func write(_ lora: LoRAAdapters, to path: String, extraMetadata: [String: String] = [:]) throws {
-        var entries: [SafeTensorsEntry] = []
+        var modules: [String: (a: [Float], b: [Float], inFeatures: Int, outFeatures: Int)] = [:]
         for t in lora.targets {
-            let a = Array(UnsafeBufferPointer(start: lora.a(t), count: lora.rank * t.inFeatures))
-            let b = Array(UnsafeBufferPointer(start: lora.b(t), count: t.outFeatures * lora.rank))
-            entries.append(SafeTensorsEntry(name: "unet.\(t.module).lora.down.weight", shape: [lora.rank, t.inFeatures], floats: a))
-            entries.append(SafeTensorsEntry(name: "unet.\(t.module).lora.up.weight", shape: [t.outFeatures, lora.rank], floats: b))
+            modules[t.module] = (Array(UnsafeBufferPointer(start: lora.a(t), count: lora.rank * t.inFeatures)),
+                                 Array(UnsafeBufferPointer(start: lora.b(t), count: t.outFeatures * lora.rank)),
+                                 t.inFeatures, t.outFeatures)
         }
-        let alphaText = lora.alpha == lora.alpha.rounded() ? String(Int(lora.alpha)) : String(lora.alpha)
+        try write(LoRAWeights(format: .diffusers, rank: lora.rank, alpha: lora.alpha, modules: modules), to: path,
+                  extraMetadata: extraMetadata)
+    }
+
+    /// Writes LoRA weights in diffusers' format (any source format converts through this).
+    public static func write(_ w: LoRAWeights, to path: String, extraMetadata: [String: String] = [:]) throws {
+        var entries: [SafeTensorsEntry] = []
+        for m in w.modules.keys.sorted() {
+            let v = w.modules[m]!
+            entries.append(SafeTensorsEntry(name: "unet.\(m).lora.down.weight", shape: [w.rank, v.inFeatures], floats: v.a))
+            entries.append(SafeTensorsEntry(name: "unet.\(m).lora.up.weight", shape: [v.outFeatures, w.rank], floats: v.b))
+        }
+        let alphaText = w.alpha == w.alpha.rounded() ? String(Int(w.alpha)) : String(w.alpha)
+        let targets = Set(w.modules.keys.map { $0.hasSuffix("to_out.0") ? "to_out.0" : String($0.split(separator: ".").last!) }).sorted()
         // diffusers' own metadata entry (a peft LoraConfig, keys prefixed with the component), so
         // `load_lora_weights` rebuilds the adapter with this alpha.
-        let adapterMeta = #"{"unet.r": \#(lora.rank), "unet.lora_alpha": \#(alphaText), "unet.init_lora_weights": "gaussian", "#
-            + #""unet.peft_type": "LORA", "unet.target_modules": ["to_k", "to_out.0", "to_q", "to_v"]}"#
-        var metadata = ["format": "pt", "lora_alpha": alphaText, "r": String(lora.rank), "lora_adapter_metadata": adapterMeta,
+        let targetList = targets.map { "\"\($0)\"" }.joined(separator: ", ")
+        let adapterMeta = #"{"unet.r": \#(w.rank), "unet.lora_alpha": \#(alphaText), "unet.init_lora_weights": "gaussian", "#
+            + #""unet.peft_type": "LORA", "unet.target_modules": [\#(targetList)]}"#
+        var metadata = ["format": "pt", "lora_alpha": alphaText, "r": String(w.rank), "lora_adapter_metadata": adapterMeta,
                         "written_by": "hgdpo"]
         for (k, v) in extraMetadata { metadata[k] = v }
         try SafeTensors.write(entries, metadata: metadata, to: path)
