@@ -156,7 +156,8 @@ public final class UNetModel: @unchecked Sendable {
         let (n, st) = normOut.forward(p, h, b, hh * ww)
         siluForward(out: n.ptr, inp: n.ptr, n: n.count)
         let out = convOut.forward(p, n, b, hh, ww)
-        if training { t.xOut = h; t.stOut = st; trace = t } else { trace = nil }
+        // A forward without training (e.g. the reference model between policy forward and backward) keeps the trace.
+        if training { t.xOut = h; t.stOut = st; trace = t }
         return out
     }
 

@@ -1,0 +1,111 @@
+// `hgdpo bench step`: times one full HG-DPO training step with random weights, as ../shared/bench/torch_dpo_step.py
+// does in PyTorch (same configs, same JSON), so the two can be compared on one machine with the same threads.
+// A step: winner and loser share noise and timestep; policy (LoRA on) and reference (LoRA off) forwards over both;
+// the HG-DPO loss; backward of the policy forward; AdamW update of the LoRA.
+import Foundation
+import IO
+import Schedulers
+import Tensors
+import Training
+import UNet
+
+extension Commands {
+    /// The U-Net shapes of ../shared/bench/unet_configs.py.
+    static func benchConfig(_ name: String) throws -> UNet2DConditionConfig {
+        var sd15 = UNet2DConditionConfig()
+        sd15.crossAttentionDim = .int(768)
+        sd15.sampleSize = 64
+        switch name {
+        case "sd15": return sd15
+        case "tiny":
+            var c = sd15
+            c.blockOutChannels = [32, 64, 64, 64]; c.crossAttentionDim = .int(32); c.normNumGroups = 8; c.layersPerBlock = .int(1)
+            return c
+        case "small":
+            var c = sd15
+            c.blockOutChannels = [64, 128, 256, 256]; c.crossAttentionDim = .int(256); c.layersPerBlock = .int(1)
+            return c
+        default:
+            return try ModelFolder(path: name).unet().config(UNet2DConditionConfig.self)
+        }
+    }
+
+    static let benchStep = CommandSpec(
+        ["bench", "step"],
+        summary: "Time one HG-DPO training step on a random-weight U-Net and print JSON (compare: bench/compare.sh)",
+        details: "Example: hgdpo bench step --config small --latent 32 --pairs 1 --steps 3 --threads 2",
+        options: [
+            .value("--config", "NAME|DIR", "tiny, small, sd15 (../shared/bench/unet_configs.py) or a U-Net folder's config", default: "sd15"),
+            .value("--latent", "N", "Latent height and width", default: "32"),
+            .value("--pairs", "P", "Preference pairs per step", default: "1"),
+            .value("--steps", "K", "Timed steps (after one warm-up step)", default: "3"),
+            .value("--rank", "R", "LoRA rank (alpha = rank)", default: "8"),
+            .value("--context-length", "S", "Text tokens", default: "77"),
+            .value("--threads", "N", "Compute threads (default: HGDPO_THREADS or all cores)"),
+        ]
+    ) { args in
+        try applyThreads(args)
+        let name = try args.requiredString("--config")
+        let spec = try UNetSpec(try benchConfig(name))
+        let l = try args.int("--latent", in: 8...512)!, b = try args.int("--pairs", in: 1...256)!
+        let steps = try args.int("--steps", in: 1...1000)!, rank = try args.int("--rank", in: 1...1024)!
+        let s = try args.int("--context-length", in: 1...1024)!
+        try spec.checkLatentSize(height: l, width: l)
+        let model = UNetModel(spec: spec, lora: (rank, Float(rank)))
+        model.randomizeWeights(seed: 0)
+        model.lora!.initialize(seed: 0)
+        var sched = SchedulerConfig()
+        sched.betaStart = 0.00085; sched.betaEnd = 0.012; sched.betaSchedule = "scaled_linear"
+        let schedule = try NoiseSchedule(sched)
+        let objective = Objective()
+        let opt = AdamW(count: model.lora!.count)
+        let c = spec.inChannels, n = c * l * l, d = spec.crossAttentionDim
+        let rng = CounterRNG(seed: 1)
+        let winners = rng.substream(1).normals(b * n), losers = rng.substream(2).normals(b * n)
+        let ctx1 = rng.substream(3).normals(b * s * d)
+        let context = Buffer(ctx1 + ctx1)
+
+        func step(_ k: Int) throws {
+            let noise = rng.substream(4, UInt64(k)).normals(b * n)
+            let t = (0..<b).map { rng.substream(5, UInt64(k)).integer(UInt64($0), below: schedule.trainTimesteps) }
+            let xt = Buffer(uninitialized: 2 * b * n)
+            for j in 0..<b {
+                winners.withUnsafeBufferPointer { w in noise.withUnsafeBufferPointer { e in
+                    schedule.addNoise(w.baseAddress! + j * n, noise: e.baseAddress! + j * n, timestep: t[j], count: n, into: xt.ptr + j * n)
+                }}
+                losers.withUnsafeBufferPointer { w in noise.withUnsafeBufferPointer { e in
+                    schedule.addNoise(w.baseAddress! + j * n, noise: e.baseAddress! + j * n, timestep: t[j], count: n, into: xt.ptr + (b + j) * n)
+                }}
+            }
+            let tt = (t + t).map(Float.init)
+            let policy = try model.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: l, width: l,
+                                           contextLength: s, loraScale: 1, training: true)
+            let reference = try model.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: l, width: l,
+                                              contextLength: s, loraScale: nil)
+            let dPolicy = Buffer(uninitialized: 2 * b * n)
+            _ = noise.withUnsafeBufferPointer { e in
+                objective.evaluate(policy: policy.ptr, reference: reference.ptr, noise: e.baseAddress!, timesteps: t, pairs: b,
+                                   channels: c, spatial: l * l, schedule: schedule, normalizer: b, dPolicy: dPolicy.ptr)
+            }
+            model.lora!.zeroGrad()
+            model.backward(dPolicy)
+            opt.update(params: model.lora!.params.ptr, grads: model.lora!.grads.ptr, count: model.lora!.count, lr: 1e-5)
+        }
+        try step(0)
+        var times: [Double] = []
+        for k in 1...steps {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            try step(k)
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+        }
+        times.sort()
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        print(JSONValue.object([
+            ("impl", .string("hgdpo-\(version)")), ("config", .string(name)), ("latent", .int(l)), ("pairs", .int(b)),
+            ("threads", .int(Parallel.threads)), ("bf16", false), ("median_step_s", .double(times[times.count / 2])),
+            ("min_step_s", .double(times[0])), ("peak_rss_mb", .double(Double(usage.ru_maxrss) / 1024)),
+            ("params", .int(model.weights.table.count)), ("lora_params", .int(model.lora!.count)),
+        ]).serialized())
+    }
+}

@@ -1,0 +1,1 @@
+// Triplet datasets, the latent cache and world-size-independent sharding.
