@@ -1,4 +1,80 @@
 #ifndef HGDPO_CKERNELS_H
 #define HGDPO_CKERNELS_H
+// hgdpo's own CPU kernels: bf16 storage / bf16 GEMM with fp32 accumulation.
+//
+// Every entry point works on every x86-64 CPU. The fast path (VDPBF16PS, AVX512-BF16) is chosen at run time by
+// CPUID; it is compiled with per-function target attributes, never with global -m flags. Without AVX512-BF16
+// the GEMMs widen the bf16 operand to fp32 block by block and call OpenBLAS's cblas_sgemm (same results up to
+// the order of the fp32 additions, speed of sgemm).
+//
+// bf16 values are raw IEEE bfloat16 bits in uint16_t (the upper half of an fp32).
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// 1 if the CPU (and OS) support AVX512-BF16 (avx512bf16 with avx512f/bw/vl).
 int hg_cpu_has_avx512bf16(void);
+
+/// Which code the bf16 kernels run (one global setting for conversions and GEMMs).
+///   HG_PATH_AVX512    AVX-512 conversions, AVX512-BF16 GEMM (VDPBF16PS). Default where the CPU has avx512bf16.
+///   HG_PATH_AVX2      AVX2 conversions; GEMM = widen to fp32 + cblas_sgemm. Default on other AVX2 CPUs.
+///   HG_PATH_GENERIC   scalar conversions; GEMM as for AVX2.
+///   HG_PATH_EMULATED  the AVX-512 source compiled for portable C: runs anywhere, very slow. For tests of the
+///                     AVX512-BF16 code on CPUs without it (CI).
+/// The default can be overridden with HGDPO_BF16_PATH=avx512|avx2|generic|emulated in the environment.
+enum { HG_PATH_AUTO = 0, HG_PATH_GENERIC = 1, HG_PATH_AVX2 = 2, HG_PATH_AVX512 = 3, HG_PATH_EMULATED = 4 };
+/// Sets the path (HG_PATH_AUTO: the default). A path the CPU cannot run is refused (the setting is unchanged).
+/// Returns the path in force afterwards. Not thread-safe against kernels running at the same time.
+int hg_kernels_set_path(int path);
+/// The path in force (never HG_PATH_AUTO).
+int hg_kernels_path(void);
+/// 1 if the GEMMs run on AVX512-BF16 (path HG_PATH_AVX512).
+int hg_bf16_gemm_accelerated(void);
+
+/// Threads the bf16 GEMMs use (the AVX512-BF16 path splits M or N over pthreads; the fallback uses OpenBLAS's
+/// own threads, set by BLAS.setThreads / openblas_set_num_threads). Default: $HGDPO_THREADS, else
+/// $OMP_NUM_THREADS, else the number of online CPUs. n < 1 means 1.
+void hg_kernels_set_threads(int n);
+int hg_kernels_get_threads(void);
+
+/// fp32 -> bf16, round to nearest, ties to even; NaN -> 0xFFFF (what PyTorch's CPU `.to(torch.bfloat16)` gives),
+/// ±inf stay ±inf, values above bf16's max round to inf as in PyTorch, subnormals are rounded, not flushed.
+void hg_f32_to_bf16(const float *src, uint16_t *dst, size_t n);
+/// bf16 -> fp32 (exact).
+void hg_bf16_to_f32(const uint16_t *src, float *dst, size_t n);
+/// fp32 -> fp32 rounded to bf16 precision (hg_bf16_to_f32(hg_f32_to_bf16(x))), in place allowed (dst == src).
+void hg_f32_round_bf16(const float *src, float *dst, size_t n);
+
+// ---------------------------------------------------------------------------------------------------------------
+// GEMMs. All row-major, like cblas_sgemm(CblasRowMajor, ...):
+//   C (M×N, fp32) = alpha · op(A) (M×K) · op(B) (K×N) + beta · C
+//   op(X) = X if transX == 0, Xᵀ if transX != 0. lda/ldb/ldc are the row strides (in elements) of the arrays as
+//   stored: A is M×K (lda >= K) when !transA, K×M (lda >= M) when transA; likewise B is K×N or N×K.
+//   beta == 0: C is not read (NaN/garbage in C is overwritten). K == 0 or alpha == 0: C = beta·C.
+// Products of bf16 values are exact in fp32; all sums are in fp32. The fp32 operand of the mixed variants is
+// rounded to bf16 (as hg_f32_to_bf16) on the AVX512-BF16 path (VDPBF16PS needs bf16 on both sides); the
+// fallback paths (AVX2, generic) pass it to sgemm unrounded (faster there, and more accurate).
+
+/// Both operands bf16 (semantics of cblas_sbgemm).
+void hg_sbgemm(int transA, int transB, int M, int N, int K, float alpha,
+               const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta, float *C, int ldc);
+
+/// A fp32 (activations; rounded to bf16 while packing on the AVX512-BF16 path), B bf16 (weights).
+///   linear forward   out[N,O]  = x[N,I] · W[O,I]ᵀ : transA=0, transB=1, M=N, N=O, K=I, A=x, B=W (ldb = I)
+///   linear backward  dx[N,I]   = dy[N,O] · W[O,I] : transA=0, transB=0, M=N, N=I, K=O, A=dy, B=W (ldb = I)
+void hg_gemm_f32_bf16w(int transA, int transB, int M, int N, int K, float alpha,
+                       const float *A, int lda, const uint16_t *B, int ldb, float beta, float *C, int ldc);
+
+/// A bf16 (weights), B fp32 (activations; rounded to bf16 while packing on the AVX512-BF16 path).
+///   conv forward (im2col / 1x1)  C[Cout,HW] = W[Cout,CKK] · col[CKK,HW] : transA=0, transB=0, A=W (lda = CKK)
+///   conv backward (data)         dcol[CKK,HW] = W[Cout,CKK]ᵀ · dy[Cout,HW] : transA=1, transB=0, A=W (lda = CKK)
+void hg_gemm_bf16w_f32(int transA, int transB, int M, int N, int K, float alpha,
+                       const uint16_t *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+#ifdef __cplusplus
+}
+#endif
 #endif

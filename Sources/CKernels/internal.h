@@ -1,0 +1,50 @@
+// Private to CKernels: shared between the dispatcher (sbgemm.c), the conversions and the AVX512-BF16 path.
+#ifndef HGDPO_CKERNELS_INTERNAL_H
+#define HGDPO_CKERNELS_INTERNAL_H
+#include <stdint.h>
+#include <string.h>
+#include "ckernels.h"
+
+/// One GEMM call as the paths see it (see ckernels.h for the semantics). aBF16/bBF16: 1 if that operand is bf16
+/// bits (uint16_t), 0 if it is fp32 (which every path rounds to bf16 first).
+typedef struct {
+    int transA, transB, M, N, K;
+    float alpha, beta;
+    const void *A; int lda; int aBF16;
+    const void *B; int ldb; int bBF16;
+    float *C; int ldc;
+    int threads;
+} hg_gemm_args;
+
+/// The AVX512-BF16 path (avx512_bf16.c), and the same code compiled for portable C (avx512_bf16_emu.c, *_emu).
+/// The GEMMs require M, N, K >= 1 and alpha != 0.
+void hg_gemm_avx512bf16(const hg_gemm_args *g);
+void hg_gemm_avx512bf16_emu(const hg_gemm_args *g);
+void hg_avx512_f32_to_bf16(const float *s, uint16_t *d, size_t n);
+void hg_avx512_bf16_to_f32(const uint16_t *s, float *d, size_t n);
+void hg_avx512_f32_round_bf16(const float *s, float *d, size_t n);
+void hg_avx512_f32_to_bf16_emu(const float *s, uint16_t *d, size_t n);
+void hg_avx512_bf16_to_f32_emu(const uint16_t *s, float *d, size_t n);
+void hg_avx512_f32_round_bf16_emu(const float *s, float *d, size_t n);
+
+/// Runs fn(ctx, t) for t in 0..<n, t == 0 on the calling thread, the rest on fresh pthreads; returns when all end.
+void hg_parallel(int n, void (*fn)(void *ctx, int t), void *ctx);
+
+/// Per-thread scratch memory, reused across calls (a small free list guarded by a mutex). 64-byte aligned.
+void *hg_scratch_acquire(size_t bytes);
+void hg_scratch_release(void *p);
+
+static inline uint16_t hg_f2b(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0xffff;  // NaN, as PyTorch's CPU conversion
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static inline float hg_b2f(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+#endif

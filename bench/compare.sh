@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# compare.sh — the HG-DPO training step, hgdpo vs the PyTorch reference (../shared/bench/torch_dpo_step.py: diffusers
+# + peft), on this machine with the same thread count, one after the other; prints both JSON lines and the ratio.
+#
+# Usage: bench/compare.sh [CONFIG [LATENT [PAIRS [STEPS [THREADS]]]]]     (default: small 32 1 3 <cores>)
+# Installs the reference into .venv-fixtures (torch, diffusers, peft: a large download) when it is missing.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+config=${1:-small}; latent=${2:-32}; pairs=${3:-1}; steps=${4:-3}; threads=${5:-$(nproc)}
+bench_dir="$root/../shared/bench"
+[[ -f "$bench_dir/torch_dpo_step.py" ]] || { echo "compare.sh: $bench_dir/torch_dpo_step.py not found" >&2; exit 1; }
+py="$root/.venv-fixtures/bin/python"
+if ! [[ -x "$py" ]] || ! "$py" -c "import torch, diffusers, peft" 2>/dev/null; then
+  bash "$root/Tests/parity/setup_venv.sh"
+fi
+if grep -qw avx512f /proc/cpuinfo && [[ -z "${OPENBLAS_CORETYPE:-}" ]]; then export OPENBLAS_CORETYPE=SkylakeX; fi
+(cd "$root" && swift build -c release >/dev/null)
+ours=$(HGDPO_THREADS=$threads OPENBLAS_NUM_THREADS=$threads "$root/.build/release/hgdpo" bench step --config "$config" \
+  --latent "$latent" --pairs "$pairs" --steps "$steps" --threads "$threads")
+theirs=$(cd "$bench_dir" && OMP_NUM_THREADS=$threads "$py" torch_dpo_step.py --config "$config" --latent "$latent" \
+  --pairs "$pairs" --steps "$steps" --threads "$threads" 2>/dev/null | tail -n 1)
+echo "$ours"
+echo "$theirs"
+python3 - "$ours" "$theirs" <<'PY'
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(f"speed-up (PyTorch median / hgdpo median): {b['median_step_s'] / a['median_step_s']:.2f}x   "
+      f"peak RSS hgdpo {a['peak_rss_mb']:.0f} MB, PyTorch {b['peak_rss_mb']:.0f} MB")
+PY
