@@ -2,6 +2,12 @@
 // given with --config, whose keys are the option names without dashes), saved resolved in RUN_DIR/config.json, and
 // hashed into every checkpoint so a resume with a different run is refused.
 
+public struct TrainError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
 public struct TrainConfig: Codable, Sendable, Equatable {
     public var model = ""
     public var variant: String?

@@ -27,6 +27,8 @@ public struct LoRAWeights: Sendable {
     public var rank: Int
     public var alpha: Float
     public var modules: [String: (a: [Float], b: [Float], inFeatures: Int, outFeatures: Int)]
+    /// The file's own key names per module (down = A, up = B), so outputs can use the names the user gave.
+    public var keys: [String: (down: String, up: String)] = [:]
 }
 
 public enum LoRAFile {
@@ -94,7 +96,9 @@ public enum LoRAFile {
                 mods[m]!.b = mods[m]!.b.map { $0 * f }
             }
         }
-        return LoRAWeights(format: format, rank: r, alpha: alpha, modules: mods)
+        var result = LoRAWeights(format: format, rank: r, alpha: alpha, modules: mods)
+        for (m, dn) in down { result.keys[m] = (dn, up[m]!) }
+        return result
     }
 
     /// (module, "down"|"up"|"alpha", format) for a LoRA key, or nil if it is not one.

@@ -1,0 +1,52 @@
+// One micro-batch of the HG-DPO step, shared by the trainer and `hgdpo probe dpo-loss`: noise the winners and losers
+// with their shared noise and timestep, run the policy (LoRA on, caching for backward) and the reference (LoRA off,
+// same weights) over the 2B latents, evaluate the objective and backpropagate into the LoRA gradients (accumulated).
+import Schedulers
+import Tensors
+import UNet
+
+public struct PairBatch {
+    public let pairs: Int
+    /// (B, C, H, W) each
+    public let winner: UnsafePointer<Float>, loser: UnsafePointer<Float>, noise: UnsafePointer<Float>
+    public let timesteps: [Int]
+    /// (B, S, D)
+    public let context: UnsafePointer<Float>
+    public let channels: Int, height: Int, width: Int, contextLength: Int, contextDim: Int
+
+    public init(pairs: Int, winner: UnsafePointer<Float>, loser: UnsafePointer<Float>, noise: UnsafePointer<Float>, timesteps: [Int],
+                context: UnsafePointer<Float>, channels: Int, height: Int, width: Int, contextLength: Int, contextDim: Int) {
+        self.pairs = pairs; self.winner = winner; self.loser = loser; self.noise = noise; self.timesteps = timesteps
+        self.context = context; self.channels = channels; self.height = height; self.width = width
+        self.contextLength = contextLength; self.contextDim = contextDim
+    }
+}
+
+/// Adds this micro-batch's gradient of (sum of its pair losses) / normalizer to `model.lora.grads`; returns the terms.
+public func accumulatePairGradients(model: UNetModel, objective: Objective, schedule: NoiseSchedule, batch: PairBatch,
+                                    normalizer: Int) throws -> Objective.Terms {
+    let b = batch.pairs, n = batch.channels * batch.height * batch.width, sd = batch.contextLength * batch.contextDim
+    let xt = Buffer(uninitialized: 2 * b * n), context = Buffer(uninitialized: 2 * b * sd)
+    for j in 0..<b {
+        let t = batch.timesteps[j]
+        guard t >= 0 && t < schedule.trainTimesteps else {
+            throw TrainError("timestep \(t) is outside 0...\(schedule.trainTimesteps - 1)")
+        }
+        schedule.addNoise(batch.winner + j * n, noise: batch.noise + j * n, timestep: t, count: n, into: xt.ptr + j * n)
+        schedule.addNoise(batch.loser + j * n, noise: batch.noise + j * n, timestep: t, count: n, into: xt.ptr + (b + j) * n)
+    }
+    context.ptr.update(from: batch.context, count: b * sd)
+    (context.ptr + b * sd).update(from: batch.context, count: b * sd)
+    let tt = (batch.timesteps + batch.timesteps).map(Float.init)
+    let policy = try model.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: batch.height,
+                                   width: batch.width, contextLength: batch.contextLength, loraScale: 1, training: true)
+    let reference: Buffer? = objective.kind == .sft ? nil
+        : try model.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: batch.height, width: batch.width,
+                            contextLength: batch.contextLength, loraScale: nil)
+    let dPolicy = Buffer(uninitialized: 2 * b * n)
+    let terms = objective.evaluate(policy: policy.ptr, reference: reference?.ptr, noise: batch.noise, timesteps: batch.timesteps,
+                                   pairs: b, channels: batch.channels, spatial: batch.height * batch.width, schedule: schedule,
+                                   normalizer: normalizer, dPolicy: dPolicy.ptr)
+    model.backward(dPolicy)
+    return terms
+}
