@@ -128,7 +128,6 @@ static char *hg_latin1_to_utf8(const char *text) {
 
 typedef struct {
     uint8_t *pixels;  // (H, W, file_channels)
-    png_bytep *rows;
     hg_png_text *texts;
     int text_count;
     uint32_t width, height;
@@ -177,41 +176,55 @@ static int hg_read_decode(hg_png_session *session, hg_read_result *result, int w
     result->color_type = color_type;
     result->interlaced = interlace != PNG_INTERLACE_NONE;
 
+    // Refuse absurd sizes before png_read_update_info: it allocates and clears libpng's own row buffers (one
+    // row at the file's bit depth, twice), and a 50-byte file can declare 2^31 x 2^31 pixels.
+    int has_trns = png_get_valid(png, info, PNG_INFO_tRNS) != 0;
+    int channels = color_type == PNG_COLOR_TYPE_GRAY ? 1 + has_trns
+                 : color_type == PNG_COLOR_TYPE_GRAY_ALPHA ? 2
+                 : color_type == PNG_COLOR_TYPE_RGB_ALPHA ? 4
+                 : 3 + has_trns;  // RGB, palette
+    int out_channels = want_channels ? want_channels : channels;
+    // width, height < 2^31 and channels <= 4, so each product fits in 64 bits (4 (2^31 - 1)^2 < 2^64) but their
+    // sum may not: each term is bounded first.
+    uint64_t decoded_bytes = (uint64_t)width * height * (uint64_t)channels;
+    uint64_t converted_bytes = want_channels ? (uint64_t)width * height * (uint64_t)want_channels : 0;
+    uint64_t libpng_row_bytes = (uint64_t)width * (uint64_t)channels * (bit_depth == 16 ? 2u : 1u) + 64u;
+    uint64_t needed_bytes = decoded_bytes > HG_PNG_MAX_BYTES || converted_bytes > HG_PNG_MAX_BYTES ||
+                                    libpng_row_bytes > HG_PNG_MAX_BYTES
+                                ? UINT64_MAX
+                                : decoded_bytes + converted_bytes + 2u * libpng_row_bytes;
+    if (needed_bytes > HG_PNG_MAX_BYTES) {
+        hg_message(session->message, session->capacity,
+                   "%u x %u pixels with %d channels needs more than the 2^31 bytes allowed to decode",
+                   (unsigned)width, (unsigned)height, out_channels);
+        return HG_PNG_ERR_TOO_LARGE;
+    }
+
     if (color_type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
     if (color_type == PNG_COLOR_TYPE_GRAY && bit_depth < 8) png_set_expand_gray_1_2_4_to_8(png);
-    if (png_get_valid(png, info, PNG_INFO_tRNS)) png_set_tRNS_to_alpha(png);
+    if (has_trns) png_set_tRNS_to_alpha(png);
     if (bit_depth == 16) png_set_strip_16(png);  // high byte, as Pillow's "RGB;16B" unpacker
-    png_set_interlace_handling(png);
+    int passes = png_set_interlace_handling(png);
     png_read_update_info(png, info);
 
-    int channels = png_get_channels(png, info);
     size_t rowbytes = png_get_rowbytes(png, info);
-    if (channels < 1 || channels > 4 || png_get_bit_depth(png, info) != 8 ||
+    if (png_get_channels(png, info) != channels || png_get_bit_depth(png, info) != 8 ||
         rowbytes != (size_t)width * (size_t)channels) {
         hg_message(session->message, session->capacity, "unexpected decoded layout (%d channels, %d bits)",
-                   channels, png_get_bit_depth(png, info));
+                   png_get_channels(png, info), png_get_bit_depth(png, info));
         return HG_PNG_ERR_CORRUPT;
     }
     result->channels = channels;
-    // width, height < 2^31 and channels <= 4, so these products cannot overflow 64 bits.
-    uint64_t decoded_bytes = (uint64_t)width * height * (uint64_t)channels;
-    uint64_t converted_bytes = (uint64_t)width * height * (uint64_t)(want_channels ? want_channels : channels);
-    if (decoded_bytes > HG_PNG_MAX_BYTES || converted_bytes > HG_PNG_MAX_BYTES) {
-        hg_message(session->message, session->capacity,
-                   "%u x %u pixels with %d channels needs %llu bytes, more than the 2^31 allowed",
-                   (unsigned)width, (unsigned)height, want_channels ? want_channels : channels,
-                   (unsigned long long)(decoded_bytes > converted_bytes ? decoded_bytes : converted_bytes));
-        return HG_PNG_ERR_TOO_LARGE;
-    }
     result->pixels = malloc(decoded_bytes ? (size_t)decoded_bytes : 1);
-    result->rows = malloc(height ? (size_t)height * sizeof(png_bytep) : 1);
-    if (result->pixels == NULL || result->rows == NULL) {
+    if (result->pixels == NULL) {
         hg_message(session->message, session->capacity, "cannot allocate %llu bytes for pixels",
                    (unsigned long long)decoded_bytes);
         return HG_PNG_ERR_NOMEM;
     }
-    for (png_uint_32 y = 0; y < height; y++) result->rows[y] = result->pixels + (size_t)y * rowbytes;
-    png_read_image(png, result->rows);
+    // Row by row, each Adam7 pass filling in its pixels of the same rows: no row-pointer array.
+    for (int pass = 0; pass < passes; pass++) {
+        for (png_uint_32 y = 0; y < height; y++) png_read_row(png, result->pixels + (size_t)y * rowbytes, NULL);
+    }
     png_read_end(png, info);  // checks the trailing chunks' CRCs and collects text after IDAT
 
     png_textp text = NULL;
@@ -298,8 +311,6 @@ int hg_png_read(const char *path, int want_channels, hg_png_image *out, char *me
     int code = hg_read_decode(&session, &result, want_channels);
     if (session.png != NULL) png_destroy_read_struct(&session.png, session.info ? &session.info : NULL, NULL);
     fclose(file);
-    free(result.rows);
-    result.rows = NULL;
 
     if (code == HG_PNG_OK && want_channels != 0 && want_channels != result.channels) {
         size_t count = (size_t)result.width * result.height;

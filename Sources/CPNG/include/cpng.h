@@ -23,7 +23,7 @@ enum {
     HG_PNG_ERR_OPEN = 1,      // the file cannot be opened/created (message: strerror text, with context)
     HG_PNG_ERR_NOT_PNG = 2,   // wrong signature or empty file
     HG_PNG_ERR_CORRUPT = 3,   // libpng error while decoding: truncation, bad CRC, bad zlib data, bad header
-    HG_PNG_ERR_TOO_LARGE = 4, // width * height * channels overflows or exceeds HG_PNG_MAX_BYTES
+    HG_PNG_ERR_TOO_LARGE = 4, // decoding would need more than HG_PNG_MAX_BYTES (checked before any allocation)
     HG_PNG_ERR_NOMEM = 5,     // malloc failed
     HG_PNG_ERR_WRITE = 6,     // I/O error while writing, flushing, syncing or renaming
     HG_PNG_ERR_INVALID = 7,   // bad argument: channel count, compression level, text keyword

@@ -1,2 +1,0 @@
-import XCTest
-final class IOTestsPlaceholder: XCTestCase { func testNothing() {} }
