@@ -7,10 +7,10 @@ import UNet
 extension Commands {
     static let makeModel = CommandSpec(
         ["make-model"],
-        summary: "Write a diffusers pipeline folder with a random-weight U-Net (tiny, small, sd15) and SD's DDPM schedule",
+        summary: "Write a diffusers pipeline folder with a random-weight U-Net (tiny, small, sd15 or a given config) and SD's DDPM schedule",
         details: "Example: hgdpo make-model --config tiny --out models/tiny",
         options: [
-            .value("--config", "NAME", "U-Net shape (../shared/bench/unet_configs.py)", default: "tiny", choices: ["tiny", "small", "sd15"]),
+            .value("--config", "NAME|DIR", "U-Net shape: tiny, small, sd15 (../shared/bench/unet_configs.py) or a U-Net folder's config", default: "tiny"),
             .value("--out", "DIR", "Folder to create (must not exist)", required: true),
             .value("--seed", "S", "Seed of the weights", default: "0"),
             .value("--variant", "NAME", "Also write the weights as a variant file, e.g. fp16", choices: ["fp16"]),

@@ -37,7 +37,7 @@ func sumSquaredDeviationDouble(_ x: UnsafePointer<Float>, _ n: Int, shift: Float
         var j = i
         while j + 16 <= end {
             let d = raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self) - m
-            acc.addProduct(d, d)
+            acc += d * d  // not addProduct: that lowers to a libm fmaf call per lane
             j += 16
         }
         total += Double(acc.sum())
@@ -58,7 +58,7 @@ func dotCenteredDouble(_ y: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ n
         var j = i
         while j + 16 <= end {
             let d = rx.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self) - m
-            acc.addProduct(ry.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self), d)
+            acc += ry.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self) * d
             j += 16
         }
         total += Double(acc.sum())
@@ -66,6 +66,35 @@ func dotCenteredDouble(_ y: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ n
     }
     while i < n { total += Double(y[i]) * Double(x[i] - shift); i += 1 }
     return total
+}
+
+/// (Σ y[i]·w[i], Σ y[i]·w[i]·(x[i] − shift)) for i in 0..<n (LayerNorm backward).
+@inline(__always)
+func weightedSumsDouble(_ y: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int,
+                        shift: Float) -> (Double, Double) {
+    var total1 = 0.0, total2 = 0.0, i = 0
+    let ry = UnsafeRawPointer(y), rw = UnsafeRawPointer(w), rx = UnsafeRawPointer(x)
+    let m = SIMD16<Float>(repeating: shift)
+    while i + 16 <= n {
+        var acc1 = SIMD16<Float>(repeating: 0), acc2 = SIMD16<Float>(repeating: 0)
+        let end = min(n, i + reductionBlock)
+        var j = i
+        while j + 16 <= end {
+            let yw = ry.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self)
+                * rw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self)
+            acc1 += yw
+            acc2 += yw * (rx.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self) - m)
+            j += 16
+        }
+        total1 += Double(acc1.sum()); total2 += Double(acc2.sum())
+        i = j
+    }
+    while i < n {
+        let yw = Double(y[i] * w[i])
+        total1 += yw; total2 += yw * Double(x[i] - shift)
+        i += 1
+    }
+    return (total1, total2)
 }
 
 /// (mean, rstd) of n floats: two passes (mean, then centred squares), biased variance as torch's norms use.
@@ -150,13 +179,13 @@ private func groupNormForwardImpl(out: UnsafeMutablePointer<Float>, mean: Unsafe
         rstd[bg] = r
         for cg in 0..<Cg {
             let c = g * Cg + cg
-            // y = (x − m)·r·w + b = x·a + s with a = r·w, s = b − m·a
-            let a = r * weight[c], s = bias[c] - m * a
+            // y = (x − m)·a + b with a = r·w. (torch folds this into x·a + (b − m·a), which cancels when |m| ≫ std.)
+            let a = r * weight[c], b = bias[c]
             let xc = x + cg * HW, yc = y + cg * HW
             if silu {
-                for i in 0..<HW { let v = xc[i] * a + s; yc[i] = siluScalar(v) }
+                for i in 0..<HW { yc[i] = siluScalar((xc[i] - m) * a + b) }
             } else {
-                for i in 0..<HW { yc[i] = xc[i] * a + s }
+                for i in 0..<HW { yc[i] = (xc[i] - m) * a + b }
             }
         }
     }
@@ -170,6 +199,8 @@ private func groupNormBackwardImpl(dinp: UnsafeMutablePointer<Float>, dout: Unsa
     let Cg = C / G
     let n = Double(Cg * HW)
     parallelFor(B * G, work: B * C * HW) { bg in
+      withUnsafeTemporaryAllocation(of: Float.self, capacity: reductionBlock) { tile in
+        let scratch = tile.baseAddress!
         let g = bg % G
         let base = bg * Cg * HW
         let m = mean[bg], r = rstd[bg]
@@ -180,18 +211,15 @@ private func groupNormBackwardImpl(dinp: UnsafeMutablePointer<Float>, dout: Unsa
             let x = inp + base + cg * HW, dy = dout + base + cg * HW
             var sdy = 0.0, sdyx = 0.0
             if let bias {
-                let a = r * weight[c], s = bias[c] - m * a
+                // dy = dout · silu'(y), y = (x − m)·a + b, a block at a time into the scratch tile, then vector sums.
+                let a = r * weight[c], b = bias[c]
                 var i = 0
-                while i < HW {  // blocks of reductionBlock, float partials, Double totals
-                    let end = min(HW, i + reductionBlock)
-                    var p1: Float = 0, p2: Float = 0
-                    while i < end {
-                        let g = dy[i] * siluDerivativeScalar(x[i] * a + s)
-                        p1 += g
-                        p2 += g * (x[i] - m)
-                        i += 1
-                    }
-                    sdy += Double(p1); sdyx += Double(p2)
+                while i < HW {
+                    let count = min(reductionBlock, HW - i)
+                    for k in 0..<count { scratch[k] = dy[i + k] * siluDerivativeScalar((x[i + k] - m) * a + b) }
+                    sdy += sumDouble(scratch, count)
+                    sdyx += dotCenteredDouble(scratch, x + i, count, shift: m)
+                    i += count
                 }
             } else {
                 sdy = sumDouble(dy, HW)
@@ -206,9 +234,9 @@ private func groupNormBackwardImpl(dinp: UnsafeMutablePointer<Float>, dout: Unsa
             let x = inp + base + cg * HW, dy = dout + base + cg * HW, dx = dinp + base + cg * HW
             let w = weight[c]
             if let bias {
-                let a = r * w, s = bias[c] - m * a
+                let a = r * w, b = bias[c]
                 for i in 0..<HW {
-                    let dxhat = dy[i] * siluDerivativeScalar(x[i] * a + s) * w
+                    let dxhat = dy[i] * siluDerivativeScalar((x[i] - m) * a + b) * w
                     let xhat = (x[i] - m) * r
                     dx[i] += r * (dxhat - meanDxhat - xhat * meanDxhatXhat)
                 }
@@ -219,6 +247,7 @@ private func groupNormBackwardImpl(dinp: UnsafeMutablePointer<Float>, dout: Unsa
                 }
             }
         }
+      }
     }
 }
 
@@ -254,19 +283,7 @@ public func layerNormBackward(dinp: UnsafeMutablePointer<Float>,   // (N, C)
     parallelFor(N, work: N * C) { row in
         let x = inp + row * C, dy = dout + row * C, dx = dinp + row * C
         let m = mean[row], r = rstd[row]
-        var sumDxhat = 0.0, sumDxhatXhat = 0.0
-        var i = 0
-        while i < C {
-            let end = min(C, i + reductionBlock)
-            var p1: Float = 0, p2: Float = 0
-            while i < end {
-                let dxhat = dy[i] * weight[i]
-                p1 += dxhat
-                p2 += dxhat * (x[i] - m)
-                i += 1
-            }
-            sumDxhat += Double(p1); sumDxhatXhat += Double(p2)
-        }
+        let (sumDxhat, sumDxhatXhat) = weightedSumsDouble(dy, weight, x, C, shift: m)
         let meanDxhat = Float(sumDxhat / Double(C)), meanDxhatXhat = Float(sumDxhatXhat * Double(r) / Double(C))
         for i in 0..<C {
             let xhat = (x[i] - m) * r

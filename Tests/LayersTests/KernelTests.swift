@@ -163,7 +163,7 @@ final class KernelTests: XCTestCase {
     // MARK: Conv2D
 
     /// (B, Cin, H, W, Cout, K, stride, padding), covering H ≠ W, odd sizes, stride 2 with odd input, no padding,
-    /// the 1x1 GEMM-only path, a strided 1x1 (im2col path) and K = 5.
+    /// the 1x1 GEMM-only path, a strided 1x1 (im2col path), K = 5, and both backward GEMM orientations.
     private let convCases: [(Int, Int, Int, Int, Int, Int, Int, Int)] = [
         (2, 3, 7, 5, 4, 3, 1, 1),
         (1, 5, 9, 6, 3, 3, 2, 1),
@@ -173,6 +173,8 @@ final class KernelTests: XCTestCase {
         (1, 4, 5, 7, 3, 1, 2, 0),
         (1, 2, 6, 5, 2, 5, 1, 2),
         (1, 17, 3, 2, 19, 3, 1, 1),
+        (1, 2, 17, 19, 3, 3, 1, 1),   // > 256 output pixels: row-major backward GEMM (smaller ones use dcolᵀ)
+        (1, 1, 40, 27, 2, 3, 2, 1),
     ]
 
     func testConv2DForwardAndBackward() {
@@ -371,6 +373,29 @@ final class KernelTests: XCTestCase {
         assertClose(xs.doubles, copy.map(siluReference), rtol: 1e-6, atol: 1e-7, label: "silu in place, large")
     }
 
+    /// The vectorisable exp / Φ approximations against Double on a dense grid (see Elementwise.swift for the
+    /// error analysis): forward rtol 1e-6, derivatives rtol 2e-6, with absolute floors where values cross 0
+    /// (a derivative that is a sum of O(1) terms of opposite sign keeps their ~1e-7 rounding).
+    func testActivationAccuracyOnDenseGrid() {
+        let n = 40_001
+        let x = (0..<n).map { Double(Float(-10 + 20 * Double($0) / Double(n - 1))) }
+        let ones = Buf([Float](repeating: 1, count: n)), xb = Buf(x), out = Buf(zeros: n)
+        let sigmoid = { (x: Double) in 1 / (1 + exp(-x)) }
+        let cdf = { (x: Double) in 0.5 * erfc(-x / 2.0.squareRoot()) }
+        siluForward(out: out.p, inp: xb.c, n: n)
+        assertClose(out.doubles, x.map(siluReference), rtol: 1e-6, atol: 1e-12, label: "silu grid")
+        out.p.update(repeating: 0, count: n)
+        siluBackward(dinp: out.p, dout: ones.c, inp: xb.c, n: n)
+        assertClose(out.doubles, x.map { sigmoid($0) * (1 + $0 * (1 - sigmoid($0))) }, rtol: 2e-6, atol: 1e-7,
+                    label: "silu' grid")
+        geluForward(out: out.p, inp: xb.c, n: n)
+        assertClose(out.doubles, x.map { $0 * cdf($0) }, rtol: 1e-6, atol: 1e-8, label: "gelu grid")
+        out.p.update(repeating: 0, count: n)
+        geluBackward(dinp: out.p, dout: ones.c, inp: xb.c, n: n)
+        assertClose(out.doubles, x.map { cdf($0) + $0 * exp(-0.5 * $0 * $0) / (2 * Double.pi).squareRoot() },
+                    rtol: 2e-6, atol: 2e-7, label: "gelu' grid")  // Φ + x·φ cancels near x ≈ −0.75
+    }
+
     func testGEGLU() {
         var rng = TestRNG(8)
         for (N, D) in [(1, 5), (3, 7)] {
@@ -497,7 +522,7 @@ final class KernelTests: XCTestCase {
 
     func testChannelsTokensTransposes() {
         var rng = TestRNG(13)
-        for (B, C, HW) in [(2, 37, 45), (1, 1, 5), (1, 64, 33), (2, 5, 34)] {
+        for (B, C, HW) in [(2, 37, 45), (1, 1, 5), (1, 64, 33), (2, 5, 34), (2, 3, 1024), (1, 1024, 3)] {
             let label = "transpose B\(B) C\(C) HW\(HW)"
             let x = rng.values(B * C * HW), r = rng.values(B * C * HW)
             let xb = Buf(x), rb = Buf(r), out = Buf(zeros: B * C * HW)

@@ -1,1 +1,0 @@
-// Triplet datasets, the latent cache and world-size-independent sharding.

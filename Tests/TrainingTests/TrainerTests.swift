@@ -1,0 +1,138 @@
+import Foundation
+import XCTest
+import Datasets
+import IO
+import Tensors
+import UNet
+import TestSupport
+@testable import Training
+
+/// `hgdpo train` for real, through launch/local.sh: a random-weight tiny U-Net and a synthetic latent cache.
+final class TrainerTests: XCTestCase {
+    /// A pipeline folder and a latent cache shared by the tests of this class (made once).
+    static let world: (model: String, cache: String) = {
+        let dir = (NSTemporaryDirectory() as NSString).appendingPathComponent("hgdpo-train-\(getpid())")
+        try? FileManager.default.removeItem(atPath: dir)
+        try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let model = dir + "/model", cache = dir + "/cache"
+        // The two-level U-Net of the parity fixtures (block_out_channels 32, 64; cross_attention_dim 24), random weights.
+        let r = try! runProcess(hgdpoBinary, ["make-model", "--config", repoRoot + "/Tests/UNetTests/Fixtures/unet_conv", "--out", model, "--seed", "3"])
+        precondition(r.status == 0, r.stderr)
+        // 40 triplets of 4x8x8 latents with 6x24 prompt embeddings.
+        let w = try! LatentCacheWriter(folder: cache, latentShape: [4, 8, 8], contextShape: [6, 24], dtype: .F32, shardSize: 16)
+        let rng = CounterRNG(seed: 11)
+        for i in 0..<40 {
+            try! w.append(id: "t\(i)", winner: rng.substream(1, UInt64(i)).normals(256), loser: rng.substream(2, UInt64(i)).normals(256),
+                          context: rng.substream(3, UInt64(i)).normals(6 * 24))
+        }
+        try! w.finish()
+        return (model, cache)
+    }()
+
+    /// `launch/local.sh RANKS hgdpo train` with the tests' defaults, `options` overriding or adding (name → value).
+    func train(ranks: Int, output: String, options: [String: String] = [:], environment: [String: String] = [:],
+               timeout: Int = 240) throws -> ProcessResult {
+        var opts = ["--model": Self.world.model, "--data": Self.world.cache, "--output": output, "--global-batch": "8",
+                    "--local-batch": "2", "--max-steps": "3", "--lr": "1e-3", "--optimizer": "adamw", "--seed": "5",
+                    "--threads": "1", "--collective-timeout": "60"]
+        for (k, v) in options { opts[k] = v }
+        let args = ["--timeout", String(timeout), String(ranks), "hgdpo", "train"] + opts.sorted { $0.key < $1.key }.flatMap { [$0.key, $0.value] }
+        var env = ["HGDPO_BIN": hgdpoBinary]
+        for (k, v) in environment { env[k] = v }
+        return try runProcess("/bin/bash", [repoRoot + "/launch/local.sh"] + args, environment: env, timeout: TimeInterval(timeout + 30))
+    }
+
+    func lora(_ run: String, step: Int = 3) throws -> [String: [Float]] {
+        let f = try SafeTensorsFile(path: "\(run)/\(Checkpoint.name(step: step))/\(Checkpoint.loraFile)")
+        return Dictionary(uniqueKeysWithValues: try f.tensorNames.map { ($0, try f.floats($0)) })
+    }
+
+    func assertSameLoRA(_ a: [String: [Float]], _ b: [String: [Float]], rtol: Double, label: String) {
+        XCTAssertEqual(Set(a.keys), Set(b.keys), label)
+        var num = 0.0, den = 0.0
+        for (k, x) in a { for (u, v) in zip(x, b[k] ?? []) { num += Double(u - v) * Double(u - v); den += Double(v) * Double(v) } }
+        XCTAssertLessThanOrEqual((num / max(den, 1e-30)).squareRoot(), rtol, label)
+    }
+
+    /// 1 rank × 4 accumulation steps, 2 ranks × 2, 4 ranks × 1: the same global batch of 8, the same LoRA.
+    func testRankCountDoesNotChangeTheResult() throws {
+        let dir = try temporaryDirectory(self)
+        var results: [[String: [Float]]] = []
+        for w in [1, 2, 4] {
+            let r = try train(ranks: w, output: "\(dir)/w\(w)")
+            XCTAssertEqual(r.status, 0, "\(w) ranks: \(r.stderr)")
+            results.append(try lora("\(dir)/w\(w)"))
+        }
+        let initial = try SafeTensorsFile(path: "\(dir)/w1/\(Checkpoint.name(step: 3))/\(Checkpoint.loraFile)")
+        XCTAssertGreaterThan(initial.tensorNames.count, 0)
+        assertSameLoRA(results[1], results[0], rtol: 1e-5, label: "2 ranks vs 1")
+        assertSameLoRA(results[2], results[0], rtol: 1e-5, label: "4 ranks vs 1")
+        // The metrics log has one record per step with the loss terms.
+        let lines = try String(contentsOfFile: "\(dir)/w4/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 3)
+        let rec = try JSONSerialization.jsonObject(with: Data(lines[2].utf8)) as! [String: Any]
+        for key in ["loss", "dpo", "stat", "implicit_acc", "reward_margin", "grad_norm", "lr", "samples_per_s"] {
+            XCTAssertNotNil(rec[key], key)
+        }
+        XCTAssertEqual(rec["step"] as? Int, 3)
+    }
+
+    /// A run stopped after step 2 and resumed (on another rank count) ends where an uninterrupted run ends.
+    func testResumeContinuesExactly() throws {
+        let dir = try temporaryDirectory(self)
+        let full = try train(ranks: 2, output: "\(dir)/full", options: ["--checkpoint-every": "1"])
+        XCTAssertEqual(full.status, 0, full.stderr)
+        let part = try train(ranks: 2, output: "\(dir)/part", options: ["--checkpoint-every": "1", "--max-steps": "2"])
+        XCTAssertEqual(part.status, 0, part.stderr)
+        let resumed = try train(ranks: 2, output: "\(dir)/part", options: ["--checkpoint-every": "1", "--resume": "auto"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertTrue(resumed.stdout.contains("resumed from"), resumed.stdout)
+        let a = try lora("\(dir)/full"), b = try lora("\(dir)/part")
+        XCTAssertEqual(a, b, "same world size: bit-identical")
+        let other = try train(ranks: 4, output: "\(dir)/part4", options: ["--checkpoint-every": "1", "--max-steps": "2"])
+        XCTAssertEqual(other.status, 0, other.stderr)
+        let resumed4 = try train(ranks: 1, output: "\(dir)/part4", options: ["--checkpoint-every": "1", "--resume": "auto"])
+        XCTAssertEqual(resumed4.status, 0, resumed4.stderr)
+        assertSameLoRA(try lora("\(dir)/part4"), a, rtol: 1e-5, label: "resumed on another world size")
+        // Resuming with other settings is refused, naming the checkpoint.
+        let bad = try train(ranks: 1, output: "\(dir)/part", options: ["--resume": "auto", "--beta": "100"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("other training settings"), bad.stderr)
+    }
+
+    /// A NaN on one rank: every rank skips the same step; too many in a row stops the run with an error, and the
+    /// checkpoint already written survives.
+    func testNonFiniteGradientsAreSkippedTogether() throws {
+        let dir = try temporaryDirectory(self)
+        let f = try train(ranks: 2, output: "\(dir)/f", options: ["--max-steps": "6", "--checkpoint-every": "1", "--max-skipped-steps": "2"],
+                          environment: ["HGDPO_FAULT_NAN": "rank=1,from_step=3"], timeout: 200)
+        XCTAssertNotEqual(f.status, 0)
+        XCTAssertTrue(f.stderr.contains("consecutive steps had a non-finite"), f.stderr)
+        XCTAssertTrue(f.stdout.contains("step 3: non-finite loss or gradient, step skipped"), f.stdout)
+        // Steps 1 and 2 completed and were checkpointed; the LoRA there is finite and loads.
+        let w = try LoRAFile.read("\(dir)/f/\(Checkpoint.name(step: 2))/\(Checkpoint.loraFile)")
+        XCTAssertTrue(w.modules.values.allSatisfy { $0.a.allSatisfy(\.isFinite) && $0.b.allSatisfy(\.isFinite) })
+    }
+
+    /// A rank that dies makes the whole job end promptly, non-zero, and loses no checkpoint already written.
+    func testKilledRankEndsTheJob() throws {
+        let dir = try temporaryDirectory(self)
+        let start = Date()
+        let f = try train(ranks: 2, output: "\(dir)/k", options: ["--max-steps": "6", "--checkpoint-every": "1"],
+                          environment: ["HGDPO_FAULT_EXIT": "rank=1,step=3"], timeout: 120)
+        XCTAssertNotEqual(f.status, 0)
+        XCTAssertLessThan(Date().timeIntervalSince(start), 60)
+        let w = try LoRAFile.read("\(dir)/k/\(Checkpoint.name(step: 2))/\(Checkpoint.loraFile)")
+        XCTAssertEqual(w.rank, 8)
+    }
+
+    func testBadOptionsAreClearErrors() throws {
+        let dir = try temporaryDirectory(self)
+        let r = try train(ranks: 1, output: "\(dir)/x", options: ["--global-batch": "6", "--local-batch": "4"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("6") && r.stderr.contains("4"), r.stderr)
+        let m = try hgdpo(["train", "--data", Self.world.cache, "--output", "\(dir)/y"])
+        XCTAssertEqual(m.status, 2)
+        XCTAssertTrue(m.stderr.contains("--model"), m.stderr)
+    }
+}
