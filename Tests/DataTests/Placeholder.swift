@@ -1,2 +1,0 @@
-import XCTest
-final class DataPlaceholderTests: XCTestCase { func testNothing() {} }
