@@ -54,7 +54,7 @@ public struct Objective: Sendable {
         dPolicy.update(repeating: 0, count: 2 * b * n)
         func mse(_ x: UnsafePointer<Float>, _ e: UnsafePointer<Float>) -> Double {
             var s = 0.0
-            for i in 0..<n { let d = Double(x[i] - e[i]); s += d * d }
+            for i in 0..<n { let d = Double(x[i]) - Double(e[i]); s += d * d }   // β/2 = 1250 amplifies rounding here
             return s / Double(n)
         }
         for j in 0..<b {
