@@ -1,5 +1,6 @@
 import XCTest
 import TestSupport
+import IO
 @testable import Commands
 
 final class CLITests: XCTestCase {
@@ -151,5 +152,35 @@ final class InspectCommandTests: XCTestCase {
         let none = try hgdpo(["inspect"])
         XCTAssertEqual(none.status, 2)
         XCTAssertTrue(none.stderr.contains("FILE.safetensors"), none.stderr)
+    }
+}
+
+final class ProbeCommandTests: XCTestCase {
+    /// `hgdpo probe dpo-loss` on the PyTorch fixture prints the reference's loss terms and writes its gradients
+    /// under the LoRA file's key names.
+    func testProbeDPOLossMatchesPyTorch() throws {
+        let unet = repoRoot + "/Tests/UNetTests/Fixtures/unet_conv"
+        let fixture = repoRoot + "/Tests/TrainingTests/Fixtures/dpo_loss.safetensors"
+        let dir = try temporaryDirectory(self)
+        let r = try hgdpo(["probe", "dpo-loss", "--model", unet, "--lora", unet + "/lora_diffusers.safetensors", "--input", fixture,
+                           "--output", dir + "/g.safetensors", "--beta", "2500", "--stat-weight", "10000"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let out = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Double]
+        let ref = try SafeTensorsFile(path: fixture)
+        for (key, name) in [("loss", "both.loss"), ("dpo_loss", "both.dpo_loss"), ("stat_loss", "both.stat_loss")] {
+            let expected = try ref.doubles(name)[0]
+            XCTAssertEqual(out[key]!, expected, accuracy: 1e-4 * abs(expected), key)
+        }
+        XCTAssertEqual(out["implicit_acc"]!, try ref.doubles("both.implicit_acc")[0], accuracy: 1e-12)
+        let grads = try SafeTensorsFile(path: dir + "/g.safetensors")
+        let name = "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_v.lora.up.weight"
+        let g = try grads.floats(name)
+        let e = try ref.floats("both.grad.mid_block.attentions.0.transformer_blocks.0.attn2.to_v.lora_B.weight")
+        assertClose(g, e, rtol: 1e-3, atol: 1e-3 * (e.map(abs).max() ?? 1), label: name)
+        // A batch without the required tensors is a clear error naming the file and the tensor.
+        let bad = try hgdpo(["probe", "dpo-loss", "--model", unet, "--lora", unet + "/lora_diffusers.safetensors",
+                             "--input", unet + "/io.safetensors", "--output", dir + "/x.safetensors"])
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.stderr.contains("io.safetensors") && bad.stderr.contains("winner"), bad.stderr)
     }
 }
