@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# demo.sh — install what is missing, build in release mode, and run the main job on the embedded default.
+# demo.sh — install what is missing, build in release mode, and run the main job, HG-DPO training on MPI ranks,
+# end to end on this machine.
 #
 # Usage: launch/demo.sh [NP]     (NP ranks on this machine, default 2)
 #
-# Until the trainer lands (`hgdpo train`), the demo runs what the foundation has end to end: a 2-rank MPI job
-# checking the collectives the trainer's gradient all-reduce uses, and `hgdpo inspect` on a diffusers U-Net
-# (a random-weight tiny one committed as a test fixture).
+# Until the embedded default world exists (the toy world issue), the job runs on what can be made here: a random-weight
+# U-Net of the `tiny` shape and a latent cache of random winner/loser latents. It checks the MPI collectives, trains
+# 8 steps (global batch 8) with a checkpoint every 2, resumes from the last one, and shows the LoRA it wrote.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -16,11 +17,24 @@ np=${1:-2}
 echo "== swift build -c release"
 swift build -c release
 export HGDPO_BIN="$root/.build/release/hgdpo"
+work=${HGDPO_DEMO_DIR:-$root/runs/demo}
+rm -rf "$work"
+mkdir -p "$work"
 
 echo "== $np ranks: hgdpo probe mpi"
 "$root/launch/local.sh" --timeout 300 "$np" hgdpo probe mpi
 
-echo "== hgdpo inspect (a diffusers UNet2DConditionModel file)"
-"$HGDPO_BIN" inspect --pretty Tests/IOTests/Fixtures/tiny_unet/diffusion_pytorch_model.safetensors | head -n 20
-echo "   …"
-echo "demo: done"
+echo "== a random-weight U-Net (tiny) and a latent cache of 64 random triplets"
+"$HGDPO_BIN" make-model --config tiny --out "$work/model"
+"$HGDPO_BIN" make-cache --count 64 --latent 4,16,16 --context 77,32 --out "$work/cache"
+
+echo "== $np ranks: hgdpo train (6 steps, then resume to 8)"
+train=(hgdpo train --model "$work/model" --data "$work/cache" --output "$work/run" --global-batch 8 --local-batch 2
+       --lr 1e-4 --checkpoint-every 2 --seed 1)
+"$root/launch/local.sh" --timeout 900 "$np" "${train[@]}" --max-steps 6
+"$root/launch/local.sh" --timeout 900 "$np" "${train[@]}" --max-steps 8 --resume auto
+
+echo "== the trained LoRA, in the format diffusers loads (load_lora_weights)"
+"$HGDPO_BIN" inspect "$work/run/step-000008/pytorch_lora_weights.safetensors" | head -c 300; echo " …"
+tail -n 2 "$work/run/metrics.jsonl"
+echo "demo: done — run folder $work/run (metrics.jsonl, config.json, step-*/)"
