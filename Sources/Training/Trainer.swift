@@ -174,7 +174,9 @@ public final class Trainer {
             }
             faults.inject(rank: comm.rank, step: state.step + 1, grads: gradSum)
             // One all-reduce for the gradients, one for the logged terms and the stop flag.
+            let commStart = Watchdog.now()
             try watchdog.guarded("MPI_Allreduce of the LoRA gradients (step \(state.step))") { try comm.allreduce(gradSum.buffer) }
+            let commSeconds = Watchdog.now() - commStart
             for i in 0..<lora.count { lora.grads.ptr[i] = Float(gradSum.ptr[i]) }
             var packed = [terms.loss, terms.dpo, terms.stat, terms.correct, terms.insideSum, terms.mseThetaW, terms.mseThetaL,
                           terms.mseRefW, terms.mseRefL, Double(terms.pairs), Double(stopSignal)]
@@ -220,7 +222,7 @@ public final class Trainer {
                     ("mse_theta_w", .double(packed[5] / pairs)), ("mse_theta_l", .double(packed[6] / pairs)),
                     ("mse_ref_w", .double(packed[7] / pairs)), ("mse_ref_l", .double(packed[8] / pairs)),
                     ("lr", .double(Double(lr))), ("grad_norm", .double(gradNorm)), ("skipped", .bool(!finite)),
-                    ("samples_per_s", .double(rate)), ("step_s", .double(now - stepStart)), ("world_size", .int(comm.size)),
+                    ("samples_per_s", .double(rate)), ("step_s", .double(now - stepStart)), ("allreduce_s", .double(commSeconds)), ("world_size", .int(comm.size)),
                 ])
                 metrics?.write((record.serialized() + "\n").data(using: .utf8)!)
                 log(String(format: "step %d/%d  loss %.5f  dpo %.5f  stat %.3e  acc %.2f  %.2f samples/s  ETA %@",
