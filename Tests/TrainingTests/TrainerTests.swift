@@ -126,6 +126,19 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(w.rank, 8)
     }
 
+    /// A damaged cache shard stops the run before the first step, naming the file.
+    func testCorruptCacheIsAClearError() throws {
+        let dir = try temporaryDirectory(self)
+        try FileManager.default.copyItem(atPath: Self.world.cache, toPath: dir + "/cache")
+        let shard = dir + "/cache/shard-00001.safetensors"
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: shard))
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: shard))
+        let r = try train(ranks: 2, output: dir + "/run", options: ["--data": dir + "/cache"], timeout: 120)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("shard-00001.safetensors"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/run/latest"))
+    }
+
     func testBadOptionsAreClearErrors() throws {
         let dir = try temporaryDirectory(self)
         let r = try train(ranks: 1, output: "\(dir)/x", options: ["--global-batch": "6", "--local-batch": "4"])
