@@ -61,34 +61,16 @@ extension Commands {
         let opt = AdamW(count: model.lora!.count)
         let c = spec.inChannels, n = c * l * l, d = spec.crossAttentionDim
         let rng = CounterRNG(seed: 1)
-        let winners = rng.substream(1).normals(b * n), losers = rng.substream(2).normals(b * n)
-        let ctx1 = rng.substream(3).normals(b * s * d)
-        let context = Buffer(ctx1 + ctx1)
+        let winners = Buffer(rng.substream(1).normals(b * n)), losers = Buffer(rng.substream(2).normals(b * n))
+        let context = Buffer(rng.substream(3).normals(b * s * d))
 
         func step(_ k: Int) throws {
-            let noise = rng.substream(4, UInt64(k)).normals(b * n)
+            let noise = Buffer(rng.substream(4, UInt64(k)).normals(b * n))
             let t = (0..<b).map { rng.substream(5, UInt64(k)).integer(UInt64($0), below: schedule.trainTimesteps) }
-            let xt = Buffer(uninitialized: 2 * b * n)
-            for j in 0..<b {
-                winners.withUnsafeBufferPointer { w in noise.withUnsafeBufferPointer { e in
-                    schedule.addNoise(w.baseAddress! + j * n, noise: e.baseAddress! + j * n, timestep: t[j], count: n, into: xt.ptr + j * n)
-                }}
-                losers.withUnsafeBufferPointer { w in noise.withUnsafeBufferPointer { e in
-                    schedule.addNoise(w.baseAddress! + j * n, noise: e.baseAddress! + j * n, timestep: t[j], count: n, into: xt.ptr + (b + j) * n)
-                }}
-            }
-            let tt = (t + t).map(Float.init)
-            let policy = try model.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: l, width: l,
-                                           contextLength: s, loraScale: 1, training: true)
-            let reference = try model.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: l, width: l,
-                                              contextLength: s, loraScale: nil)
-            let dPolicy = Buffer(uninitialized: 2 * b * n)
-            _ = noise.withUnsafeBufferPointer { e in
-                objective.evaluate(policy: policy.ptr, reference: reference.ptr, noise: e.baseAddress!, timesteps: t, pairs: b,
-                                   channels: c, spatial: l * l, schedule: schedule, normalizer: b, dPolicy: dPolicy.ptr)
-            }
+            let batch = PairBatch(pairs: b, winner: winners.ptr, loser: losers.ptr, noise: noise.ptr, timesteps: t, context: context.ptr,
+                                  channels: c, height: l, width: l, contextLength: s, contextDim: d)
             model.lora!.zeroGrad()
-            model.backward(dPolicy)
+            _ = try accumulatePairGradients(model: model, objective: objective, schedule: schedule, batch: batch, normalizer: b)
             opt.update(params: model.lora!.params.ptr, grads: model.lora!.grads.ptr, count: model.lora!.count, lr: 1e-5)
         }
         try step(0)
