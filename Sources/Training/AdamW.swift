@@ -4,10 +4,11 @@ import IO
 import Tensors
 
 public struct AdamWConfig: Codable, Sendable, Equatable {
-    public var beta1: Float = 0.9
-    public var beta2: Float = 0.999
-    public var eps: Float = 1e-8
-    public var weightDecay: Float = 0.01
+    // Doubles, as torch keeps them (Python floats): 1 − β is formed in double and rounded once.
+    public var beta1: Double = 0.9
+    public var beta2: Double = 0.999
+    public var eps: Double = 1e-8
+    public var weightDecay: Double = 0.01
     public init() {}
 }
 
@@ -27,16 +28,17 @@ public final class AdamW: Optimizer, @unchecked Sendable {
         precondition(count == m.count, "AdamW.update: \(count) parameters, state for \(m.count)")
         stepCount += 1
         let step = stepCount
-        let b1 = config.beta1, b2 = config.beta2, eps = config.eps
-        let bc1 = 1 - Float(Double(b1).pow(step)), bc2 = 1 - Float(Double(b2).pow(step))
-        let stepSize = lr / bc1, bc2Sqrt = bc2.squareRoot()
-        let decay = 1 - lr * config.weightDecay
+        let b1 = Float(config.beta1), b2 = Float(config.beta2), eps = Float(config.eps)
+        let oneMinusB1 = Float(1 - config.beta1), oneMinusB2 = Float(1 - config.beta2)
+        let bc1 = 1 - config.beta1.pow(step), bc2 = 1 - config.beta2.pow(step)
+        let stepSize = Float(Double(lr) / bc1), bc2Sqrt = Float(bc2.squareRoot())
+        let decay = Float(1 - Double(lr) * config.weightDecay)
         let mp = m.ptr, vp = v.ptr
         parallelFor(count, work: count) { i in
             let g = grads[i]
             params[i] *= decay
-            mp[i] += (1 - b1) * (g - mp[i])                   // torch: m.lerp_(g, 1 - beta1)
-            vp[i] = vp[i] * b2 + (1 - b2) * g * g
+            mp[i] += oneMinusB1 * (g - mp[i])                 // torch: m.lerp_(g, 1 - beta1)
+            vp[i] = vp[i] * b2 + oneMinusB2 * g * g
             let denom = vp[i].squareRoot() / bc2Sqrt + eps
             params[i] -= stepSize * mp[i] / denom
         }

@@ -86,9 +86,16 @@ public final class Trainer {
 
     static func makeOptimizer(_ c: TrainConfig, lora: LoRAAdapters) throws -> Optimizer {
         var cfg = AdamWConfig()
-        cfg.beta1 = Float(c.adamBeta1); cfg.beta2 = Float(c.adamBeta2); cfg.eps = Float(c.adamEps); cfg.weightDecay = Float(c.weightDecay)
+        cfg.beta1 = c.adamBeta1; cfg.beta2 = c.adamBeta2; cfg.eps = c.adamEps; cfg.weightDecay = c.weightDecay
         switch c.optimizer {
         case "adamw": return AdamW(count: lora.count, config: cfg)
+        case "adam8bit":
+            // bitsandbytes quantizes per tensor: each LoRA A and B is its own segment (under 4096 elements: fp32 state).
+            let segments = lora.targets.flatMap { t in
+                [(offset: t.offsetA, count: lora.rank * t.inFeatures), (offset: t.offsetB, count: t.outFeatures * lora.rank)]
+            }
+            return Adam8bit(segments: segments, betas: (c.adamBeta1, c.adamBeta2), eps: c.adamEps, weightDecay: c.weightDecay,
+                            decoupled: true)
         default: throw TrainError("--optimizer \(c.optimizer): expected adamw or adam8bit")
         }
     }

@@ -100,6 +100,26 @@ final class TrainerTests: XCTestCase {
         XCTAssertTrue(bad.stderr.contains("other training settings"), bad.stderr)
     }
 
+    /// The default optimizer (8-bit AdamW as bitsandbytes; rank 128 makes the 64-channel LoRA matrices large enough to be
+    /// quantized) resumes bit-exactly: its quantized state is in the checkpoint.
+    func testAdam8bitResumesExactly() throws {
+        let dir = try temporaryDirectory(self)
+        let opts = ["--optimizer": "adam8bit", "--lora-rank": "128", "--lora-alpha": "128", "--checkpoint-every": "1"]
+        let full = try train(ranks: 2, output: "\(dir)/full", options: opts)
+        XCTAssertEqual(full.status, 0, full.stderr)
+        var partOpts = opts
+        partOpts["--max-steps"] = "2"
+        XCTAssertEqual(try train(ranks: 2, output: "\(dir)/part", options: partOpts).status, 0)
+        var resumeOpts = opts
+        resumeOpts["--resume"] = "auto"
+        let r = try train(ranks: 2, output: "\(dir)/part", options: resumeOpts)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(try lora("\(dir)/full"), try lora("\(dir)/part"))
+        let state = try SafeTensorsFile(path: "\(dir)/part/\(Checkpoint.name(step: 3))/\(Checkpoint.optimizerFile)")
+        XCTAssertEqual(state.metadata["optimizer"], "adam8bit")
+        XCTAssertEqual(state.info("state1")?.dtype, .U8)
+    }
+
     /// A NaN on one rank: every rank skips the same step; too many in a row stops the run with an error, and the
     /// checkpoint already written survives.
     func testNonFiniteGradientsAreSkippedTogether() throws {
