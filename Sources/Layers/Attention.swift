@@ -1,6 +1,7 @@
 // Multi-head scaled-dot-product attention, forward and backward, without ever holding the (H, Nq, Nk) matrix.
 // Ref: diffusers AttnProcessor2_0 → F.scaled_dot_product_attention(q, k, v) with scale 1/sqrt(head size),
-// softmax over keys, no mask, no dropout.
+// softmax over keys, no dropout; no mask, or with `causal` (self-attention, Nq = Nk) query i sees keys j ≤ i only,
+// as CLIP's text encoder (transformers CLIPTextModel: causal mask, is_causal=True).
 //
 // Layout is tokens-major, as the rows come out of to_q / to_k / to_v (and go into to_out.0):
 //   q, out (B, Nq, H·d)   k, v (B, Nk, H·d)   head h owns columns [h·d, (h+1)·d).
@@ -73,15 +74,18 @@ struct AttentionPlan {
 public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                              q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                              B: Int, Nq: Int, Nk: Int, heads: Int, headDim: Int,
-                             workspace: UnsafeMutablePointer<Float>, threads: Int = attentionDefaultThreads) {
+                             workspace: UnsafeMutablePointer<Float>, threads: Int = attentionDefaultThreads,
+                             causal: Bool = false) {
     attentionForward(out: out, lse: lse, q: q, k: k, v: v, B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim,
-                     workspace: workspace, plan: AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, threads: threads))
+                     workspace: workspace, plan: AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, threads: threads),
+                     causal: causal)
 }
 
 func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                       q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                       B: Int, Nq: Int, Nk: Int, heads: Int, headDim: Int,
-                      workspace: UnsafeMutablePointer<Float>, plan: AttentionPlan) {
+                      workspace: UnsafeMutablePointer<Float>, plan: AttentionPlan, causal: Bool = false) {
+    precondition(!causal || Nq == Nk, "causal attention needs Nq == Nk")
     let H = heads, d = headDim, C = H * d
     let scale = 1 / Float(d).squareRoot()
     let rows = plan.rows, ldS = plan.ldS, blocks = plan.blocks, perWorker = plan.perWorker
@@ -100,6 +104,7 @@ func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointe
         // S = scale·Q_blk·Kᵀ
         BLAS.sgemm(transB: true, m: m, n: Nk, k: d, alpha: scale, a: qBlk, lda: C, b: kHead, ldb: C,
                    beta: 0, c: S, ldc: ldS)
+        if causal { maskFuture(S, ldS: ldS, rows: m, firstRow: i0, Nk: Nk) }
         // S ← exp(S − rowmax) in place; the 1/Σ is applied to the d outputs instead of the Nk probabilities.
         for i in 0..<m {
             let row = S + i * ldS
@@ -127,10 +132,11 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                               q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                               out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
                               B: Int, Nq: Int, Nk: Int, heads: Int, headDim: Int,
-                              workspace: UnsafeMutablePointer<Float>, threads: Int = attentionDefaultThreads) {
+                              workspace: UnsafeMutablePointer<Float>, threads: Int = attentionDefaultThreads,
+                              causal: Bool = false) {
     attentionBackward(dq: dq, dk: dk, dv: dv, dout: dout, q: q, k: k, v: v, out: out, lse: lse,
                       B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim, workspace: workspace,
-                      plan: AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, threads: threads))
+                      plan: AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, threads: threads), causal: causal)
 }
 
 func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
@@ -138,7 +144,8 @@ func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer
                        q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                        out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
                        B: Int, Nq: Int, Nk: Int, heads: Int, headDim: Int,
-                       workspace: UnsafeMutablePointer<Float>, plan: AttentionPlan) {
+                       workspace: UnsafeMutablePointer<Float>, plan: AttentionPlan, causal: Bool = false) {
+    precondition(!causal || Nq == Nk, "causal attention needs Nq == Nk")
     let H = heads, d = headDim, C = H * d
     let scale = 1 / Float(d).squareRoot()
     let rows = plan.rows, ldS = plan.ldS, perWorker = plan.perWorker
@@ -163,6 +170,7 @@ func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer
             // P = exp(scale·Q_blk·Kᵀ − lse)
             BLAS.sgemm(transB: true, m: m, n: Nk, k: d, alpha: scale, a: qBlk, lda: C, b: kHead, ldb: C,
                        beta: 0, c: P, ldc: ldS)
+            if causal { maskFuture(P, ldS: ldS, rows: m, firstRow: i0, Nk: Nk) }
             for i in 0..<m { expShiftedInPlace(P + i * ldS, Nk, shift: lseBlk[i]) }
             // dP = dO_blk·Vᵀ
             BLAS.sgemm(transB: true, m: m, n: Nk, k: d, a: doBlk, lda: C, b: vHead, ldb: C, beta: 0, c: dS, ldc: ldS)
@@ -261,6 +269,16 @@ private func rowSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
 @inline(__always)
 private func expShiftedInPlace(_ x: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) {
     for j in 0..<n { x[j] = fastExp(x[j] - shift) }
+}
+
+/// Causal mask on a score block whose row i is query firstRow + i: S[i][j] ← −∞ for keys j > firstRow + i, so
+/// exp gives exactly 0 there (fastExp(−∞) = 0) and the row's max and sum see only the visible keys.
+@inline(__always)
+private func maskFuture(_ S: UnsafeMutablePointer<Float>, ldS: Int, rows m: Int, firstRow: Int, Nk: Int) {
+    for i in 0..<m where firstRow + i + 1 < Nk {
+        let row = S + i * ldS
+        for j in (firstRow + i + 1)..<Nk { row[j] = -.infinity }
+    }
 }
 
 /// dS[j] ← P[j]·(dP[j] − D) in place over dP, j < n.

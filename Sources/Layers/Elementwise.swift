@@ -1,4 +1,4 @@
-// Element-wise kernels: SiLU, exact GELU, GEGLU, residual adds, per-channel broadcast adds, nearest ×2 upsampling.
+// Element-wise kernels: SiLU, exact GELU, QuickGELU (CLIP), GEGLU, residual adds, per-channel broadcast adds, nearest ×2 upsampling.
 // Flat loops are split into a few contiguous ranges (`parallelRanges`); per-channel ones go over batch × channels.
 import Foundation
 import Tensors
@@ -122,6 +122,16 @@ public func geluBackward(dinp: UnsafeMutablePointer<Float>,  // (n)
                          inp: UnsafePointer<Float>,          // (n)
                          n: Int) {
     parallelRanges(n) { r in for i in r { dinp[i] += dout[i] * geluDerivativeScalar(inp[i]) } }
+}
+
+// MARK: - QuickGELU (forward only)
+
+/// out = x · σ(1.702 · x). Overwrites out (may alias inp). Ref: transformers activations.QuickGELUActivation
+/// (`input * torch.sigmoid(1.702 * input)`), CLIP's `hidden_act: "quick_gelu"`.
+public func quickGeluForward(out: UnsafeMutablePointer<Float>,   // (n)
+                             inp: UnsafePointer<Float>,          // (n)
+                             n: Int) {
+    parallelRanges(n) { r in for i in r { let x = inp[i]; out[i] = x * sigmoidFloat(1.702 * x) } }
 }
 
 // MARK: - GEGLU

@@ -272,6 +272,66 @@ final class AttentionTests: XCTestCase {
         assertClose(dv3, once.2.map { 0.5 + $0 }, rtol: 1e-6, atol: 1e-6, label: "dv onto 0.5")
     }
 
+    /// Causal self-attention (CLIP's text encoder): query i sees keys j ≤ i. Forward and backward against a naive
+    /// Double reference with the mask, with block edges inside Nq (rows 3, 8) and 1 or 2 threads.
+    func testCausalMatchesNaive() {
+        let s = Shape(B: 2, Nq: 19, Nk: 19, H: 3, d: 5)
+        let (q, k, v) = Self.inputs(s, seed: 60)
+        let dout = Self.random(q.count, seed: 61)
+        let scale = 1 / Double(s.d).squareRoot(), C = s.C
+        var refOut = [Double](repeating: 0, count: q.count), refLse = [Double](repeating: 0, count: s.B * s.H * s.Nq)
+        var refDq = [Double](repeating: 0, count: q.count), refDk = [Double](repeating: 0, count: k.count)
+        var refDv = [Double](repeating: 0, count: v.count)
+        for b in 0..<s.B {
+            for h in 0..<s.H {
+                let at = { (x: [Float], t: Int, c: Int) in Double(x[(b * s.Nq + t) * C + h * s.d + c]) }
+                for i in 0..<s.Nq {
+                    let keys = 0...i
+                    let sc = keys.map { j in scale * (0..<s.d).reduce(0.0) { $0 + at(q, i, $1) * at(k, j, $1) } }
+                    let m = sc.max()!, e = sc.map { Foundation.exp($0 - m) }, sum = e.reduce(0, +)
+                    let P = e.map { $0 / sum }
+                    refLse[(b * s.H + h) * s.Nq + i] = m + Foundation.log(sum)
+                    var o = [Double](repeating: 0, count: s.d)
+                    for j in keys { for c in 0..<s.d { o[c] += P[j] * at(v, j, c) } }
+                    for c in 0..<s.d { refOut[(b * s.Nq + i) * C + h * s.d + c] = o[c] }
+                    let dP = keys.map { j in (0..<s.d).reduce(0.0) { $0 + at(dout, i, $1) * at(v, j, $1) } }
+                    let D = keys.reduce(0.0) { $0 + P[$1] * dP[$1] }
+                    for j in keys {
+                        let dS = P[j] * (dP[j] - D)
+                        for c in 0..<s.d {
+                            refDq[(b * s.Nq + i) * C + h * s.d + c] += scale * dS * at(k, j, c)
+                            refDk[(b * s.Nk + j) * C + h * s.d + c] += scale * dS * at(q, i, c)
+                            refDv[(b * s.Nk + j) * C + h * s.d + c] += P[j] * at(dout, i, c)
+                        }
+                    }
+                }
+            }
+        }
+        for (rows, threads) in [(3, 1), (8, 2), (nil, 2)] as [(Int?, Int)] {
+            let plan = AttentionPlan(B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, threads: threads, rows: rows)
+            var out = [Float](repeating: .nan, count: q.count), lse = [Float](repeating: .nan, count: refLse.count)
+            var ws = [Float](repeating: .nan, count: plan.workspaceSize)
+            attentionForward(out: &out, lse: &lse, q: q, k: k, v: v, B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H,
+                             headDim: s.d, workspace: &ws, plan: plan, causal: true)
+            let label = "causal rows \(rows.map(String.init) ?? "auto") threads \(threads)"
+            assertClose(out.map(Double.init), refOut, rtol: 2e-5, atol: 2e-6, label: "out \(label)")
+            assertClose(lse.map(Double.init), refLse, rtol: 2e-6, atol: 2e-6, label: "lse \(label)")
+            var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count)
+            var dv = [Float](repeating: 0, count: v.count)
+            attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dout, q: q, k: k, v: v, out: out, lse: lse,
+                              B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, headDim: s.d, workspace: &ws, plan: plan, causal: true)
+            assertClose(dq.map(Double.init), refDq, rtol: 1e-4, atol: 1e-5, label: "dq \(label)")
+            assertClose(dk.map(Double.init), refDk, rtol: 1e-4, atol: 1e-5, label: "dk \(label)")
+            assertClose(dv.map(Double.init), refDv, rtol: 1e-4, atol: 1e-5, label: "dv \(label)")
+        }
+        // The first query attends to itself only: its output is v of token 0.
+        var out = [Float](repeating: 0, count: q.count), lse = [Float](repeating: 0, count: refLse.count)
+        var ws = [Float](repeating: 0, count: attentionWorkspaceSize(B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, headDim: s.d))
+        attentionForward(out: &out, lse: &lse, q: q, k: k, v: v, B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, headDim: s.d,
+                         workspace: &ws, causal: true)
+        XCTAssertEqual(Array(out[0..<C]), Array(v[0..<C]))
+    }
+
     func testWorkspaceDoesNotGrowWithQueries() {
         let a = attentionWorkspaceSize(B: 1, Nq: 4096, Nk: 4096, heads: 8, headDim: 40, threads: 2)
         let b = attentionWorkspaceSize(B: 4, Nq: 65536, Nk: 4096, heads: 8, headDim: 40, threads: 2)

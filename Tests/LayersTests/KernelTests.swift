@@ -394,6 +394,11 @@ final class KernelTests: XCTestCase {
         geluBackward(dinp: out.p, dout: ones.c, inp: xb.c, n: n)
         assertClose(out.doubles, x.map { cdf($0) + $0 * exp(-0.5 * $0 * $0) / (2 * Double.pi).squareRoot() },
                     rtol: 2e-6, atol: 2e-7, label: "gelu' grid")  // Φ + x·φ cancels near x ≈ −0.75
+        // QuickGELU x·σ(1.702·x) (CLIP), in place; 1.702·x rounds to float first, as in torch.
+        out.p.update(from: xb.c, count: n)
+        quickGeluForward(out: out.p, inp: out.p, n: n)
+        assertClose(out.doubles, x.map { $0 * sigmoid(Double(Float(1.702) * Float($0))) }, rtol: 1e-6, atol: 1e-12,
+                    label: "quick_gelu grid")
     }
 
     func testGEGLU() {

@@ -1,0 +1,226 @@
+// CLIP's text transformer, forward only: what Stable Diffusion conditions its U-Net on.
+// Ref: transformers 5.24 models/clip/modeling_clip.py, CLIPTextModel.forward → last_hidden_state:
+//   x = token_embedding[ids] + position_embedding[0..<S]
+//   per layer: x += out_proj(attention(layer_norm1(x)))      (causal: token i sees tokens ≤ i; heads of size D/H,
+//              x += fc2(act(fc1(layer_norm2(x))))             scale 1/sqrt(D/H); act quick_gelu or gelu)
+//   last_hidden_state = final_layer_norm(x)
+// No padding mask: diffusers' SD pipelines call the text encoder with the ids alone (config.use_attention_mask unset),
+// so padding tokens attend to everything before them, as here.
+//
+// Weights: text_encoder/model[.fp16].safetensors (any float dtype, converted to fp32). Checkpoints saved by
+// transformers 4 (all Stable Diffusion releases) name the tensors `text_model.embeddings…`; transformers 5 saves
+// them without the `text_model.` prefix; both load. `…embeddings.position_ids` (an int64 buffer in old files) is ignored.
+import Foundation
+import IO
+import Layers
+import Tensors
+
+public enum TextModelError: Error, CustomStringConvertible, Equatable {
+    case badConfig(path: String, key: String, detail: String)
+    case weights(source: String, detail: String)
+    case badInput(String)
+
+    public var description: String {
+        switch self {
+        case .badConfig(let p, let k, let d): return "\(p): key '\(k)': \(d)"
+        case .weights(let s, let d): return "\(s): weights do not match the text encoder config: \(d)"
+        case .badInput(let m): return m
+        }
+    }
+}
+
+public enum TextActivation: String, Sendable {
+    case quickGelu = "quick_gelu"
+    case gelu = "gelu"
+}
+
+public final class CLIPTextModel: @unchecked Sendable {
+    public let config: CLIPTextConfig
+    public let activation: TextActivation
+    /// Every parameter, fp32, in one allocation; `offsets` maps the state-dict key (without `text_model.`) to it.
+    public let storage: Buffer
+    private let entries: [(key: String, shape: [Int], offset: Int)]
+    private let index: [String: Int]
+
+    public var width: Int { config.hiddenSize }
+    public var layerCount: Int { config.numHiddenLayers }
+    public var heads: Int { config.numAttentionHeads }
+
+    /// Builds the parameter table for a config (weights uninitialised until `load`); `source` names the config in errors.
+    public init(config: CLIPTextConfig, source: String = "text encoder config") throws {
+        func check(_ ok: Bool, _ key: String, _ detail: String) throws {
+            if !ok { throw TextModelError.badConfig(path: source, key: key, detail: detail) }
+        }
+        try check(config.hiddenSize > 0, "hidden_size", "must be positive, got \(config.hiddenSize)")
+        try check(config.numAttentionHeads > 0 && config.hiddenSize % config.numAttentionHeads == 0, "num_attention_heads",
+                  "\(config.numAttentionHeads) does not divide hidden_size \(config.hiddenSize)")
+        try check(config.intermediateSize > 0, "intermediate_size", "must be positive, got \(config.intermediateSize)")
+        try check(config.numHiddenLayers > 0, "num_hidden_layers", "must be positive, got \(config.numHiddenLayers)")
+        try check(config.vocabSize > 0, "vocab_size", "must be positive, got \(config.vocabSize)")
+        try check(config.maxPositionEmbeddings > 0, "max_position_embeddings", "must be positive, got \(config.maxPositionEmbeddings)")
+        try check(config.layerNormEps > 0, "layer_norm_eps", "must be positive, got \(config.layerNormEps)")
+        guard let act = TextActivation(rawValue: config.hiddenAct) else {
+            throw TextModelError.badConfig(path: source, key: "hidden_act",
+                                           detail: "'\(config.hiddenAct)' is not supported (quick_gelu or gelu)")
+        }
+        self.config = config
+        activation = act
+        let D = config.hiddenSize, I = config.intermediateSize
+        var list: [(String, [Int])] = [
+            ("embeddings.token_embedding.weight", [config.vocabSize, D]),
+            ("embeddings.position_embedding.weight", [config.maxPositionEmbeddings, D]),
+        ]
+        for l in 0..<config.numHiddenLayers {
+            let p = "encoder.layers.\(l)."
+            for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                list += [(p + "self_attn.\(proj).weight", [D, D]), (p + "self_attn.\(proj).bias", [D])]
+            }
+            list += [(p + "layer_norm1.weight", [D]), (p + "layer_norm1.bias", [D]),
+                     (p + "mlp.fc1.weight", [I, D]), (p + "mlp.fc1.bias", [I]),
+                     (p + "mlp.fc2.weight", [D, I]), (p + "mlp.fc2.bias", [D]),
+                     (p + "layer_norm2.weight", [D]), (p + "layer_norm2.bias", [D])]
+        }
+        list += [("final_layer_norm.weight", [D]), ("final_layer_norm.bias", [D])]
+        var offset = 0
+        var entries: [(key: String, shape: [Int], offset: Int)] = []
+        for (key, shape) in list {
+            entries.append((key, shape, offset))
+            offset += shape.reduce(1, *)
+        }
+        self.entries = entries
+        index = Dictionary(uniqueKeysWithValues: entries.enumerated().map { ($1.key, $0) })
+        storage = Buffer(zeros: offset)
+    }
+
+    /// Loads a text encoder folder (the `text_encoder/` of a pipeline, or given directly): config.json and the
+    /// safetensors weights of `variant` (e.g. "fp16": model.fp16.safetensors).
+    public static func load(folder: ComponentFolder, variant: String? = nil) throws -> CLIPTextModel {
+        let model = try CLIPTextModel(config: folder.config(CLIPTextConfig.self), source: folder.configPath)
+        try model.load(files: folder.weightFiles(variant: variant))
+        return model
+    }
+
+    /// Parameter pointer by state-dict key (without `text_model.`).
+    public func parameter(_ key: String) -> UnsafeMutableBufferPointer<Float>? {
+        index[key].map { UnsafeMutableBufferPointer(start: storage.ptr + entries[$0].offset, count: entries[$0].shape.reduce(1, *)) }
+    }
+
+    private func p(_ key: String) -> UnsafeMutablePointer<Float> { storage.ptr + entries[index[key]!].offset }
+
+    /// Fills every parameter from safetensors files; each must be present once with its shape, and nothing else but
+    /// `position_ids` may be there.
+    public func load(files: [String]) throws {
+        var seen = Set<String>()
+        var unexpected: [String] = [], mismatched: [String] = []
+        let source = files.count == 1 ? files[0] : "\(files.count) files in \((files.first.map { ($0 as NSString).deletingLastPathComponent }) ?? "")"
+        for path in files {
+            let file = try SafeTensorsFile(path: path)
+            for name in file.tensorNames {
+                let key = name.hasPrefix("text_model.") ? String(name.dropFirst("text_model.".count)) : name
+                if key == "embeddings.position_ids" { continue }
+                guard let i = index[key] else { unexpected.append(name); continue }
+                let e = entries[i]
+                guard let info = file.info(name), info.shape == e.shape else {
+                    mismatched.append("\(name) is \(file.info(name)?.shape ?? []), expected \(e.shape)")
+                    continue
+                }
+                try file.read(name, into: UnsafeMutableBufferPointer(start: storage.ptr + e.offset, count: info.count))
+                seen.insert(key)
+            }
+        }
+        let missing = entries.map(\.key).filter { !seen.contains($0) }
+        func list(_ xs: [String]) -> String { xs.prefix(5).joined(separator: ", ") + (xs.count > 5 ? ", … (\(xs.count) in all)" : "") }
+        var parts: [String] = []
+        if !missing.isEmpty { parts.append("missing \(missing.count) tensor(s): \(list(missing))") }
+        if !mismatched.isEmpty { parts.append("wrong shape: \(list(mismatched))") }
+        if !unexpected.isEmpty { parts.append("\(unexpected.count) unexpected tensor(s): \(list(unexpected))") }
+        if !parts.isEmpty { throw TextModelError.weights(source: source, detail: parts.joined(separator: "; ")) }
+    }
+
+    /// Random weights for tests and tools: N(0, 0.02) embeddings and biases, N(0, 1/fan_in) matrices, LayerNorm
+    /// weights 1 + 0.1·N(0, 1).
+    public func randomizeWeights(seed: UInt64) {
+        let rng = CounterRNG(seed: seed)
+        for (i, e) in entries.enumerated() {
+            let buf = UnsafeMutableBufferPointer(start: storage.ptr + e.offset, count: e.shape.reduce(1, *))
+            let s = rng.substream(UInt64(i))
+            if e.key.contains("norm") && e.key.hasSuffix(".weight") {
+                for j in 0..<buf.count { buf[j] = 1 + 0.1 * s.normal(UInt64(j)) }
+            } else if e.shape.count == 2 && !e.key.hasPrefix("embeddings.") {
+                s.fillNormal(buf, scale: 1 / Float(e.shape[1]).squareRoot())
+            } else {
+                s.fillNormal(buf, scale: 0.02)
+            }
+        }
+    }
+
+    // MARK: - Forward
+
+    /// last_hidden_state (B, S, D) of token ids (B, S), S ≤ max_position_embeddings.
+    /// `skipLastLayers` k runs only the first L − k layers before final_layer_norm (diffusers' `clip_skip`:
+    /// `final_layer_norm(hidden_states[-(k + 1)])`); 0 is the plain last_hidden_state.
+    public func forward(inputIds: [Int], batch B: Int, length S: Int, skipLastLayers: Int = 0) throws -> Buffer {
+        let D = config.hiddenSize, I = config.intermediateSize, H = config.numAttentionHeads, N = B * S
+        guard B > 0, S > 0, inputIds.count == N else {
+            throw TextModelError.badInput("text encoder: \(inputIds.count) token ids for a batch of \(B) × \(S)")
+        }
+        guard S <= config.maxPositionEmbeddings else {
+            throw TextModelError.badInput("text encoder: sequence length \(S) exceeds max_position_embeddings \(config.maxPositionEmbeddings)")
+        }
+        guard (0..<config.numHiddenLayers).contains(skipLastLayers) else {
+            throw TextModelError.badInput("text encoder: clip skip \(skipLastLayers) must be in 0..<\(config.numHiddenLayers) (the layer count)")
+        }
+        if let bad = inputIds.firstIndex(where: { $0 < 0 || $0 >= config.vocabSize }) {
+            throw TextModelError.badInput("text encoder: token id \(inputIds[bad]) (prompt \(bad / S), position \(bad % S)) is outside the vocabulary (vocab_size \(config.vocabSize))")
+        }
+        let eps = Float(config.layerNormEps)
+
+        // Embeddings: x (N, D) = token_embedding[id] + position_embedding[s].
+        let x = Buffer(uninitialized: N * D)
+        let tok = p("embeddings.token_embedding.weight"), pos = p("embeddings.position_embedding.weight")
+        for n in 0..<N {
+            let row = x.ptr + n * D, t = tok + inputIds[n] * D, ps = pos + (n % S) * D
+            for j in 0..<D { row[j] = t[j] + ps[j] }
+        }
+
+        let h = Buffer(uninitialized: N * D)                       // (N, D) layer-norm output
+        let q = Buffer(uninitialized: N * D), k = Buffer(uninitialized: N * D), v = Buffer(uninitialized: N * D)
+        let att = Buffer(uninitialized: N * D), proj = Buffer(uninitialized: N * D)
+        let hidden = Buffer(uninitialized: N * I)                  // (N, I) MLP
+        let mean = Buffer(uninitialized: N), rstd = Buffer(uninitialized: N)
+        let lse = Buffer(uninitialized: B * H * S)
+        let workspace = Buffer(uninitialized: attentionWorkspaceSize(B: B, Nq: S, Nk: S, heads: H, headDim: D / H))
+
+        for l in 0..<(config.numHiddenLayers - skipLastLayers) {
+            let pre = "encoder.layers.\(l)."
+            // x += out_proj(causal_attention(layer_norm1(x)))
+            layerNormForward(out: h.ptr, mean: mean.ptr, rstd: rstd.ptr, inp: x.ptr,
+                             weight: p(pre + "layer_norm1.weight"), bias: p(pre + "layer_norm1.bias"), N: N, C: D, eps: eps)
+            for (out, name) in [(q, "q_proj"), (k, "k_proj"), (v, "v_proj")] {
+                linearForward(out: out.ptr, inp: h.ptr, weight: p(pre + "self_attn.\(name).weight"),
+                              bias: p(pre + "self_attn.\(name).bias"), N: N, I: D, O: D)
+            }
+            attentionForward(out: att.ptr, lse: lse.ptr, q: q.ptr, k: k.ptr, v: v.ptr, B: B, Nq: S, Nk: S, heads: H,
+                             headDim: D / H, workspace: workspace.ptr, causal: true)
+            linearForward(out: proj.ptr, inp: att.ptr, weight: p(pre + "self_attn.out_proj.weight"),
+                          bias: p(pre + "self_attn.out_proj.bias"), N: N, I: D, O: D)
+            addInto(x.ptr, proj.ptr, n: N * D)
+            // x += fc2(act(fc1(layer_norm2(x))))
+            layerNormForward(out: h.ptr, mean: mean.ptr, rstd: rstd.ptr, inp: x.ptr,
+                             weight: p(pre + "layer_norm2.weight"), bias: p(pre + "layer_norm2.bias"), N: N, C: D, eps: eps)
+            linearForward(out: hidden.ptr, inp: h.ptr, weight: p(pre + "mlp.fc1.weight"), bias: p(pre + "mlp.fc1.bias"),
+                          N: N, I: D, O: I)
+            switch activation {
+            case .quickGelu: quickGeluForward(out: hidden.ptr, inp: hidden.ptr, n: N * I)
+            case .gelu: geluForward(out: hidden.ptr, inp: hidden.ptr, n: N * I)
+            }
+            linearForward(out: proj.ptr, inp: hidden.ptr, weight: p(pre + "mlp.fc2.weight"), bias: p(pre + "mlp.fc2.bias"),
+                          N: N, I: I, O: D)
+            addInto(x.ptr, proj.ptr, n: N * D)
+        }
+        let out = Buffer(uninitialized: N * D)
+        layerNormForward(out: out.ptr, mean: mean.ptr, rstd: rstd.ptr, inp: x.ptr, weight: p("final_layer_norm.weight"),
+                         bias: p("final_layer_norm.bias"), N: N, C: D, eps: eps)
+        return out
+    }
+}
