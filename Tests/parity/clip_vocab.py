@@ -28,6 +28,7 @@ import collections
 import importlib
 import json
 import os
+import warnings
 
 import regex
 
@@ -101,7 +102,9 @@ STDLIB_MODULES = [
 
 
 def corpus_lines():
-    """Prompt text (counted 20 times, it is what the tokenizer is for), then the module docstrings."""
+    """Prompt text (counted 20 times, it is what the tokenizer is for), then the module docstrings (of this
+    interpreter as it starts: run this file on its own, since other imports add attributes to these modules)."""
+    warnings.simplefilter("ignore", DeprecationWarning)
     lines = [line for line in PROMPTS.strip().split("\n")] * 20
     for name in STDLIB_MODULES:
         module = importlib.import_module(name)
