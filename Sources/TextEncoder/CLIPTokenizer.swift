@@ -18,11 +18,13 @@
 // (transformers 5 does this for added tokens marked `normalized`, and transformers 4's slow tokenizer for both).
 // Because the pad token is a special token, with SD 2.x's "!" every "!" in a prompt becomes id 0 (as in transformers).
 //
-// transformers 4's *slow* CLIPTokenizer (what diffusers loaded before transformers 5) differs only in the cleanup
-// before the regex when ftfy is not installed (BERT's BasicTokenizer): it drops control characters, puts spaces
-// around CJK ideographs (so each becomes its own word) and splits on Python's whitespace; it also read at most
-// 48 894 merges. On ASCII and Latin prompts without control characters both give the same ids. This file follows
-// the transformers in the fixture venv (5.24; ftfy absent, which transformers 5 never uses anyway).
+// transformers 4's *slow* CLIPTokenizer (what diffusers loaded before transformers 5; read from its source, not run
+// here) differs in the cleanup before the regex. Without ftfy (BERT's BasicTokenizer) it drops control characters,
+// puts spaces around CJK ideographs (so each becomes its own word), splits on Python's whitespace and lower-cases with
+// Python's str.lower (a word-final "Σ" becomes "ς"); with ftfy installed it ran ftfy.fix_text instead (which also
+// straightens curly quotes, expands ligatures, narrows full-width forms, …). It read at most 48 894 merges. On plain
+// ASCII prompts without control characters all of them give the same ids. This file follows the transformers of the fixture venv (5.24,
+// ftfy absent, which transformers 5 never uses anyway); the fixtures are its output.
 import Foundation
 import IO
 
