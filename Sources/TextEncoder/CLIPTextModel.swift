@@ -37,7 +37,8 @@ public enum TextActivation: String, Sendable {
 public final class CLIPTextModel: @unchecked Sendable {
     public let config: CLIPTextConfig
     public let activation: TextActivation
-    /// Every parameter, fp32, in one allocation; `offsets` maps the state-dict key (without `text_model.`) to it.
+    /// Every parameter, fp32, in one allocation; `entries` gives each state-dict key (without `text_model.`) its
+    /// shape and offset.
     public let storage: Buffer
     private let entries: [(key: String, shape: [Int], offset: Int)]
     private let index: [String: Int]
@@ -98,11 +99,6 @@ public final class CLIPTextModel: @unchecked Sendable {
         let model = try CLIPTextModel(config: folder.config(CLIPTextConfig.self), source: folder.configPath)
         try model.load(files: folder.weightFiles(variant: variant))
         return model
-    }
-
-    /// Parameter pointer by state-dict key (without `text_model.`).
-    public func parameter(_ key: String) -> UnsafeMutableBufferPointer<Float>? {
-        index[key].map { UnsafeMutableBufferPointer(start: storage.ptr + entries[$0].offset, count: entries[$0].shape.reduce(1, *)) }
     }
 
     private func p(_ key: String) -> UnsafeMutablePointer<Float> { storage.ptr + entries[index[key]!].offset }

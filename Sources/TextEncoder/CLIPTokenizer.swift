@@ -112,6 +112,10 @@ public final class CLIPTokenizer: @unchecked Sendable {   // immutable after ini
             throw TokenizerError.badConfig(path: configSource, key: "model_max_length",
                                            detail: "\(config.modelMaxLength) leaves no room for the bos and eos tokens")
         }
+        guard config.modelMaxLength <= 1 << 16 else {   // transformers' "no limit" sentinel (1e30) cannot pad
+            throw TokenizerError.badConfig(path: configSource, key: "model_max_length",
+                                           detail: "must be the text encoder's sequence length (77 for CLIP), got no limit")
+        }
         maxLength = config.modelMaxLength
 
         var byteIds = [Int](repeating: -1, count: 256), byteEndIds = [Int](repeating: -1, count: 256)
@@ -159,17 +163,25 @@ public final class CLIPTokenizer: @unchecked Sendable {   // immutable after ini
     /// The tokenizer of a pipeline (its tokenizer/ folder) or a tokenizer folder given directly. Special tokens:
     /// tokenizer_config.json, overridden by special_tokens_map.json where that names them (as transformers does).
     public static func load(_ folder: ModelFolder) throws -> CLIPTokenizer {
-        let files = try folder.tokenizerFiles()
+        try load(directory: (try folder.tokenizerFiles().vocab as NSString).deletingLastPathComponent)
+    }
+
+    /// A tokenizer folder: vocab.json and merges.txt, optional tokenizer_config.json and special_tokens_map.json.
+    public static func load(directory: String) throws -> CLIPTokenizer {
+        func file(_ name: String) -> String { (directory as NSString).appendingPathComponent(name) }
+        let fm = FileManager.default
         var config = TokenizerConfig()
-        var source = files.config ?? (files.vocab as NSString).deletingLastPathComponent
-        if let path = files.config { config = try decodeConfig(TokenizerConfig.self, from: path) }
-        let mapPath = ((files.vocab as NSString).deletingLastPathComponent as NSString)
-            .appendingPathComponent("special_tokens_map.json")
-        if FileManager.default.fileExists(atPath: mapPath) {
-            try applySpecialTokensMap(mapPath, to: &config)
+        var source = directory
+        if fm.fileExists(atPath: file("tokenizer_config.json")) {
+            config = try decodeConfig(TokenizerConfig.self, from: file("tokenizer_config.json"))
+            source = file("tokenizer_config.json")
+        }
+        if fm.fileExists(atPath: file("special_tokens_map.json")) {
+            try applySpecialTokensMap(file("special_tokens_map.json"), to: &config)
             source += " / special_tokens_map.json"
         }
-        return try CLIPTokenizer(vocabPath: files.vocab, mergesPath: files.merges, config: config, configSource: source)
+        return try CLIPTokenizer(vocabPath: file("vocab.json"), mergesPath: file("merges.txt"), config: config,
+                                 configSource: source)
     }
 
     /// special_tokens_map.json: {"bos_token": "…" or {"content": "…", …}, …}; each token given replaces the config's.

@@ -117,6 +117,30 @@ final class TokenizerTests: XCTestCase {
         assertError(dir, contains: ["pad_token", "<|nope|>"])
         dir = try folder(config: #"{"model_max_length": 1}"#)
         assertError(dir, contains: ["model_max_length", "no room"])
+        dir = try folder(config: #"{"model_max_length": 1e30}"#)
+        assertError(dir, contains: ["model_max_length", "no limit"])
+    }
+
+    /// BPE on a hand-made vocabulary: lowest rank first, every occurrence, left to right; a byte the vocabulary
+    /// lacks comes out as the unk token and merges with nothing.
+    func testBPERulesOnAHandMadeVocabulary() throws {
+        let dir = try temporaryDirectory(self)
+        let tokens = ["a", "b", "c", "a</w>", "b</w>", "aa", "ab</w>", "aab</w>", "<|startoftext|>", "<|endoftext|>"]
+        let vocab = Dictionary(uniqueKeysWithValues: tokens.enumerated().map { ($1, $0) })
+        try JSONEncoder().encode(vocab).write(to: URL(fileURLWithPath: dir + "/vocab.json"))
+        try "#version: 0.2\na b</w>\na a\naa b</w>\n".write(toFile: dir + "/merges.txt", atomically: true, encoding: .utf8)
+        let tok = try CLIPTokenizer.load(directory: dir)
+        XCTAssertEqual(tok.mergeCount, 3)
+        XCTAssertEqual(tok.tokens(tok.tokenize("ab")), ["ab</w>"])
+        // "a a b</w>": rank 0 (a, b</w>) first gives a + ab</w>, and (a, ab</w>) has no rank.
+        XCTAssertEqual(tok.tokens(tok.tokenize("AAB")), ["a", "ab</w>"])
+        // "a a a a</w>": (a, a) merges left to right without overlap, giving aa a a</w>; then (aa, a) and
+        // (a, a</w>) have no rank.
+        XCTAssertEqual(tok.tokens(tok.tokenize("aaaa")), ["aa", "a", "a</w>"])
+        // "d" and "x" are not in the vocabulary (neither alone nor with </w>): unk, and c b</w> stays apart.
+        XCTAssertEqual(tok.tokenize("dcb x"), [tok.unkId, 2, 4, tok.unkId])
+        XCTAssertEqual(tok.unkId, 9)
+        XCTAssertEqual(tok.encode("ab").count, 77)
     }
 
     func testMergesWithCRLFAndNoVersionLineLoad() throws {
