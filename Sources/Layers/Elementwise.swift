@@ -1,4 +1,5 @@
-// Element-wise kernels: SiLU, exact GELU, QuickGELU (CLIP), GEGLU, residual adds, per-channel broadcast adds, nearest ×2 upsampling.
+// Element-wise kernels: SiLU, exact GELU, QuickGELU (CLIP), GEGLU, residual adds, per-channel broadcast adds,
+// nearest ×2 upsampling.
 // Flat loops are split into a few contiguous ranges (`parallelRanges`); per-channel ones go over batch × channels.
 import Foundation
 import Tensors
