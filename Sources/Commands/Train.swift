@@ -1,4 +1,4 @@
-// `hgdpo train`: the main job. Options or a JSON config file (--config; keys are the option names with '_' for '-');
+// `hgdpo train`: the main job. Options or a config file (--config: JSON, or flat YAML by extension; keys are the option names with "_" for "-");
 // options on the command line override the file. The resolved config is saved as RUN_DIR/config.json.
 import Distributed
 import Foundation
@@ -8,7 +8,7 @@ import Training
 
 extension Commands {
     static let trainOptions: [OptionSpec] = [
-        .value("--config", "FILE", "JSON file with any of these options (keys like global_batch); command-line options override it"),
+        .value("--config", "FILE", "JSON or flat YAML (.yaml/.yml) file with any of these options (keys like global_batch); command-line options override it"),
         .value("--model", "DIR", "diffusers pipeline folder (unet/ and scheduler/ are used)", required: false),
         .value("--variant", "NAME", "Weight variant of the U-Net, e.g. fp16"),
         .value("--data", "CACHE_DIR", "Latent cache (hgdpo encode) of the triplet dataset"),

@@ -36,10 +36,17 @@ public enum ModelFolderError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// Reads a JSON config file into a Codable struct; errors name the file and the key path.
+/// Reads a JSON config file (or a flat YAML one: `.yaml`/`.yml`, see FlatYAML) into a Codable struct; errors name
+/// the file and the key path.
 public func decodeConfig<T: Decodable>(_ type: T.Type, from path: String) throws -> T {
-    guard let data = FileManager.default.contents(atPath: path) else {
+    guard var data = FileManager.default.contents(atPath: path) else {
         throw ModelFolderError.missingFile(path, what: "config file")
+    }
+    if path.hasSuffix(".yaml") || path.hasSuffix(".yml") {
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ModelFolderError.badJSON(path, detail: "not UTF-8 text")
+        }
+        data = Data(try FlatYAML.json(from: text, path: path).utf8)
     }
     do {
         return try JSONDecoder().decode(T.self, from: data)

@@ -17,6 +17,10 @@ extern "C" {
 
 /// 1 if the CPU (and OS) support AVX512-BF16 (avx512bf16 with avx512f/bw/vl).
 int hg_cpu_has_avx512bf16(void);
+/// 1 when the CPU runs the haswell-level code the Swift modules are compiled to (AVX2, FMA, BMI2).
+int hg_cpu_has_avx2_fma(void);
+/// glibc malloc: keep freed memory for reuse (Tensors/Memory.swift).
+void hg_keep_freed_memory(void);
 
 /// Which code the bf16 kernels run (one global setting for conversions and GEMMs).
 ///   HG_PATH_AVX512    AVX-512 conversions, AVX512-BF16 GEMM (VDPBF16PS). Default where the CPU has avx512bf16.
