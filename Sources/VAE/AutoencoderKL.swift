@@ -267,3 +267,32 @@ public func posteriorSample(_ moments: FeatureMap, noise: FeatureMap) -> Feature
     }
     return out
 }
+
+// MARK: - Images
+
+extension FeatureMap {
+    /// A batch of same-sized images, planar (C, H, W) in [-1, 1] as `PNG.read` returns them (diffusers'
+    /// VaeImageProcessor.preprocess without resizing).
+    public init(images: [Image]) throws {
+        guard let first = images.first else { throw VAEError.badInput("no images to batch") }
+        for (i, im) in images.enumerated()
+        where im.width != first.width || im.height != first.height || im.channels != first.channels {
+            throw VAEError.badInput("image \(i) is \(im.width)x\(im.height) with \(im.channels) channels; image 0 is "
+                                    + "\(first.width)x\(first.height) with \(first.channels): a batch needs one size")
+        }
+        let per = first.channels * first.height * first.width
+        let buffer = Buffer(uninitialized: images.count * per)
+        for (i, im) in images.enumerated() {
+            im.pixels.withUnsafeBufferPointer { (buffer.ptr + i * per).update(from: $0.baseAddress!, count: per) }
+        }
+        self.init(buffer, batch: images.count, channels: first.channels, height: first.height, width: first.width)
+    }
+
+    /// Image `index` of the batch, values as they are (`PNG.write` clamps to [-1, 1] and rounds, as numpy_to_pil).
+    public func image(_ index: Int) throws -> Image {
+        precondition(index >= 0 && index < batch, "FeatureMap.image: index \(index) of a batch of \(batch)")
+        let per = channels * height * width
+        return try Image(width: width, height: height, channels: channels,
+                         pixels: Array(UnsafeBufferPointer(start: ptr + index * per, count: per)))
+    }
+}

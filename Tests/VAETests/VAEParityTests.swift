@@ -214,3 +214,17 @@ final class VAEParityTests: XCTestCase {
         XCTAssertEqual(c.buffer.array, ramp)
     }
 }
+
+final class FeatureMapImageTests: XCTestCase {
+    func testImagesBatchAndBack() throws {
+        let a = try Image(width: 3, height: 2, channels: 3, pixels: (0..<18).map { Float($0) / 18 })
+        let b = try Image(width: 3, height: 2, channels: 3, pixels: (0..<18).map { -Float($0) / 18 })
+        let batch = try FeatureMap(images: [a, b])
+        XCTAssertEqual(batch.shape, [2, 3, 2, 3])
+        XCTAssertEqual(try batch.image(0), a)
+        XCTAssertEqual(try batch.image(1), b)
+        let gray = try Image(width: 3, height: 2, channels: 1, pixels: [Float](repeating: 0, count: 6))
+        XCTAssertThrowsError(try FeatureMap(images: [a, gray])) { XCTAssertTrue("\($0)".contains("image 1"), "\($0)") }
+        XCTAssertThrowsError(try FeatureMap(images: []))
+    }
+}
