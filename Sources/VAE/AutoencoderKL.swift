@@ -132,6 +132,13 @@ public final class AutoencoderKL: @unchecked Sendable {
 
     public static func load(folder: ComponentFolder, variant: String? = nil, parts: Parts = .all) throws -> AutoencoderKL {
         let spec = try VAESpec(folder.config(AutoencoderKLConfig.self), source: folder.configPath)
+        // Per-channel latent statistics replace scaling_factor in the pipelines that use them (not SD's): refuse
+        // rather than scale latents the wrong way.
+        let statistics = try folder.config(LatentStatistics.self)
+        if statistics.latentsMean != nil || statistics.latentsStd != nil {
+            throw VAEError.unsupportedConfig(path: folder.configPath, key: statistics.latentsMean != nil ? "latents_mean" : "latents_std",
+                                             detail: "is set; per-channel latent statistics are not supported (SD VAEs have null)")
+        }
         let model = AutoencoderKL(spec: spec, parts: parts)
         var skip: [String] = []
         if !parts.contains(.encoder) { skip += ["encoder.", "quant_conv."] }
@@ -156,6 +163,7 @@ public final class AutoencoderKL: @unchecked Sendable {
         case .mean:
             z = posteriorMean(moments)
         case .sample(let rng, let firstImage):
+            guard firstImage >= 0 else { throw VAEError.badInput("LatentMode.sample: firstImage \(firstImage) is negative") }
             let noise = FeatureMap(batch: moments.batch, channels: moments.channels / 2, height: moments.height,
                                    width: moments.width)
             let perImage = noise.count / max(1, noise.batch)
@@ -235,6 +243,12 @@ public final class AutoencoderKL: @unchecked Sendable {
         try t.validate(downsamplingFactor: spec.downsamplingFactor)
         return t
     }
+}
+
+/// The config keys AutoencoderKLConfig does not carry, read only to refuse them.
+private struct LatentStatistics: Decodable {
+    let latentsMean: [Double]?, latentsStd: [Double]?
+    enum CodingKeys: String, CodingKey { case latentsMean = "latents_mean", latentsStd = "latents_std" }
 }
 
 // MARK: - DiagonalGaussianDistribution

@@ -176,6 +176,14 @@ final class VAEParityTests: XCTestCase {
         d = c; d.normNumGroups = 5; refused(d, "norm_num_groups")
         d = c; d.actFn = "gelu"; refused(d, "act_fn")
         d = c; d.scalingFactor = 0; refused(d, "scaling_factor")
+        // Per-channel latent statistics (not used by SD pipelines) are refused when loading a folder.
+        let dir = try temporaryDirectory(self)
+        var json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: vaeFixture + "/config.json"))) as! [String: Any]
+        json["latents_mean"] = [0.1, 0.2, 0.3, 0.4]
+        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: dir + "/config.json"))
+        XCTAssertThrowsError(try AutoencoderKL.load(modelFolder: dir)) {
+            XCTAssertTrue("\($0)".contains("config.json: unsupported AutoencoderKL config: 'latents_mean'"), "\($0)")
+        }
         // Config variants that are supported: no quant convs, no mid-block attention, a shift factor.
         c.useQuantConv = false; c.usePostQuantConv = false; c.midBlockAddAttention = false; c.shiftFactor = 0.1
         let m = AutoencoderKL(spec: try VAESpec(c))
