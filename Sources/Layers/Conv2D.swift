@@ -1,4 +1,5 @@
-// 2-D convolution (square kernel, equal stride and padding on both axes, no dilation, no groups), NCHW.
+// 2-D convolution (square kernel, equal stride on both axes, no dilation, no groups), NCHW. Zero padding is the same
+// on every side, or given per side (`Conv2DPadding`: diffusers' VAE Downsample2D pads only right and bottom).
 // Ref: torch.nn.Conv2d / F.conv2d (cross-correlation; Ho = (H + 2·padding − K) / stride + 1, floor division).
 //
 // Forward is im2col + one sgemm per tile of output rows: out_b (Cout, Ho·Wo) = W (Cout, Cin·K·K) · col (Cin·K·K, Ho·Wo).
@@ -15,9 +16,30 @@ public func conv2dOutputSize(_ size: Int, kernel: Int, stride: Int, padding: Int
     (size + 2 * padding - kernel) / stride + 1
 }
 
+/// Zero padding per side of a convolution's input. Ho = (H + top + bottom − K) / stride + 1 (floor division).
+/// Ref: F.pad(x, (left, right, top, bottom)) followed by an unpadded F.conv2d.
+public struct Conv2DPadding: Sendable, Equatable {
+    public var top: Int, bottom: Int, left: Int, right: Int
+
+    public init(top: Int, bottom: Int, left: Int, right: Int) {
+        self.top = top; self.bottom = bottom; self.left = left; self.right = right
+    }
+
+    /// The same padding on all four sides (torch.nn.Conv2d's `padding=`).
+    public init(_ all: Int) { self.init(top: all, bottom: all, left: all, right: all) }
+
+    /// Output height and width of a convolution over an H × W input with this padding.
+    @inline(__always)
+    public func outputSize(H: Int, W: Int, kernel: Int, stride: Int) -> (Ho: Int, Wo: Int) {
+        ((H + top + bottom - kernel) / stride + 1, (W + left + right - kernel) / stride + 1)
+    }
+
+    var isZero: Bool { top == 0 && bottom == 0 && left == 0 && right == 0 }
+}
+
 @inline(__always)
-private func isPointwise(kernel: Int, stride: Int, padding: Int) -> Bool {
-    kernel == 1 && stride == 1 && padding == 0
+private func isPointwise(kernel: Int, stride: Int, padding: Conv2DPadding) -> Bool {
+    kernel == 1 && stride == 1 && padding.isZero
 }
 
 /// Output rows per im2col tile: enough columns for an efficient GEMM, few enough that the column buffer
@@ -44,9 +66,13 @@ private func conv2dTransposedBackward(_ n: Int) -> Bool { n <= conv2dTransposedB
 
 /// Floats of workspace `conv2dForward` / `conv2dBackwardInput` need for these shapes (0 for a 1x1 stride-1 conv).
 public func conv2dWorkspaceSize(Cin: Int, H: Int, W: Int, kernel: Int, stride: Int, padding: Int) -> Int {
+    conv2dWorkspaceSize(Cin: Cin, H: H, W: W, kernel: kernel, stride: stride, padding: Conv2DPadding(padding))
+}
+
+/// Floats of workspace the per-side-padding `conv2dForward` / `conv2dBackwardInput` need.
+public func conv2dWorkspaceSize(Cin: Int, H: Int, W: Int, kernel: Int, stride: Int, padding: Conv2DPadding) -> Int {
     if isPointwise(kernel: kernel, stride: stride, padding: padding) { return 0 }
-    let Ho = conv2dOutputSize(H, kernel: kernel, stride: stride, padding: padding)
-    let Wo = conv2dOutputSize(W, kernel: kernel, stride: stride, padding: padding)
+    let (Ho, Wo) = padding.outputSize(H: H, W: W, kernel: kernel, stride: stride)
     let rows = conv2dTileRows(Cin: Cin, kernel: kernel, Ho: Ho, Wo: Wo)
     return Cin * kernel * kernel * rows * Wo
 }
@@ -54,9 +80,10 @@ public func conv2dWorkspaceSize(Cin: Int, H: Int, W: Int, kernel: Int, stride: I
 // MARK: - im2col / col2im
 
 /// col (Cin·K·K, (oh1 − oh0)·Wo) ← the input patches for output rows oh0..<oh1 of one image; zeros where the
-/// window hangs over the padding. Row index (c·K + kh)·K + kw matches the weight layout (Cout, Cin, K, K).
+/// window hangs over the padding (only the top and left padding shift the window; bottom and right padding only
+/// make Ho and Wo larger, and those windows read zeros past the last row or column). Row index (c·K + kh)·K + kw matches the weight layout (Cout, Cin, K, K).
 private func im2colRows(_ col: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>,  // inp: (Cin, H, W)
-                        Cin: Int, H: Int, W: Int, kernel K: Int, stride s: Int, padding p: Int,
+                        Cin: Int, H: Int, W: Int, kernel K: Int, stride s: Int, padTop pT: Int, padLeft pL: Int,
                         Wo: Int, oh0: Int, oh1: Int) {
     let nCols = (oh1 - oh0) * Wo
     parallelFor(Cin, work: Cin * K * K * nCols) { c in
@@ -65,15 +92,15 @@ private func im2colRows(_ col: UnsafeMutablePointer<Float>, _ inp: UnsafePointer
             for kw in 0..<K {
                 var dst = col + ((c * K + kh) * K + kw) * nCols
                 // Output columns whose input column iw = ow·s − p + kw lies inside [0, W).
-                let owLo = min(Wo, max(0, (p - kw + s - 1) / s))
-                let hiNum = W - 1 + p - kw
+                let owLo = min(Wo, max(0, (pL - kw + s - 1) / s))
+                let hiNum = W - 1 + pL - kw
                 let owHi = hiNum < 0 ? owLo : max(owLo, min(Wo, hiNum / s + 1))
                 for oh in oh0..<oh1 {
-                    let ih = oh * s - p + kh
+                    let ih = oh * s - pT + kh
                     if ih < 0 || ih >= H {
                         dst.update(repeating: 0, count: Wo)
                     } else {
-                        let row = src + ih * W - p + kw
+                        let row = src + ih * W - pL + kw
                         for ow in 0..<owLo { dst[ow] = 0 }
                         if s == 1 {
                             (dst + owLo).update(from: row + owLo, count: owHi - owLo)
@@ -92,7 +119,7 @@ private func im2colRows(_ col: UnsafeMutablePointer<Float>, _ inp: UnsafePointer
 /// dinp (Cin, H, W) += the columns of col (Cin·K·K, (oh1 − oh0)·Wo) scattered back to the pixels they were read
 /// from (the adjoint of `im2colRows`). Parallel over channels, so no two workers touch the same pixel.
 private func col2imRowsAccumulate(_ dinp: UnsafeMutablePointer<Float>, _ col: UnsafePointer<Float>,
-                                  Cin: Int, H: Int, W: Int, kernel K: Int, stride s: Int, padding p: Int,
+                                  Cin: Int, H: Int, W: Int, kernel K: Int, stride s: Int, padTop pT: Int, padLeft pL: Int,
                                   Wo: Int, oh0: Int, oh1: Int) {
     let nCols = (oh1 - oh0) * Wo
     parallelFor(Cin, work: Cin * K * K * nCols) { c in
@@ -100,13 +127,13 @@ private func col2imRowsAccumulate(_ dinp: UnsafeMutablePointer<Float>, _ col: Un
         for kh in 0..<K {
             for kw in 0..<K {
                 var src = col + ((c * K + kh) * K + kw) * nCols
-                let owLo = min(Wo, max(0, (p - kw + s - 1) / s))
-                let hiNum = W - 1 + p - kw
+                let owLo = min(Wo, max(0, (pL - kw + s - 1) / s))
+                let hiNum = W - 1 + pL - kw
                 let owHi = hiNum < 0 ? owLo : max(owLo, min(Wo, hiNum / s + 1))
                 for oh in oh0..<oh1 {
-                    let ih = oh * s - p + kh
+                    let ih = oh * s - pT + kh
                     if ih >= 0 && ih < H {
-                        let row = dst + ih * W - p + kw
+                        let row = dst + ih * W - pL + kw
                         if s == 1 {
                             for ow in owLo..<owHi { row[ow] += src[ow] }
                         } else {
@@ -123,7 +150,7 @@ private func col2imRowsAccumulate(_ dinp: UnsafeMutablePointer<Float>, _ col: Un
 /// dinp (Cin, H, W) += colT (n, Cin·K·K) scattered back like `col2imRowsAccumulate`, from the transposed column
 /// layout (one row per output pixel of rows oh0..<oh1) that the backward GEMM produces for small images.
 private func col2imTransposedRowsAccumulate(_ dinp: UnsafeMutablePointer<Float>, _ colT: UnsafePointer<Float>,
-                                            Cin: Int, H: Int, W: Int, kernel K: Int, stride s: Int, padding p: Int,
+                                            Cin: Int, H: Int, W: Int, kernel K: Int, stride s: Int, padTop pT: Int, padLeft pL: Int,
                                             Wo: Int, oh0: Int, oh1: Int) {
     let rowsK = Cin * K * K
     parallelFor(Cin, work: rowsK * (oh1 - oh0) * Wo) { c in
@@ -131,13 +158,13 @@ private func col2imTransposedRowsAccumulate(_ dinp: UnsafeMutablePointer<Float>,
         for kh in 0..<K {
             for kw in 0..<K {
                 let r = (c * K + kh) * K + kw
-                let owLo = min(Wo, max(0, (p - kw + s - 1) / s))
-                let hiNum = W - 1 + p - kw
+                let owLo = min(Wo, max(0, (pL - kw + s - 1) / s))
+                let hiNum = W - 1 + pL - kw
                 let owHi = hiNum < 0 ? owLo : max(owLo, min(Wo, hiNum / s + 1))
                 for oh in oh0..<oh1 {
-                    let ih = oh * s - p + kh
+                    let ih = oh * s - pT + kh
                     guard ih >= 0 && ih < H else { continue }
-                    let row = dst + ih * W - p + kw
+                    let row = dst + ih * W - pL + kw
                     let src = colT + (oh - oh0) * Wo * rowsK + r
                     for ow in owLo..<owHi { row[ow * s] += src[ow * rowsK] }
                 }
@@ -158,8 +185,21 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho
                           B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
                           kernel: Int, stride: Int, padding: Int,
                           workspace: UnsafeMutablePointer<Float>) {
-    let Ho = conv2dOutputSize(H, kernel: kernel, stride: stride, padding: padding)
-    let Wo = conv2dOutputSize(W, kernel: kernel, stride: stride, padding: padding)
+    conv2dForward(out: out, inp: inp, weight: weight, bias: bias, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
+                  kernel: kernel, stride: stride, padding: Conv2DPadding(padding), workspace: workspace)
+}
+
+/// out = conv2d(pad(inp, padding), weight, bias, stride) with zero padding given per side. Overwrites `out`.
+/// Ref: diffusers Downsample2D with padding 0 (`F.pad(x, (0, 1, 0, 1))`, then a stride-2 3x3 conv), the VAE encoder's.
+/// - Parameter workspace: at least `conv2dWorkspaceSize(Cin:H:W:kernel:stride:padding:)` floats.
+public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho, Wo)
+                          inp: UnsafePointer<Float>,              // (B, Cin, H, W)
+                          weight: UnsafePointer<Float>,           // (Cout, Cin, K, K)
+                          bias: UnsafePointer<Float>?,            // (Cout)
+                          B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
+                          kernel: Int, stride: Int, padding: Conv2DPadding,
+                          workspace: UnsafeMutablePointer<Float>) {
+    let (Ho, Wo) = padding.outputSize(H: H, W: W, kernel: kernel, stride: stride)
     let L = Ho * Wo, rowsK = Cin * kernel * kernel
     precondition(Ho > 0 && Wo > 0, "conv2dForward: empty output for H \(H), W \(W), kernel \(kernel)")
     // Start from the bias (or zero) and let every GEMM accumulate (beta = 1): saves OpenBLAS's separate beta pass.
@@ -177,8 +217,8 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho
         var oh0 = 0
         while oh0 < Ho {
             let oh1 = min(Ho, oh0 + tileRows), n = (oh1 - oh0) * Wo
-            im2colRows(workspace, inpB, Cin: Cin, H: H, W: W, kernel: kernel, stride: stride, padding: padding,
-                       Wo: Wo, oh0: oh0, oh1: oh1)
+            im2colRows(workspace, inpB, Cin: Cin, H: H, W: W, kernel: kernel, stride: stride,
+                       padTop: padding.top, padLeft: padding.left, Wo: Wo, oh0: oh0, oh1: oh1)
             BLAS.sgemm(m: Cout, n: n, k: rowsK, a: weight, lda: rowsK, b: workspace, ldb: n,
                        beta: 1, c: outB + oh0 * Wo, ldc: L)
             oh0 = oh1
@@ -195,8 +235,19 @@ public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin,
                                 B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
                                 kernel: Int, stride: Int, padding: Int,
                                 workspace: UnsafeMutablePointer<Float>) {
-    let Ho = conv2dOutputSize(H, kernel: kernel, stride: stride, padding: padding)
-    let Wo = conv2dOutputSize(W, kernel: kernel, stride: stride, padding: padding)
+    conv2dBackwardInput(dinp: dinp, dout: dout, weight: weight, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
+                        kernel: kernel, stride: stride, padding: Conv2DPadding(padding), workspace: workspace)
+}
+
+/// dinp += ∂L/∂inp of the per-side-padding `conv2dForward`. Accumulates; the caller zeroes `dinp`.
+/// - Parameter workspace: at least `conv2dWorkspaceSize(Cin:H:W:kernel:stride:padding:)` floats.
+public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin, H, W)
+                                dout: UnsafePointer<Float>,           // (B, Cout, Ho, Wo)
+                                weight: UnsafePointer<Float>,         // (Cout, Cin, K, K)
+                                B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
+                                kernel: Int, stride: Int, padding: Conv2DPadding,
+                                workspace: UnsafeMutablePointer<Float>) {
+    let (Ho, Wo) = padding.outputSize(H: H, W: W, kernel: kernel, stride: stride)
     let L = Ho * Wo, rowsK = Cin * kernel * kernel
     let pointwise = isPointwise(kernel: kernel, stride: stride, padding: padding)
     let tileRows = conv2dTileRows(Cin: Cin, kernel: kernel, Ho: Ho, Wo: Wo)
@@ -216,13 +267,13 @@ public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin,
                 BLAS.sgemm(transA: true, m: n, n: rowsK, k: Cout, a: doutB + oh0 * Wo, lda: L, b: weight, ldb: rowsK,
                            beta: 0, c: workspace, ldc: rowsK)
                 col2imTransposedRowsAccumulate(dinpB, workspace, Cin: Cin, H: H, W: W, kernel: kernel, stride: stride,
-                                               padding: padding, Wo: Wo, oh0: oh0, oh1: oh1)
+                                               padTop: padding.top, padLeft: padding.left, Wo: Wo, oh0: oh0, oh1: oh1)
             } else {
                 // dcol (Cin·K·K, n) = Wᵀ (Cin·K·K, Cout) · dout_b[:, tile] (Cout, n)
                 BLAS.sgemm(transA: true, m: rowsK, n: n, k: Cout, a: weight, lda: rowsK, b: doutB + oh0 * Wo, ldb: L,
                            beta: 0, c: workspace, ldc: n)
                 col2imRowsAccumulate(dinpB, workspace, Cin: Cin, H: H, W: W, kernel: kernel, stride: stride,
-                                     padding: padding, Wo: Wo, oh0: oh0, oh1: oh1)
+                                     padTop: padding.top, padLeft: padding.left, Wo: Wo, oh0: oh0, oh1: oh1)
             }
             oh0 = oh1
         }

@@ -109,7 +109,8 @@ private func moments(_ x: UnsafePointer<Float>, _ n: Int, eps: Float) -> (mean: 
 
 // MARK: - GroupNorm
 
-/// out = (x − mean_g) · rstd_g · weight_c + bias_c over groups of C/G consecutive channels. Overwrites out, mean, rstd.
+/// out = (x − mean_g) · rstd_g · weight_c + bias_c over groups of C/G consecutive channels. Overwrites out, mean, rstd;
+/// `out` may be `inp` (a group's statistics are taken before any of it is written).
 /// Ref: torch.nn.GroupNorm (affine), used by diffusers ResnetBlock2D.norm1/norm2 (eps 1e-5),
 /// Transformer2DModel.norm (eps 1e-6) and UNet2DConditionModel.conv_norm_out.
 public func groupNormForward(out: UnsafeMutablePointer<Float>,    // (B, C, HW)
@@ -138,7 +139,8 @@ public func groupNormBackward(dinp: UnsafeMutablePointer<Float>,   // (B, C, HW)
 }
 
 /// out = SiLU(GroupNorm(inp)) in one pass: diffusers ResnetBlock2D's norm1 → nonlinearity and norm2 → nonlinearity,
-/// and conv_norm_out → conv_act. Overwrites out, mean, rstd (the GroupNorm statistics, as `groupNormForward`).
+/// and conv_norm_out → conv_act. Overwrites out, mean, rstd (the GroupNorm statistics, as `groupNormForward`);
+/// `out` may be `inp`.
 /// Ref: torch.nn.GroupNorm followed by torch.nn.SiLU.
 public func groupNormSiLUForward(out: UnsafeMutablePointer<Float>,    // (B, C, HW)
                                  mean: UnsafeMutablePointer<Float>,   // (B, G)

@@ -232,6 +232,47 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Per-side padding against F.pad (done explicitly here) followed by an unpadded convolution: diffusers' VAE
+    /// Downsample2D (pad right and bottom by 1, 3x3 stride 2) on even and odd sizes, and an uneven padding at stride 1.
+    func testConv2DPerSidePadding() {
+        var rng = TestRNG(3)
+        let cases: [(B: Int, Cin: Int, H: Int, W: Int, Cout: Int, K: Int, s: Int, pad: Conv2DPadding)] = [
+            (2, 3, 8, 6, 4, 3, 2, Conv2DPadding(top: 0, bottom: 1, left: 0, right: 1)),
+            (1, 2, 7, 5, 3, 3, 2, Conv2DPadding(top: 0, bottom: 1, left: 0, right: 1)),
+            (1, 2, 5, 4, 2, 3, 1, Conv2DPadding(top: 2, bottom: 0, left: 1, right: 3)),
+        ]
+        for (B, Cin, H, W, Cout, K, s, pad) in cases {
+            let label = "conv \(H)x\(W) s\(s) pad \(pad)"
+            let Hp = H + pad.top + pad.bottom, Wp = W + pad.left + pad.right
+            func padded(_ x: [Double]) -> [Double] {
+                var out = [Double](repeating: 0, count: B * Cin * Hp * Wp)
+                for bc in 0..<(B * Cin) { for h in 0..<H { for w in 0..<W {
+                    out[(bc * Hp + h + pad.top) * Wp + w + pad.left] = x[(bc * H + h) * W + w]
+                } } }
+                return out
+            }
+            func reference(_ x: [Double], _ w: [Double], _ bias: [Double]) -> [Double] {
+                conv2dReference(padded(x), w, bias, B: B, Cin: Cin, H: Hp, W: Wp, Cout: Cout, K: K, s: s, p: 0)
+            }
+            let (Ho, Wo) = pad.outputSize(H: H, W: W, kernel: K, stride: s)
+            XCTAssertEqual(Ho, (Hp - K) / s + 1)
+            XCTAssertEqual(Wo, (Wp - K) / s + 1)
+            let x = rng.values(B * Cin * H * W), w = rng.values(Cout * Cin * K * K), bias = rng.values(Cout)
+            let r = rng.values(B * Cout * Ho * Wo)
+            let ws = Buf(zeros: conv2dWorkspaceSize(Cin: Cin, H: H, W: W, kernel: K, stride: s, padding: pad))
+            let xb = Buf(x), wb = Buf(w), bb = Buf(bias), rb = Buf(r)
+            let out = Buf(Array(repeating: Float.nan, count: B * Cout * Ho * Wo))
+            conv2dForward(out: out.p, inp: xb.c, weight: wb.c, bias: bb.c, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
+                          kernel: K, stride: s, padding: pad, workspace: ws.p)
+            assertClose(out.doubles, reference(x, w, bias), rtol: 1e-5, atol: 1e-5, label: label + " forward")
+            let fd = numericalGradient(x, r) { reference($0, w, bias) }
+            checkGradient(label + " dinp", expected: fd) {
+                conv2dBackwardInput(dinp: $0, dout: rb.c, weight: wb.c, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
+                                    kernel: K, stride: s, padding: pad, workspace: ws.p)
+            }
+        }
+    }
+
     func testConv2DOutputSizeMatchesTorch() {
         XCTAssertEqual(conv2dOutputSize(64, kernel: 3, stride: 2, padding: 1), 32)
         XCTAssertEqual(conv2dOutputSize(7, kernel: 3, stride: 2, padding: 1), 4)   // floor((7 + 2 − 3) / 2) + 1
