@@ -9,7 +9,7 @@ import Glibc
 public enum Commands {
     public static let version = "0.1.0"
 
-    public static let all: [CommandSpec] = [train, dataCheck, inspect, makeModel, makeCache, loraConvert, probeUNet, probeDPOLoss, probeMPI, benchStep]
+    public static let all: [CommandSpec] = [train, dataCheck, inspect, makeModel, makeCache, loraConvert, probeUNet, probeScheduler, probeDPOLoss, probeMPI, benchStep]
 
     public static let cli = CommandLineInterface(commands: all, version: version)
 

@@ -117,10 +117,19 @@ public enum SchedulerKind: String, CaseIterable, Sendable {
     case euler = "EulerDiscreteScheduler"
     case dpmSolverMultistep = "DPMSolverMultistepScheduler"
 
-    /// Builds the scheduler from a scheduler_config.json's bytes the way diffusers' `Class.from_config(config)` does:
-    /// keys the class does not take are ignored (the config may be another class's, e.g. SD 1.5's PNDMScheduler),
-    /// keys the file does not set take this class's defaults. `source` names the file in errors.
-    public func make(configJSON data: Data, source: String) throws -> any Scheduler {
+    /// Builds the scheduler from a scheduler_config.json's bytes the way diffusers' `Class.from_config(config, **overrides)`
+    /// does: keys the class does not take are ignored (the config may be another class's, e.g. SD 1.5's
+    /// PNDMScheduler), keys the file does not set take this class's defaults, `overrides` (JSON values: String,
+    /// Int, Double, Bool) replace the file's. `source` names the file in errors.
+    public func make(configJSON data: Data, source: String, overrides: [String: Any] = [:]) throws -> any Scheduler {
+        var data = data
+        if !overrides.isEmpty {
+            guard var object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+                throw SchedulerError("\(source): not valid JSON: expected an object")
+            }
+            for (k, v) in overrides { object[k] = v }
+            data = try JSONSerialization.data(withJSONObject: object)
+        }
         func decode<T: Decodable>(_ t: T.Type) throws -> T {
             do { return try JSONDecoder().decode(T.self, from: data) } catch let e as DecodingError {
                 throw SchedulerError("\(source): \(describe(e))")
