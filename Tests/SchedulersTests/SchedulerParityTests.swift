@@ -25,11 +25,23 @@ final class SchedulerParityTests: XCTestCase {
         return r
     }
 
+    /// The fixture's metadata: {class, config, steps, eta}.
+    struct Fixture: Decodable {
+        let `class`: String
+        let config: JSONAny
+        let steps: Int
+        let eta: Double
+    }
+
+    func fixture(_ file: SafeTensorsFile) throws -> Fixture {
+        try JSONDecoder().decode(Fixture.self, from: Data(try XCTUnwrap(file.metadata["fixture"]).utf8))
+    }
+
     func makeScheduler(_ file: SafeTensorsFile) throws -> any Scheduler {
-        let cls = try XCTUnwrap(file.metadata["class"]), config = try XCTUnwrap(file.metadata["config"])
-        let kind = try XCTUnwrap(SchedulerKind(rawValue: cls), "unknown class \(cls)")
-        let s = try kind.make(configJSON: Data(config.utf8), source: file.path)
-        if let ddim = s as? DDIMScheduler { ddim.eta = Float(Double(file.metadata["eta"] ?? "0")!) }
+        let meta = try fixture(file)
+        let kind = try XCTUnwrap(SchedulerKind(rawValue: meta.class), "unknown class \(meta.class)")
+        let s = try kind.make(configJSON: meta.config.data, source: file.path)
+        if let ddim = s as? DDIMScheduler { ddim.eta = Float(meta.eta) }
         return s
     }
 
@@ -41,7 +53,7 @@ final class SchedulerParityTests: XCTestCase {
         let f = try SafeTensorsFile(path: "\(fixtures)/trajectory_\(name).safetensors")
         let asIs = try run(f, correctlyRounded: false, file: file, line: line)
         let exact = try run(f, correctlyRounded: true, file: file, line: line)
-        print("\(name): \(f.metadata["steps"]!) steps; vs diffusers max |Δx| \(asIs.abs), max |Δx|/max(1, max|x|) \(asIs.rel); "
+        print("\(name): \(try fixture(f).steps) steps; vs diffusers max |Δx| \(asIs.abs), max |Δx|/max(1, max|x|) \(asIs.rel); "
               + "vs diffusers with correctly rounded sqrt/log/exp max |Δx| \(exact.abs)")
     }
 
@@ -49,7 +61,7 @@ final class SchedulerParityTests: XCTestCase {
         func key(_ k: String) -> String { cr && f.info(k + "_cr") != nil ? k + "_cr" : k }
         let label = (f.path as NSString).lastPathComponent + (cr ? " (correctly rounded)" : "")
         let s = try makeScheduler(f)
-        let steps = Int(f.metadata["steps"]!)!
+        let steps = try fixture(f).steps
         try s.setTimesteps(steps)
 
         let expectedT = try f.doubles(key("timesteps")), actualT = s.timesteps.map(Double.init)
@@ -267,7 +279,7 @@ final class SchedulerParityTests: XCTestCase {
     func testResetRepeatsTheTrajectory() throws {
         let f = try SafeTensorsFile(path: "\(fixtures)/trajectory_dpmpp3m_trailing.safetensors")
         let s = try makeScheduler(f)
-        try s.setTimesteps(Int(f.metadata["steps"]!)!)
+        try s.setTimesteps(try fixture(f).steps)
         let sample = try f.floats("sample"), outputs = try f.floats("model_outputs"), n = sample.count
         func run() throws -> [Float] {
             var x = sample
@@ -280,5 +292,34 @@ final class SchedulerParityTests: XCTestCase {
         s.reset()
         XCTAssertEqual(try run(), first)
         assertClose(first, Array(try f.floats("trajectory").suffix(n)), rtol: 1e-5, atol: 1e-5, label: "final x")
+    }
+
+    // MARK: - The trainer's statistic term
+
+    /// Training/Objective.swift's statistic term takes the DDPM posterior mean from t to t − stride and uses that two
+    /// models' means differ by k·(ε_θ − ε_ref), k = −c0·√(1 − ᾱ_t)/√ᾱ_t, c0 = √ᾱ_{t'}·(1 − ᾱ_t/ᾱ_{t'})/(1 − ᾱ_t), ᾱ_{t'<0} = 1.
+    /// Check that against the DDPM step (clip_sample false, as SD's config; t = 0 adds no noise, others get the same noise).
+    func testDDPMStepIsTheTrainersPosteriorMean() throws {
+        let config = #"{"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": false}"#
+        for (steps, stride) in [(nil, 1), (50, 20)] as [(Int?, Int)] {
+            let s = try SchedulerKind.ddpm.make(configJSON: Data(config.utf8), source: "c") as! DDPMScheduler
+            if let steps { try s.setTimesteps(steps) }
+            let n = 64
+            let x = (0..<n).map { Float(sin(Double($0))) }, z = (0..<n).map { Float(cos(Double($0) * 0.7)) }
+            let e1 = (0..<n).map { Float(sin(Double($0) * 1.3 + 0.2)) }, e2 = (0..<n).map { Float(cos(Double($0) * 0.4)) }
+            for t in [0, stride, 20 * stride, 49 * stride].filter({ s.timesteps.contains(Float($0)) }) {
+                XCTAssertEqual(try s.previousTimestep(t), max(t - stride, -1))   // ᾱ of any t' < 0 is 1
+                let a = Double(s.schedule.alphaBar(t)), ap = Double(s.schedule.alphaBar(t - stride))
+                let c0 = ap.squareRoot() * (1 - a / ap) / (1 - a)
+                let k = -c0 * (1 - a).squareRoot() / a.squareRoot()
+                let m1 = try s.step(modelOutput: e1, timestep: Float(t), sample: x, noise: z)
+                let m2 = try s.step(modelOutput: e2, timestep: Float(t), sample: x, noise: z)
+                let scale = max(1, abs(k)) * 2
+                for i in 0..<n {
+                    XCTAssertEqual(Double(m1[i] - m2[i]), k * Double(e1[i] - e2[i]), accuracy: 2e-6 * scale * max(1, abs(Double(m1[i]))),
+                                   "t \(t), stride \(stride), element \(i)")
+                }
+            }
+        }
     }
 }

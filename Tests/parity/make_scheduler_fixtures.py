@@ -18,8 +18,8 @@ SDE variants of DPM-Solver: `variance_noise`).
 
 Output Tests/SchedulersTests/Fixtures/:
 
-  trajectory_<case>.safetensors, metadata: class (diffusers class the Swift scheduler must match), config (the
-  scheduler_config.json text), steps, eta (DDIM). Keys:
+  trajectory_<case>.safetensors, metadata `fixture`: JSON {class (the diffusers class the Swift scheduler must
+  match), config (the scheduler_config.json object), steps, eta (DDIM)}. Keys:
     sample             (2, 4, 8, 8) float32   initial latents (already times init_noise_sigma)
     model_outputs      (N, 2, 4, 8, 8) float32
     noise              (N, 2, 4, 8, 8) float32   only for stochastic cases (DDPM, DDIM with eta > 0, SDE DPM-Solvers)
@@ -252,7 +252,8 @@ def trajectory(name, cls_name, config, steps, eta, seed):
             tensors[f"{k}_cr"] = exact[k]
     assert "trajectory_cr" in tensors or torch.equal(tensors["trajectory"], exact["trajectory"])
     tensors.setdefault("trajectory_cr", exact["trajectory"])
-    meta = {"class": cls_name, "config": json.dumps(config), "steps": str(steps), "eta": repr(eta)}
+    # One metadata key: safetensors writes several in hash order, which would change the file at every run.
+    meta = {"fixture": json.dumps({"class": cls_name, "config": config, "steps": steps, "eta": eta}, sort_keys=True)}
     path = os.path.join(OUT, f"trajectory_{name}.safetensors")
     save_file(tensors, path, metadata=meta)
     x, xc = tensors["trajectory"][-1], tensors["trajectory_cr"][-1]
