@@ -71,16 +71,13 @@ extension Commands {
 
         let inputPath = try args.requiredString("--input")
         let input = try SafeTensorsFile(path: inputPath)
-        func info(_ key: String) throws -> TensorInfo {
-            guard let i = input.info(key) else {
-                throw CLIError.invalid("\(inputPath): missing tensor '\(key)' (has: \(input.tensorNames.sorted().joined(separator: ", ")))")
-            }
-            return i
+        func missing(_ key: String) -> CLIError {
+            .invalid("\(inputPath): missing tensor '\(key)' (has: \(input.tensorNames.sorted().joined(separator: ", ")))")
         }
-        let sampleShape = try info("sample").shape
+        guard let sampleShape = input.info("sample")?.shape else { throw missing("sample") }
         let n = sampleShape.reduce(1, *)
         func perStep(_ key: String) throws -> [Float] {
-            let shape = try info(key).shape
+            guard let shape = input.info(key)?.shape else { throw missing(key) }
             guard shape == [stepCount] + sampleShape else {
                 throw CLIError.invalid("\(inputPath): '\(key)' has shape \(shape), expected \([stepCount] + sampleShape) "
                                        + "(one per step of the \(stepCount) timesteps, each the sample's shape)")

@@ -100,6 +100,15 @@ public final class DDPMScheduler: Scheduler {
 
     public func needsNoise(at timestep: Float) -> Bool { timestep > 0 }
 
+    /// The forward process x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε at one timestep (diffusers DDPMScheduler.add_noise).
+    public func addNoise(_ x0: UnsafePointer<Float>, noise: UnsafePointer<Float>, timestep t: Int, count: Int,
+                         into out: UnsafeMutablePointer<Float>) throws {
+        guard t >= 0, t < schedule.trainTimesteps else {
+            throw SchedulerError("\(Self.diffusersClassName).addNoise: timestep \(t) is outside 0..<\(schedule.trainTimesteps)")
+        }
+        schedule.addNoise(x0, noise: noise, timestep: t, count: count, into: out)
+    }
+
     /// diffusers `previous_timestep`: the next timestep of the plan (−1 after the last), or t − 1 without a plan.
     public func previousTimestep(_ t: Int) throws -> Int {
         guard inferenceStepCount != nil else { return t - 1 }

@@ -131,6 +131,29 @@ final class SchedulerParityTests: XCTestCase {
     func testSDEDPMSolverPP3M_Heun() throws { try checkTrajectory("sde_dpmpp3m_heun") }
     func testSDEDPMSolver2M_SigmaMin() throws { try checkTrajectory("sde_dpm2m_heun_sigmamin") }
 
+    /// DDPMScheduler.add_noise, one timestep per row: bit for bit with correctly rounded square roots.
+    func testDDPMAddNoise() throws {
+        for name in ["ddpm_sd15", "ddpm_linear_clip_smalllog_trailing"] {
+            let f = try SafeTensorsFile(path: "\(fixtures)/trajectory_\(name).safetensors")
+            let s = try makeScheduler(f) as! DDPMScheduler
+            let x0 = try f.floats("add_noise.original"), eps = try f.floats("add_noise.noise")
+            let ts = try f.doubles("add_noise.timesteps"), n = x0.count / ts.count
+            var out = [Float](repeating: 0, count: x0.count)
+            try x0.withUnsafeBufferPointer { x0 in
+                try eps.withUnsafeBufferPointer { eps in
+                    try out.withUnsafeMutableBufferPointer { out in
+                        for (r, t) in ts.enumerated() {
+                            try s.addNoise(x0.baseAddress! + r * n, noise: eps.baseAddress! + r * n, timestep: Int(t), count: n,
+                                           into: out.baseAddress! + r * n)
+                        }
+                    }
+                }
+            }
+            XCTAssertEqual(out, try f.floats(f.info("add_noise_cr") != nil ? "add_noise_cr" : "add_noise"), name)
+            assertClose(out, try f.floats("add_noise"), rtol: 1e-6, atol: 1e-6, label: "\(name): add_noise")
+        }
+    }
+
     // MARK: - Timestep and sigma plans
 
     struct PlanCase: Decodable {

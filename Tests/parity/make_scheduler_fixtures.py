@@ -27,6 +27,8 @@ Output Tests/SchedulersTests/Fixtures/:
     timesteps          (N,) float64          scheduler.timesteps after set_timesteps
     sigmas             (N+1,) float32       scheduler.sigmas (Euler, DPM-Solver)
     init_noise_sigma   (1,) float32
+    add_noise.original, add_noise.noise (4, 4, 8, 8) float32, add_noise.timesteps (4,) float64 = 0, 1, 500, 999,
+    add_noise          (4, 4, 8, 8) float32: DDPMScheduler.add_noise, one timestep per row (DDPM cases only)
     trajectory         (N+1, 2, 4, 8, 8) float32  x_0 = sample, x_{i+1} = step i's prev_sample
     <key>_cr           the same run with correctly rounded float32 sqrt / log / exp (CorrectlyRoundedMode below),
                        for every key whose values differ (always trajectory_cr; for Euler also the sample, model
@@ -240,6 +242,12 @@ def run(cls_name, config, steps, eta, seed):
         tensors["model_inputs"] = torch.stack(inputs).contiguous()
     if hasattr(s, "sigmas") and cls_name != "DDPMScheduler":
         tensors["sigmas"] = s.sigmas.to(torch.float32).contiguous()
+    if cls_name == "DDPMScheduler":
+        # add_noise (the forward process) at a few timesteps, one per batch row.
+        x0, eps = randn(seed * 1000 + 998, (4, 4, 8, 8)), randn(seed * 1000 + 999, (4, 4, 8, 8))
+        ts = torch.tensor([0, 1, 500, 999])
+        tensors.update({"add_noise.original": x0, "add_noise.noise": eps, "add_noise.timesteps": ts.to(torch.float64),
+                        "add_noise": s.add_noise(x0, eps, ts).contiguous()})
     return tensors
 
 
