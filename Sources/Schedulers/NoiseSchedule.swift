@@ -1,6 +1,7 @@
 // The training noise schedule shared by every diffusers scheduler: betas, alphas and their cumulative product, from
 // `scheduler/scheduler_config.json`, computed as diffusers does (torch.linspace in float32; cumprod of float32 values
-// accumulated in double), so add_noise matches to the last bit. Ref: diffusers schedulers/scheduling_ddpm.py (__init__, add_noise).
+// accumulated in double): betas and ᾱ bit-exact, add_noise too up to torch's square roots (MKL's, within an ulp; bit-exact
+// against correctly rounded ones, Tests/SchedulersTests). Ref: diffusers schedulers/scheduling_ddpm.py (__init__, add_noise).
 import IO
 
 public struct NoiseScheduleError: Error, CustomStringConvertible {

@@ -2,7 +2,9 @@
 // (NoiseSchedule: betas, ᾱ) into a sampling plan — `setTimesteps(count)` picks the model timesteps — and steps a
 // latent x_t to x_{t_prev} given the model's output at t. Every scheduler matches one diffusers class step for step
 // (float32 arithmetic in diffusers' order of operations; the timestep and sigma plans in float64 as numpy computes
-// them), so a trajectory agrees with diffusers' to a few float32 ulps.
+// them). Trajectories are bit-identical to diffusers run with correctly rounded float32 sqrt / log / exp; torch takes
+// those from MKL (within an ulp), which leaves diffusers as it runs within 1e-5 (mostly ~1e-6) of the latent's scale
+// (Tests/SchedulersTests).
 //
 // Buffers are flat float32 of any shape ([B, C, H, W] latents): every step is element-wise, so only the element
 // count matters. Ref: diffusers schedulers/scheduling_utils.py (SchedulerMixin), apple/ml-stable-diffusion's
