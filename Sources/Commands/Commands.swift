@@ -10,7 +10,8 @@ public enum Commands {
     public static let version = "0.1.0"
 
     public static let all: [CommandSpec] = [train, dataCheck, inspect, makeModel, makeCache, loraConvert, probeUNet,
-                                            probeTextEncoder, probeVAEEncode, probeVAEDecode, probeDPOLoss, probeMPI, benchStep]
+                                            probeTextEncoder, probeVAEEncode, probeVAEDecode, probeScheduler, probeDPOLoss,
+                                            probeMPI, benchStep]
 
     public static let cli = CommandLineInterface(commands: all, version: version)
 

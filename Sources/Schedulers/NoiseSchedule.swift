@@ -1,6 +1,7 @@
 // The training noise schedule shared by every diffusers scheduler: betas, alphas and their cumulative product, from
 // `scheduler/scheduler_config.json`, computed as diffusers does (torch.linspace in float32; cumprod of float32 values
-// accumulated in double), so add_noise matches to the last bit. Ref: diffusers schedulers/scheduling_ddpm.py (__init__, add_noise).
+// accumulated in double): betas and ᾱ bit-exact, add_noise too up to torch's square roots (MKL's, within an ulp; bit-exact
+// against correctly rounded ones, Tests/SchedulersTests). Ref: diffusers schedulers/scheduling_ddpm.py (__init__, add_noise).
 import IO
 
 public struct NoiseScheduleError: Error, CustomStringConvertible {
@@ -14,19 +15,33 @@ public struct NoiseSchedule: Sendable {
     public let alphasCumprod: [Float]
     public let predictionType: String
 
+    /// The trainer's schedule: also refuses prediction types other than epsilon (hgdpo trains epsilon models).
     public init(_ c: SchedulerConfig) throws {
-        let n = c.numTrainTimesteps
+        try self.init(trainTimesteps: c.numTrainTimesteps, betaStart: c.betaStart, betaEnd: c.betaEnd,
+                      betaSchedule: c.betaSchedule, trainedBetas: c.trainedBetas,
+                      rescaleBetasZeroSnr: c.rescaleBetasZeroSnr, predictionType: c.predictionType)
+        guard c.predictionType == "epsilon" else {
+            throw NoiseScheduleError(message: "scheduler config: prediction_type '\(c.predictionType)' is not supported; "
+                                     + "hgdpo trains epsilon-prediction models (SD 1.x, SD 2.x base)")
+        }
+    }
+
+    /// The schedule from the config's numbers, whatever the prediction type (the sampling schedulers support
+    /// epsilon, v_prediction and sample; they check it themselves).
+    public init(trainTimesteps n: Int, betaStart: Double, betaEnd: Double, betaSchedule: String, trainedBetas: [Double]?,
+                rescaleBetasZeroSnr: Bool, predictionType: String) throws {
         guard n > 0 else { throw NoiseScheduleError(message: "scheduler config: num_train_timesteps must be positive, is \(n)") }
         var b: [Float]
-        if let trained = c.trainedBetas {
+        if let trained = trainedBetas {
             guard trained.count == n else {
                 throw NoiseScheduleError(message: "scheduler config: trained_betas has \(trained.count) values, num_train_timesteps is \(n)")
             }
             b = trained.map(Float.init)
         } else {
-            switch c.betaSchedule {
-            case "linear": b = linspace(Float(c.betaStart), Float(c.betaEnd), n)
-            case "scaled_linear": b = linspace(Float(c.betaStart).squareRoot(), Float(c.betaEnd).squareRoot(), n).map { $0 * $0 }
+            switch betaSchedule {
+            case "linear": b = linspace(Float(betaStart), Float(betaEnd), n)
+            // beta_start**0.5 is a Python (float64) power; torch.linspace rounds the ends to float32.
+            case "scaled_linear": b = linspace(Float(betaStart.squareRoot()), Float(betaEnd.squareRoot()), n).map { $0 * $0 }
             case "squaredcos_cap_v2":
                 // betas_for_alpha_bar with the cosine alpha_bar, computed in float64 then cast, as diffusers does.
                 func alphaBar(_ t: Double) -> Double { let c = _cos((t + 0.008) / 1.008 * Double.pi / 2); return c * c }
@@ -35,23 +50,19 @@ public struct NoiseSchedule: Sendable {
                     return Float(min(1 - alphaBar(t2) / alphaBar(t1), 0.999))
                 }
             default:
-                throw NoiseScheduleError(message: "scheduler config: beta_schedule '\(c.betaSchedule)' is not supported "
+                throw NoiseScheduleError(message: "scheduler config: beta_schedule '\(betaSchedule)' is not supported "
                                          + "(linear, scaled_linear, squaredcos_cap_v2)")
             }
         }
-        guard !c.rescaleBetasZeroSnr else {
+        guard !rescaleBetasZeroSnr else {
             throw NoiseScheduleError(message: "scheduler config: rescale_betas_zero_snr is not supported")
-        }
-        guard c.predictionType == "epsilon" else {
-            throw NoiseScheduleError(message: "scheduler config: prediction_type '\(c.predictionType)' is not supported; "
-                                     + "hgdpo trains epsilon-prediction models (SD 1.x, SD 2.x base)")
         }
         trainTimesteps = n
         betas = b
         // torch.cumprod on CPU accumulates float32 inputs in double and rounds each output to float32.
         var acc: Double = 1
         alphasCumprod = b.map { acc *= Double(1 - $0); return Float(acc) }
-        predictionType = c.predictionType
+        self.predictionType = predictionType
     }
 
     /// ᾱ at timestep t, and 1 for t < 0 (the step before the first: diffusers' `final_alpha_cumprod` with
@@ -68,12 +79,14 @@ public struct NoiseSchedule: Sendable {
     }
 }
 
-/// torch.linspace in float32: start + i·step for the first half, end − (n−1−i)·step for the second (as ATen does).
+/// torch.linspace in float32 as ATen's CPU kernel computes it: step = (end − start)/(n − 1), then start + step·i for
+/// the first half and end − step·(n − 1 − i) for the second, each a fused multiply-add (the AVX2/AVX-512 kernels are
+/// built with FMA contraction; checked bit-exact against torch 2.15 for SD's and DDPM's schedules).
 func linspace(_ start: Float, _ end: Float, _ n: Int) -> [Float] {
     guard n > 1 else { return [start] }
     let step = (end - start) / Float(n - 1)
     let half = n / 2
-    return (0..<n).map { i in i < half ? start + step * Float(i) : end - step * Float(n - 1 - i) }
+    return (0..<n).map { i in i < half ? start.addingProduct(step, Float(i)) : end.addingProduct(-step, Float(n - 1 - i)) }
 }
 
 @_silgen_name("cos") private func _cos(_ x: Double) -> Double
