@@ -42,6 +42,7 @@ extension Commands {
             .value("--rank", "R", "LoRA rank (alpha = rank)", default: "8"),
             .value("--context-length", "S", "Text tokens", default: "77"),
             .value("--threads", "N", "Compute threads (default: HGDPO_THREADS or all cores)"),
+            .flag("--gradient-checkpointing", "Recompute block activations in backward (less memory, more compute)"),
         ]
     ) { args in
         try applyThreads(args)
@@ -52,6 +53,7 @@ extension Commands {
         let s = try args.int("--context-length", in: 1...1024)!
         try spec.checkLatentSize(height: l, width: l)
         let model = UNetModel(spec: spec, lora: (rank, Float(rank)))
+        model.gradientCheckpointing = args.flag("--gradient-checkpointing")
         model.randomizeWeights(seed: 0)
         model.lora!.initialize(seed: 0)
         var sched = SchedulerConfig()
@@ -85,7 +87,7 @@ extension Commands {
         getrusage(RUSAGE_SELF.rawValue, &usage)
         print(JSONValue.object([
             ("impl", .string("hgdpo-\(version)")), ("config", .string(name)), ("latent", .int(l)), ("pairs", .int(b)),
-            ("threads", .int(Parallel.threads)), ("bf16", false), ("median_step_s", .double(times[times.count / 2])),
+            ("threads", .int(Parallel.threads)), ("bf16", false), ("gradient_checkpointing", .bool(model.gradientCheckpointing)), ("median_step_s", .double(times[times.count / 2])),
             ("min_step_s", .double(times[0])), ("peak_rss_mb", .double(Double(usage.ru_maxrss) / 1024)),
             ("params", .int(model.weights.table.count)), ("lora_params", .int(model.lora!.count)),
         ]).serialized())

@@ -34,6 +34,7 @@ extension Commands {
         .value("--keep-checkpoints", "K", "Checkpoints kept", default: "3"),
         .value("--resume", "auto|DIR", "auto: continue from RUN_DIR/latest if there is one; DIR: from that checkpoint"),
         .value("--mixed-precision", "MODE", "no = fp32", default: "no", choices: ["no"]),
+        .flag("--gradient-checkpointing", "Recompute each U-Net block's activations in backward: less memory, ~1/3 more compute, same result"),
         .value("--seed", "S", "Seed of the LoRA init, the data order and every noise and timestep draw", default: "0"),
         .value("--threads", "N", "Compute threads per rank (default: HGDPO_THREADS or all cores)"),
         .value("--max-skipped-steps", "N", "Consecutive non-finite steps before the run stops with an error", default: "5"),
@@ -95,6 +96,7 @@ extension Commands {
         if given("--keep-checkpoints") { c.keepCheckpoints = try args.int("--keep-checkpoints", in: 1...1_000_000)! }
         if args.given("--resume") { c.resume = args.string("--resume") }
         if given("--mixed-precision") { c.mixedPrecision = args.string("--mixed-precision")! }
+        if args.flag("--gradient-checkpointing") { c.gradientCheckpointing = true }
         if given("--seed") {
             guard let s = UInt64(args.string("--seed")!) else {
                 throw CLIError.badValue(option: "--seed", value: args.string("--seed")!, expected: "a non-negative integer")

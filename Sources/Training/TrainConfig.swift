@@ -38,6 +38,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var keepCheckpoints = 3
     public var resume: String?
     public var mixedPrecision = "no"
+    /// Recompute block activations in backward (UNetModel.gradientCheckpointing): less memory, same result.
+    public var gradientCheckpointing = false
     public var seed: UInt64 = 0
     public var threads: Int?
     public var maxSkippedSteps = 5
@@ -54,7 +56,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case maxGradNorm = "max_grad_norm", globalBatch = "global_batch", localBatch = "local_batch", maxSteps = "max_steps"
         case epochs, checkpointEvery = "checkpoint_every", keepCheckpoints = "keep_checkpoints", resume
         case mixedPrecision = "mixed_precision", seed, threads, maxSkippedSteps = "max_skipped_steps", logEvery = "log_every"
-        case collectiveTimeout = "collective_timeout"
+        case collectiveTimeout = "collective_timeout", gradientCheckpointing = "gradient_checkpointing"
     }
 
     public init(from decoder: Decoder) throws {
@@ -77,14 +79,16 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         seed = try v(.seed, d.seed); threads = try c.decodeIfPresent(Int.self, forKey: .threads)
         maxSkippedSteps = try v(.maxSkippedSteps, d.maxSkippedSteps); logEvery = try v(.logEvery, d.logEvery)
         collectiveTimeout = try v(.collectiveTimeout, d.collectiveTimeout)
+        gradientCheckpointing = try v(.gradientCheckpointing, d.gradientCheckpointing)
     }
 
     /// The fields that define the trajectory: a checkpoint records their hash, and resuming with others is refused
-    /// (paths, thread counts, checkpoint cadence and the resume option itself may change).
+    /// (paths, thread counts, checkpoint cadence, gradient checkpointing and the resume option itself may change).
     public var trajectoryHash: String {
         var c = self
         c.model = ""; c.data = ""; c.output = ""; c.resume = nil; c.threads = nil; c.checkpointEvery = 0; c.keepCheckpoints = 0
         c.maxSteps = nil; c.epochs = nil; c.logEvery = 0; c.collectiveTimeout = 0; c.maxSkippedSteps = 0
+        c.gradientCheckpointing = false                            // bit-identical gradients either way
         let text = String(decoding: (try? JSONEncoderSorted.encode(c)) ?? [], as: UTF8.self)
         var h: UInt64 = 0xcbf2_9ce4_8422_2325                      // FNV-1a 64
         for byte in text.utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }

@@ -55,6 +55,7 @@ public final class Trainer {
         schedule = try NoiseSchedule(try ComponentFolder(path: (c.model as NSString).appendingPathComponent("scheduler"))
             .config(SchedulerConfig.self))
         model = try UNetModel.load(folder: unetFolder, variant: c.variant, lora: (c.loraRank, Float(c.loraAlpha)))
+        model.gradientCheckpointing = c.gradientCheckpointing
         let stride: Int
         if let n = c.statInferenceSteps {
             guard n > 0, n <= schedule.trainTimesteps else {
