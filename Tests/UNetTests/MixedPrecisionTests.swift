@@ -6,26 +6,31 @@ import TestSupport
 @testable import UNet
 
 /// `--mixed-precision bf16`: the conv / linear weights stored once in bf16, GEMMs with fp32 sums, LoRA and
-/// gradients fp32. Measures the error of the tiny U-Nets' output and LoRA gradients against the same model in fp32
-/// and against the diffusers fixtures (exact float64 answers), on every bf16 path this CPU can run: the default
-/// (here AVX2: weights widened to fp32 for sgemm, activations exact) and `emulated` (the AVX512-BF16 code as
-/// portable C: activations rounded to bf16 for the products too, as on CPUs with AVX512-BF16).
+/// gradients fp32. Measures the error of the tiny U-Nets' output and LoRA gradients (loss = Σ output · R, R fixed)
+/// against the same model in fp32 and against the exact float64 answers of diffusers (io.safetensors), on every bf16
+/// path this CPU can run: the default (here AVX2: weights widened to fp32 for sgemm, activations exact) and
+/// `emulated` (the AVX512-BF16 code as portable C: activations rounded to bf16 for the products too, as on CPUs with
+/// AVX512-BF16), and compares with PyTorch's own bf16 mixed precision on the same model (io_bf16.safetensors, made by
+/// Tests/parity/make_bf16_fixtures.py).
 ///
-/// Errors are relative L2 norms, ‖x − ref‖ / ‖ref‖, over the whole tensor (gradients: over all LoRA parameters,
-/// and the worst single A or B matrix). Measured (Zen 3, 2025-11; both fixtures, LoRA scale 1, adapters off):
-///                                   widened (avx2)        emulated AVX512-BF16
-///   output vs fp32                  2.3e-3 … 3.5e-3       3.9e-3 … 5.5e-3
-///   output vs diffusers (fp64)      same as vs fp32 (fp32 itself is within 1e-6)
-///   LoRA grads vs fp32, all         3.6e-3 … 4.1e-3       5.6e-3 … 7.0e-3
-///   LoRA grads, worst matrix        1.2e-2 … 1.4e-2       1.9e-2 … 2.6e-2
-///   d loss / d sample vs fp32       3.2e-3 … 3.7e-3       5.0e-3 … 6.6e-3
-/// bf16 keeps 8 significant bits (unit roundoff 2⁻⁹ ≈ 2.0e-3), so these are one to three roundings of the weights
-/// (and activations) propagated through the network. The asserted bounds below are the worst measured value × ~2.
+/// Errors are relative L2 norms ‖x − ref‖ / ‖ref‖ over the whole tensor (gradients: all LoRA parameters at once, and
+/// the worst single A or B matrix). Measured against the exact answers (Zen 3, 2025-11; fixture unet_conv / unet_linear):
+///                                  widened (avx2)      emulated AVX512-BF16    PyTorch bf16 autocast
+///   output, LoRA scale 1           5.2e-3 / 5.2e-3     7.4e-3 / 7.4e-3         1.3e-2 / 1.3e-2
+///   output, adapters off           5.5e-3 / 4.9e-3     7.1e-3 / 6.8e-3         1.3e-2 / 1.2e-2
+///   LoRA gradients, all            6.5e-3 / 9.6e-3     8.8e-3 / 1.4e-2         1.8e-2 / 2.8e-2
+///   LoRA gradients, worst matrix   2.0e-2 / 2.7e-2     2.9e-2 / 4.4e-2         4.5e-2 / 1.1e-1
+///   d loss / d sample              7.8e-3 / 8.2e-3     1.1e-2 / 1.1e-2         2.2e-2 / 2.2e-2
+/// Against our fp32 model the same to two digits (fp32 is within 1.4e-6 of the exact answers). bf16 keeps 8
+/// significant bits (unit roundoff 2⁻⁹ ≈ 2e-3): these are the weights' (and activations') roundings carried through
+/// the network. The widened path equals the exact model with bf16-rounded weights to 1.4e-6 (worst matrix 4e-6).
+/// Asserted: the worst measured value × ~2 (below), and below PyTorch's bf16 error for every quantity.
 final class MixedPrecisionTests: XCTestCase {
-    // Asserted bounds (see the table above; worst measured × ~2).
-    static let outputTolerance = 1.0e-2
-    static let gradTolerance = 1.5e-2
-    static let worstGradMatrixTolerance = 5.0e-2
+    // Asserted bounds: the worst value measured on either path (table above) × ~2.
+    static let tolerance: [String: Double] = ["output, LoRA 1": 1.5e-2, "output, adapters off": 1.5e-2, "LoRA grads": 3e-2,
+                                              "d/d sample": 2.5e-2]
+    static let worstGradMatrixTolerance = 1e-1
+    static let widenedParityTolerance = 1e-5
 
     override func tearDown() {
         BF16.setPath(nil)
@@ -138,70 +143,108 @@ final class MixedPrecisionTests: XCTestCase {
 
     // MARK: - Accuracy
 
-    func testOutputAccuracy() throws {
-        for name in ["conv", "linear"] {
-            let f = try fixture(name)
-            let fp32 = try model(f, .no)
-            let ref1 = try forward(fp32, f, scale: 1), ref0 = try forward(fp32, f, scale: nil)
-            let exact1 = try f.io.floats("output_lora_1"), exact0 = try f.io.floats("output")
-            XCTAssertLessThan(relativeError(ref1, exact1), 1e-5, "fp32 itself")
-            let bf16 = try model(f, .bf16)
-            for path in paths {
-                XCTAssertTrue(BF16.setPath(path))
-                let out1 = try forward(bf16, f, scale: 1), out0 = try forward(bf16, f, scale: nil)
-                let e = [relativeError(out1, ref1), relativeError(out0, ref0), relativeError(out1, exact1), relativeError(out0, exact0)]
-                print(String(format: "bf16 %@ %@ output: vs fp32 %.2e (LoRA 1) %.2e (off); vs diffusers %.2e / %.2e",
-                             "\(path)", name, e[0], e[1], e[2], e[3]))
-                for (x, label) in zip(e, ["vs fp32, LoRA 1", "vs fp32, adapters off", "vs diffusers, LoRA 1", "vs diffusers, off"]) {
-                    XCTAssertLessThan(x, Self.outputTolerance, "\(name) \(path) \(label)")
-                    XCTAssertGreaterThan(x, 1e-5, "\(name) \(path) \(label): bf16 weights must change the result")
-                }
-            }
+    /// Everything measured for one fixture on one path: relative errors of the output (LoRA scale 1, adapters off),
+    /// the LoRA gradients (all of them, and the worst single A or B matrix) and d loss / d sample.
+    struct Errors {
+        var output1 = 0.0, output0 = 0.0, grads = 0.0, worstMatrix = 0.0, sample = 0.0
+        var worstName = ""
+        var all: [(String, Double)] {
+            [("output, LoRA 1", output1), ("output, adapters off", output0), ("LoRA grads", grads), ("d/d sample", sample)]
+        }
+        func text() -> String {
+            String(format: "output %.2e (LoRA 1) %.2e (off), LoRA grads %.2e (worst matrix %.2e), d/d sample %.2e",
+                   output1, output0, grads, worstMatrix, sample)
         }
     }
 
-    func testLoRAGradientAccuracy() throws {
+    /// Output and gradients of `m` (loss = Σ output_lora_1 · loss_weights, as the fixtures), in one flat layout.
+    struct Results { let output1, output0, grads, sample: [Float] }
+
+    func run(_ m: UNetModel, _ f: Fixture) throws -> Results {
+        let out0 = try forward(m, f, scale: nil)
+        let out1 = try forward(m, f, scale: 1, training: true)
+        m.lora!.zeroGrad()
+        let ds = m.backward(Buffer(try f.io.floats("loss_weights")), wantSampleGradient: true)!
+        return Results(output1: out1, output0: out0, grads: m.lora!.grads.array, sample: ds.array)
+    }
+
+    /// The same quantities from a fixture file under `prefix` (io.safetensors: "", io_bf16.safetensors: a model's prefix).
+    func reference(_ file: SafeTensorsFile, _ prefix: String, layout m: UNetModel) throws -> Results {
+        var grads = [Float](repeating: 0, count: m.lora!.count)
+        for t in m.lora!.targets {
+            let a = try file.floats(prefix + "grad.\(t.module).lora_A.weight"), b = try file.floats(prefix + "grad.\(t.module).lora_B.weight")
+            grads.replaceSubrange(t.offsetA..<(t.offsetA + a.count), with: a)
+            grads.replaceSubrange(t.offsetB..<(t.offsetB + b.count), with: b)
+        }
+        return Results(output1: try file.floats(prefix + "output_lora_1"), output0: try file.floats(prefix + "output"), grads: grads,
+                       sample: try file.floats(prefix + "grad_sample"))
+    }
+
+    func errors(_ x: Results, _ ref: Results, layout m: UNetModel) -> Errors {
+        var e = Errors(output1: relativeError(x.output1, ref.output1), output0: relativeError(x.output0, ref.output0),
+                       grads: relativeError(x.grads, ref.grads), sample: relativeError(x.sample, ref.sample))
+        for t in m.lora!.targets {
+            for (suffix, offset, count) in [("A", t.offsetA, m.lora!.rank * t.inFeatures), ("B", t.offsetB, t.outFeatures * m.lora!.rank)] {
+                let r = relativeError(Array(x.grads[offset..<(offset + count)]), Array(ref.grads[offset..<(offset + count)]))
+                if r > e.worstMatrix { e.worstMatrix = r; e.worstName = "\(t.module).\(suffix)" }
+            }
+        }
+        return e
+    }
+
+    /// The widened path (bf16 weights widened to fp32 for sgemm, fp32 activations) computes exactly the model with
+    /// bf16-rounded weights: against that model run in float64 by torch (io_bf16.safetensors, `bf16_weights.`) it is
+    /// as close as fp32 is to float64. Measured ≤ 1.4e-6 relative (worst matrix 4e-6); asserted 1e-5 (5e-5).
+    func testWidenedPathMatchesTheBF16WeightModel() throws {
+        let candidates: [BF16.Path] = [.avx2, .generic]
+        guard let widened = candidates.first(where: { BF16.setPath($0) }) else { return XCTFail("no widened path") }
         for name in ["conv", "linear"] {
             let f = try fixture(name)
-            let lossWeights = Buffer(try f.io.floats("loss_weights"))
-            func gradients(_ m: UNetModel) throws -> (lora: [Float], sample: [Float]) {
-                _ = try forward(m, f, scale: 1, training: true)
-                m.lora!.zeroGrad()
-                let ds = m.backward(lossWeights, wantSampleGradient: true)!
-                return (m.lora!.grads.array, ds.array)
-            }
-            let fp32 = try model(f, .no)
-            let ref = try gradients(fp32)
-            // The diffusers gradients in the LoRA buffer's layout.
-            var exact = [Float](repeating: 0, count: ref.lora.count)
-            for t in fp32.lora!.targets {
-                let a = try f.io.floats("grad.\(t.module).lora_A.weight"), b = try f.io.floats("grad.\(t.module).lora_B.weight")
-                exact.replaceSubrange(t.offsetA..<(t.offsetA + a.count), with: a)
-                exact.replaceSubrange(t.offsetB..<(t.offsetB + b.count), with: b)
-            }
-            XCTAssertLessThan(relativeError(ref.lora, exact), 1e-4, "fp32 itself")
-            let bf16 = try model(f, .bf16)
+            let m = try model(f, .bf16)
+            let exact = try reference(try SafeTensorsFile(path: f.folder + "/io_bf16.safetensors"), "bf16_weights.", layout: m)
+            let e = errors(try run(m, f), exact, layout: m)
+            print("bf16 \(widened) \(name) vs bf16-weight model in float64: " + e.text())
+            for (label, x) in e.all { XCTAssertLessThan(x, Self.widenedParityTolerance, "\(name) \(label)") }
+            XCTAssertLessThan(e.worstMatrix, 5 * Self.widenedParityTolerance, "\(name) worst LoRA matrix \(e.worstName)")
+        }
+    }
+
+    /// bf16 against fp32 and against the exact (float64) answers, on every path; and against PyTorch's own bf16 mixed
+    /// precision (diffusers' LoRA scripts: U-Net cast to bf16, fp32 LoRA, autocast) on the same model.
+    /// On AVX512-BF16 (real or emulated) the activations are rounded to bf16 at every base GEMM, and that rounding
+    /// is chaotic (a last-bit difference upstream flips later roundings; PyTorch's float64 and float32 runs of such
+    /// a model differ by 5e-3), so no run reproduces another bit for bit: there the errors are compared with those of
+    /// the exact model of that arithmetic (`bf16_gemm.`, asserted ≤ 1.5× its own), and each kernel is checked
+    /// exactly against rounded operands in LayersTests/BF16LayerTests.
+    func testAccuracyOnEveryPath() throws {
+        for name in ["conv", "linear"] {
+            let f = try fixture(name)
+            let refs = try SafeTensorsFile(path: f.folder + "/io_bf16.safetensors")
+            let fp32Model = try model(f, .no)
+            let fp32 = try run(fp32Model, f)
+            let exact = try reference(f.io, "", layout: fp32Model)
+            let fp32Error = errors(fp32, exact, layout: fp32Model)
+            for (label, x) in fp32Error.all { XCTAssertLessThan(x, 1e-5, "fp32 itself, \(name) \(label)") }
+            let torchError = errors(try reference(refs, "torch_bf16.", layout: fp32Model), exact, layout: fp32Model)
+            let roundedModelError = errors(try reference(refs, "bf16_gemm.", layout: fp32Model), exact, layout: fp32Model)
+            print("PyTorch bf16 autocast \(name) vs exact: " + torchError.text())
+            print("bf16-GEMM model (float64) \(name) vs exact: " + roundedModelError.text())
+            let m = try model(f, .bf16)
             for path in paths {
                 XCTAssertTrue(BF16.setPath(path))
-                let g = try gradients(bf16)
-                var worst = (0.0, "")
-                for t in bf16.lora!.targets {
-                    for (suffix, offset, count) in [("A", t.offsetA, bf16.lora!.rank * t.inFeatures), ("B", t.offsetB, t.outFeatures * bf16.lora!.rank)] {
-                        let e = relativeError(Array(g.lora[offset..<(offset + count)]), Array(ref.lora[offset..<(offset + count)]))
-                        if e > worst.0 { worst = (e, "\(t.module).\(suffix)") }
-                    }
+                let r = try run(m, f)
+                let vsFP32 = errors(r, fp32, layout: m), vsExact = errors(r, exact, layout: m)
+                print("bf16 \(path) \(name) vs fp32:  " + vsFP32.text() + ", worst: \(vsFP32.worstName)")
+                print("bf16 \(path) \(name) vs exact: " + vsExact.text())
+                let rounded = BF16.isAccelerated || path == .emulated
+                for ((label, x), ((_, y), ((_, t), (_, model)))) in zip(vsFP32.all, zip(vsExact.all, zip(torchError.all, roundedModelError.all))) {
+                    XCTAssertLessThan(x, Self.tolerance[label]!, "\(name) \(path) \(label) vs fp32")
+                    XCTAssertLessThan(y, Self.tolerance[label]!, "\(name) \(path) \(label) vs exact")
+                    XCTAssertGreaterThan(x, 1e-5, "\(name) \(path) \(label): bf16 weights must change the result")
+                    XCTAssertLessThan(y, t, "\(name) \(path) \(label): more accurate than PyTorch's bf16 autocast")
+                    if rounded { XCTAssertLessThan(y, 1.5 * model, "\(name) \(path) \(label) vs the bf16-GEMM model's error") }
                 }
-                let all = relativeError(g.lora, ref.lora), allExact = relativeError(g.lora, exact)
-                let sample = relativeError(g.sample, ref.sample)
-                let sampleExact = relativeError(g.sample, try f.io.floats("grad_sample"))
-                print(String(format: "bf16 %@ %@ LoRA grads: vs fp32 %.2e (worst matrix %.2e, %@), vs diffusers %.2e; d/d sample vs fp32 %.2e, vs diffusers %.2e",
-                             "\(path)", name, all, worst.0, worst.1, allExact, sample, sampleExact))
-                XCTAssertLessThan(all, Self.gradTolerance, "\(name) \(path) LoRA grads vs fp32")
-                XCTAssertLessThan(allExact, Self.gradTolerance, "\(name) \(path) LoRA grads vs diffusers")
-                XCTAssertLessThan(worst.0, Self.worstGradMatrixTolerance, "\(name) \(path) worst LoRA matrix \(worst.1)")
-                XCTAssertLessThan(sample, Self.outputTolerance, "\(name) \(path) d loss / d sample vs fp32")
-                XCTAssertLessThan(sampleExact, Self.outputTolerance, "\(name) \(path) d loss / d sample vs diffusers")
-                XCTAssertGreaterThan(all, 1e-5, "\(name) \(path): bf16 weights must change the gradients")
+                XCTAssertLessThan(vsFP32.worstMatrix, Self.worstGradMatrixTolerance, "\(name) \(path) worst LoRA matrix \(vsFP32.worstName)")
             }
         }
     }
