@@ -1,7 +1,7 @@
 // Where the U-Net's numbers live. Base weights: one flat fp32 allocation (plus one bf16 allocation for the conv /
 // linear weights in mixed precision), addressed by offsets from a table keyed by the diffusers state-dict names (so
-// loading is a lookup). LoRA: parameters and gradients in two more flat buffers
-// with one shared table, so an all-reduce or a checkpoint is one call over one buffer (llm.c style).
+// loading is a lookup). LoRA: parameters and gradients in two more flat buffers with one shared table, so an
+// all-reduce or a checkpoint is one call over one buffer (llm.c style).
 import IO
 import Tensors
 

@@ -84,7 +84,7 @@ final class TrainerTests: XCTestCase {
     /// `--mixed-precision bf16` (U-Net weights in bf16, LoRA / gradients / optimizer fp32): 1, 2 and 4 ranks give the
     /// same LoRA after 3 steps, as in fp32. Each micro-batch's gradient is computed by the same code on the same
     /// samples whatever the rank count, and summed in double, so the runs agree exactly in practice. Measured (Zen 3,
-    /// widened-to-fp32 path, 2025-11): 0 for 2 and for 4 ranks vs 1; asserted ≤ 1e-5 relative, as in fp32 (the
+    /// widened-to-fp32 path, 2026-11): 0 for 2 and for 4 ranks vs 1; asserted ≤ 1e-5 relative, as in fp32 (the
     /// AVX512-BF16 kernels split M or N over threads, never K, so they are deterministic too).
     /// Against the fp32 run: measured 2.2e-3 relative over the whole LoRA and 7.0e-2 over B alone (B starts at 0, so
     /// it is all learnt: 3 AdamW steps at lr 1e-3 are nearly ±lr per element, and the bf16 weights flip the sign of

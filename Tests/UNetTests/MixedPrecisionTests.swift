@@ -14,7 +14,7 @@ import TestSupport
 /// Tests/parity/make_bf16_fixtures.py).
 ///
 /// Errors are relative L2 norms ‖x − ref‖ / ‖ref‖ over the whole tensor (gradients: all LoRA parameters at once, and
-/// the worst single A or B matrix). Measured against the exact answers (Zen 3, 2025-11; fixture unet_conv / unet_linear):
+/// the worst single A or B matrix). Measured against the exact answers (Zen 3, 2026-11; fixture unet_conv / unet_linear):
 ///                                  widened (avx2)      emulated AVX512-BF16    PyTorch bf16 autocast
 ///   output, LoRA scale 1           5.2e-3 / 5.2e-3     7.4e-3 / 7.4e-3         1.3e-2 / 1.3e-2
 ///   output, adapters off           5.5e-3 / 4.9e-3     7.1e-3 / 6.8e-3         1.3e-2 / 1.2e-2
