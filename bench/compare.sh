@@ -3,10 +3,13 @@
 # + peft), on this machine with the same thread count, one after the other; prints both JSON lines and the ratio.
 #
 # Usage: bench/compare.sh [CONFIG [LATENT [PAIRS [STEPS [THREADS]]]]]     (default: small 32 1 3 <cores>)
+#        BF16=1 bench/compare.sh …   both in bf16 mixed precision (hgdpo --mixed-precision bf16, PyTorch --bf16)
 # Installs the reference into .venv-fixtures (torch, diffusers, peft: a large download) when it is missing.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 config=${1:-small}; latent=${2:-32}; pairs=${3:-1}; steps=${4:-3}; threads=${5:-$(nproc)}
+ours_bf16=(); theirs_bf16=()
+if [[ "${BF16:-0}" == 1 ]]; then ours_bf16=(--mixed-precision bf16); theirs_bf16=(--bf16); fi
 bench_dir="$root/../shared/bench"
 [[ -f "$bench_dir/torch_dpo_step.py" ]] || { echo "compare.sh: $bench_dir/torch_dpo_step.py not found" >&2; exit 1; }
 py="$root/.venv-fixtures/bin/python"
@@ -16,9 +19,9 @@ fi
 if grep -qw avx512f /proc/cpuinfo && [[ -z "${OPENBLAS_CORETYPE:-}" ]]; then export OPENBLAS_CORETYPE=SkylakeX; fi
 (cd "$root" && swift build -c release >/dev/null)
 ours=$(HGDPO_THREADS=$threads OPENBLAS_NUM_THREADS=$threads "$root/.build/release/hgdpo" bench step --config "$config" \
-  --latent "$latent" --pairs "$pairs" --steps "$steps" --threads "$threads")
+  --latent "$latent" --pairs "$pairs" --steps "$steps" --threads "$threads" ${ours_bf16[@]+"${ours_bf16[@]}"})
 theirs=$(cd "$bench_dir" && OMP_NUM_THREADS=$threads "$py" torch_dpo_step.py --config "$config" --latent "$latent" \
-  --pairs "$pairs" --steps "$steps" --threads "$threads" 2>/dev/null | tail -n 1)
+  --pairs "$pairs" --steps "$steps" --threads "$threads" ${theirs_bf16[@]+"${theirs_bf16[@]}"} 2>/dev/null | tail -n 1)
 echo "$ours"
 echo "$theirs"
 python3 - "$ours" "$theirs" <<'PY'

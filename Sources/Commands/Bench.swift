@@ -41,6 +41,8 @@ extension Commands {
             .value("--steps", "K", "Timed steps (after one warm-up step)", default: "3"),
             .value("--rank", "R", "LoRA rank (alpha = rank)", default: "8"),
             .value("--context-length", "S", "Text tokens", default: "77"),
+            .value("--mixed-precision", "MODE", "no = fp32; bf16 = conv / linear weights in bf16, fp32 sums (see `hgdpo train`)",
+                   default: "no", choices: ["no", "bf16"]),
             .value("--threads", "N", "Compute threads (default: HGDPO_THREADS or all cores)"),
             .flag("--gradient-checkpointing", "Recompute block activations in backward (less memory, more compute)"),
         ]
@@ -52,7 +54,8 @@ extension Commands {
         let steps = try args.int("--steps", in: 1...1000)!, rank = try args.int("--rank", in: 1...1024)!
         let s = try args.int("--context-length", in: 1...1024)!
         try spec.checkLatentSize(height: l, width: l)
-        let model = UNetModel(spec: spec, lora: (rank, Float(rank)))
+        let precision = MixedPrecision(rawValue: args.string("--mixed-precision")!)!
+        let model = UNetModel(spec: spec, lora: (rank, Float(rank)), precision: precision)
         model.gradientCheckpointing = args.flag("--gradient-checkpointing")
         model.randomizeWeights(seed: 0)
         model.lora!.initialize(seed: 0)
@@ -87,9 +90,12 @@ extension Commands {
         getrusage(RUSAGE_SELF.rawValue, &usage)
         print(JSONValue.object([
             ("impl", .string("hgdpo-\(version)")), ("config", .string(name)), ("latent", .int(l)), ("pairs", .int(b)),
-            ("threads", .int(Parallel.threads)), ("bf16", false), ("gradient_checkpointing", .bool(model.gradientCheckpointing)), ("median_step_s", .double(times[times.count / 2])),
+            ("threads", .int(Parallel.threads)), ("bf16", .bool(precision == .bf16)),
+            ("bf16_gemm", .string(precision == .bf16 ? (BF16.isAccelerated ? "avx512bf16" : "widened to fp32 + sgemm") : "none")), ("gradient_checkpointing", .bool(model.gradientCheckpointing)),
+            ("median_step_s", .double(times[times.count / 2])),
             ("min_step_s", .double(times[0])), ("peak_rss_mb", .double(Double(usage.ru_maxrss) / 1024)),
-            ("params", .int(model.weights.table.count)), ("lora_params", .int(model.lora!.count)),
+            ("params", .int(model.weights.table.count)), ("param_bytes", .int(model.weights.byteCount)),
+            ("lora_params", .int(model.lora!.count)),
         ]).serialized())
     }
 }

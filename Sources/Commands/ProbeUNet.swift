@@ -21,10 +21,13 @@ extension Commands {
             .value("--lora-scale", "S", "LoRA scale", default: "1.0"),
             .value("--input", "IN", "Input tensors (safetensors)", required: true),
             .value("--output", "OUT", "Output file (safetensors, written atomically)", required: true),
+            .value("--mixed-precision", "MODE", "no = fp32; bf16 = conv / linear weights in bf16, fp32 sums (see `hgdpo train`)",
+                   default: "no", choices: ["no", "bf16"]),
             .value("--threads", "N", "Compute threads (default: HGDPO_THREADS or all cores)"),
         ]
     ) { args in
         try applyThreads(args)
+        let precision = MixedPrecision(rawValue: args.string("--mixed-precision")!)!
         let folder = try ModelFolder(path: try args.requiredString("--model")).unet()
         let inputPath = try args.requiredString("--input")
         let input = try SafeTensorsFile(path: inputPath)
@@ -46,7 +49,7 @@ extension Commands {
         var loraSource = ""
         if let path = args.string("--lora") { loraWeights = try LoRAFile.read(path); loraSource = path }
         let model = try UNetModel.load(folder: folder, variant: args.string("--variant"),
-                                       lora: loraWeights.map { ($0.rank, $0.alpha) })
+                                       lora: loraWeights.map { ($0.rank, $0.alpha) }, precision: precision)
         guard sample.shape[1] == model.spec.inChannels else {
             throw CLIError.invalid("\(inputPath): sample has \(sample.shape[1]) channels, the U-Net takes \(model.spec.inChannels)")
         }

@@ -5,6 +5,7 @@ import Foundation
 import IO
 import Tensors
 import Training
+import UNet
 
 extension Commands {
     static let trainOptions: [OptionSpec] = [
@@ -33,7 +34,8 @@ extension Commands {
         .value("--checkpoint-every", "N", "Steps between checkpoints (one is always written at the end)", default: "500"),
         .value("--keep-checkpoints", "K", "Checkpoints kept", default: "3"),
         .value("--resume", "auto|DIR", "auto: continue from RUN_DIR/latest if there is one; DIR: from that checkpoint"),
-        .value("--mixed-precision", "MODE", "no = fp32", default: "no", choices: ["no"]),
+        .value("--mixed-precision", "MODE", "no = fp32; bf16 = frozen U-Net weights in bf16 (half the memory), fp32 sums, fp32 LoRA and optimizer",
+               default: "no", choices: ["no", "bf16"]),
         .flag("--gradient-checkpointing", "Recompute each U-Net block's activations in backward: less memory, ~1/3 more compute, same result"),
         .value("--seed", "S", "Seed of the LoRA init, the data order and every noise and timestep draw", default: "0"),
         .value("--threads", "N", "Compute threads per rank (default: HGDPO_THREADS or all cores)"),
@@ -97,6 +99,9 @@ extension Commands {
         if args.given("--resume") { c.resume = args.string("--resume") }
         if given("--mixed-precision") { c.mixedPrecision = args.string("--mixed-precision")! }
         if args.flag("--gradient-checkpointing") { c.gradientCheckpointing = true }
+        guard MixedPrecision(rawValue: c.mixedPrecision) != nil else {   // a config file's value is not checked by the parser
+            throw CLIError.badValue(option: "--mixed-precision", value: c.mixedPrecision, expected: "no or bf16")
+        }
         if given("--seed") {
             guard let s = UInt64(args.string("--seed")!) else {
                 throw CLIError.badValue(option: "--seed", value: args.string("--seed")!, expected: "a non-negative integer")

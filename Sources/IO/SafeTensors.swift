@@ -240,6 +240,17 @@ public final class SafeTensorsFile: @unchecked Sendable {   // immutable after i
         }
     }
 
+    /// Drops the pages of a tensor's bytes from this process's resident memory (the mapping stays valid: touched
+    /// again, they are read back from the file). For loaders that copy tensors out: the copy and the mapping of a
+    /// multi-GB file are then not resident at the same time. Unknown names are ignored.
+    public func evict(_ name: String) {
+        guard let t = info(name), t.byteCount > 0 else { return }
+        let page = max(1, Int(sysconf(Int32(_SC_PAGESIZE))))
+        let start = (dataSectionOffset + t.byteOffset) / page * page
+        let end = min(fileSize, dataSectionOffset + t.byteOffset + t.byteCount)
+        madvise(UnsafeMutableRawPointer(mutating: base) + start, end - start, MADV_DONTNEED)
+    }
+
     /// Converts the tensor into `destination`, whose count must equal the tensor's element count.
     public func read(_ name: String, into destination: UnsafeMutableBufferPointer<Float>) throws {
         let t = try require(name)

@@ -6,6 +6,8 @@
 // The column buffer is tiled over output rows so it stays around a few MB (in cache, and a small workspace); a 1x1
 // stride-1 unpadded convolution is the GEMM on the input directly. Backward (input only: base weights are frozen)
 // is the transpose: dcol = Wᵀ · dout (or dcolᵀ = doutᵀ · W for small images), then col2im accumulates into dinp.
+// The weight may be bf16 (mixed precision, `WeightMatrix`): the same GEMMs then run through BF16.gemm (fp32 sums);
+// im2col / col2im and all activations stay fp32.
 import Tensors
 
 // MARK: - Geometry
@@ -180,7 +182,7 @@ private func col2imTransposedRowsAccumulate(_ dinp: UnsafeMutablePointer<Float>,
 /// - Parameter workspace: at least `conv2dWorkspaceSize(Cin:H:W:kernel:stride:padding:)` floats.
 public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho, Wo)
                           inp: UnsafePointer<Float>,              // (B, Cin, H, W)
-                          weight: UnsafePointer<Float>,           // (Cout, Cin, K, K)
+                          weight: WeightMatrix,                   // (Cout, Cin, K, K)
                           bias: UnsafePointer<Float>?,            // (Cout)
                           B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
                           kernel: Int, stride: Int, padding: Int,
@@ -194,7 +196,7 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho
 /// - Parameter workspace: at least `conv2dWorkspaceSize(Cin:H:W:kernel:stride:padding:)` floats.
 public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho, Wo)
                           inp: UnsafePointer<Float>,              // (B, Cin, H, W)
-                          weight: UnsafePointer<Float>,           // (Cout, Cin, K, K)
+                          weight: WeightMatrix,                   // (Cout, Cin, K, K)
                           bias: UnsafePointer<Float>?,            // (Cout)
                           B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
                           kernel: Int, stride: Int, padding: Conv2DPadding,
@@ -211,7 +213,7 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho
     for b in 0..<B {
         let inpB = inp + b * Cin * H * W, outB = out + b * Cout * L
         if pointwise {
-            BLAS.sgemm(m: Cout, n: L, k: Cin, a: weight, lda: Cin, b: inpB, ldb: L, beta: 1, c: outB, ldc: L)
+            BLAS.gemm(m: Cout, n: L, k: Cin, a: weight, lda: Cin, b: inpB, ldb: L, beta: 1, c: outB, ldc: L)
             continue
         }
         var oh0 = 0
@@ -219,8 +221,8 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho
             let oh1 = min(Ho, oh0 + tileRows), n = (oh1 - oh0) * Wo
             im2colRows(workspace, inpB, Cin: Cin, H: H, W: W, kernel: kernel, stride: stride,
                        padTop: padding.top, padLeft: padding.left, Wo: Wo, oh0: oh0, oh1: oh1)
-            BLAS.sgemm(m: Cout, n: n, k: rowsK, a: weight, lda: rowsK, b: workspace, ldb: n,
-                       beta: 1, c: outB + oh0 * Wo, ldc: L)
+            BLAS.gemm(m: Cout, n: n, k: rowsK, a: weight, lda: rowsK, b: workspace, ldb: n,
+                      beta: 1, c: outB + oh0 * Wo, ldc: L)
             oh0 = oh1
         }
     }
@@ -231,7 +233,7 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho
 /// - Parameter workspace: at least `conv2dWorkspaceSize(Cin:H:W:kernel:stride:padding:)` floats.
 public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin, H, W)
                                 dout: UnsafePointer<Float>,           // (B, Cout, Ho, Wo)
-                                weight: UnsafePointer<Float>,         // (Cout, Cin, K, K)
+                                weight: WeightMatrix,                 // (Cout, Cin, K, K)
                                 B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
                                 kernel: Int, stride: Int, padding: Int,
                                 workspace: UnsafeMutablePointer<Float>) {
@@ -243,7 +245,7 @@ public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin,
 /// - Parameter workspace: at least `conv2dWorkspaceSize(Cin:H:W:kernel:stride:padding:)` floats.
 public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin, H, W)
                                 dout: UnsafePointer<Float>,           // (B, Cout, Ho, Wo)
-                                weight: UnsafePointer<Float>,         // (Cout, Cin, K, K)
+                                weight: WeightMatrix,                 // (Cout, Cin, K, K)
                                 B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
                                 kernel: Int, stride: Int, padding: Conv2DPadding,
                                 workspace: UnsafeMutablePointer<Float>) {
@@ -255,8 +257,8 @@ public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin,
         let dinpB = dinp + b * Cin * H * W, doutB = dout + b * Cout * L
         if pointwise {
             // dinp_b (Cin, HW) += Wᵀ (Cin, Cout) · dout_b (Cout, HW)
-            BLAS.sgemm(transA: true, m: Cin, n: L, k: Cout, a: weight, lda: Cin, b: doutB, ldb: L,
-                       beta: 1, c: dinpB, ldc: L)
+            BLAS.gemm(transA: true, m: Cin, n: L, k: Cout, a: weight, lda: Cin, b: doutB, ldb: L,
+                      beta: 1, c: dinpB, ldc: L)
             continue
         }
         var oh0 = 0
@@ -264,18 +266,52 @@ public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin,
             let oh1 = min(Ho, oh0 + tileRows), n = (oh1 - oh0) * Wo
             if conv2dTransposedBackward(n) {
                 // dcolᵀ (n, Cin·K·K) = dout_b[:, tile]ᵀ (n, Cout) · W (Cout, Cin·K·K)
-                BLAS.sgemm(transA: true, m: n, n: rowsK, k: Cout, a: doutB + oh0 * Wo, lda: L, b: weight, ldb: rowsK,
-                           beta: 0, c: workspace, ldc: rowsK)
+                BLAS.gemm(transA: true, m: n, n: rowsK, k: Cout, a: doutB + oh0 * Wo, lda: L, b: weight, ldb: rowsK,
+                          beta: 0, c: workspace, ldc: rowsK)
                 col2imTransposedRowsAccumulate(dinpB, workspace, Cin: Cin, H: H, W: W, kernel: kernel, stride: stride,
                                                padTop: padding.top, padLeft: padding.left, Wo: Wo, oh0: oh0, oh1: oh1)
             } else {
                 // dcol (Cin·K·K, n) = Wᵀ (Cin·K·K, Cout) · dout_b[:, tile] (Cout, n)
-                BLAS.sgemm(transA: true, m: rowsK, n: n, k: Cout, a: weight, lda: rowsK, b: doutB + oh0 * Wo, ldb: L,
-                           beta: 0, c: workspace, ldc: n)
+                BLAS.gemm(transA: true, m: rowsK, n: n, k: Cout, a: weight, lda: rowsK, b: doutB + oh0 * Wo, ldb: L,
+                          beta: 0, c: workspace, ldc: n)
                 col2imRowsAccumulate(dinpB, workspace, Cin: Cin, H: H, W: W, kernel: kernel, stride: stride,
                                      padTop: padding.top, padLeft: padding.left, Wo: Wo, oh0: oh0, oh1: oh1)
             }
             oh0 = oh1
         }
     }
+}
+
+// MARK: - fp32 weights
+
+/// `conv2dForward` with an fp32 weight (Cout, Cin, K, K).
+public func conv2dForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+                          bias: UnsafePointer<Float>?, B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
+                          kernel: Int, stride: Int, padding: Int, workspace: UnsafeMutablePointer<Float>) {
+    conv2dForward(out: out, inp: inp, weight: .f32(weight), bias: bias, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
+                  kernel: kernel, stride: stride, padding: padding, workspace: workspace)
+}
+
+/// `conv2dBackwardInput` with an fp32 weight (Cout, Cin, K, K).
+public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+                                B: Int, Cin: Int, H: Int, W: Int, Cout: Int, kernel: Int, stride: Int, padding: Int,
+                                workspace: UnsafeMutablePointer<Float>) {
+    conv2dBackwardInput(dinp: dinp, dout: dout, weight: .f32(weight), B: B, Cin: Cin, H: H, W: W, Cout: Cout,
+                        kernel: kernel, stride: stride, padding: padding, workspace: workspace)
+}
+
+/// Per-side-padding `conv2dForward` with an fp32 weight (Cout, Cin, K, K).
+public func conv2dForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+                          bias: UnsafePointer<Float>?, B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
+                          kernel: Int, stride: Int, padding: Conv2DPadding, workspace: UnsafeMutablePointer<Float>) {
+    conv2dForward(out: out, inp: inp, weight: .f32(weight), bias: bias, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
+                  kernel: kernel, stride: stride, padding: padding, workspace: workspace)
+}
+
+/// Per-side-padding `conv2dBackwardInput` with an fp32 weight (Cout, Cin, K, K).
+public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+                                B: Int, Cin: Int, H: Int, W: Int, Cout: Int, kernel: Int, stride: Int, padding: Conv2DPadding,
+                                workspace: UnsafeMutablePointer<Float>) {
+    conv2dBackwardInput(dinp: dinp, dout: dout, weight: .f32(weight), B: B, Cin: Cin, H: H, W: W, Cout: Cout,
+                        kernel: kernel, stride: stride, padding: padding, workspace: workspace)
 }

@@ -1,6 +1,7 @@
 // Fully connected layers and their LoRA adapters, row-major, through sgemm.
 // Base weights are frozen: `linearBackwardInput` gives the input gradient only. LoRA is the only trained thing, so
-// `loraBackward` accumulates dA and dB as well.
+// `loraBackward` accumulates dA and dB as well. The frozen weight may be bf16 (mixed precision, `WeightMatrix`):
+// its GEMMs then go through BF16.gemm with fp32 sums; LoRA's A and B and all activations stay fp32.
 import Tensors
 
 // MARK: - Linear
@@ -10,24 +11,36 @@ import Tensors
 /// time_emb_proj, proj_in/proj_out with use_linear_projection).
 public func linearForward(out: UnsafeMutablePointer<Float>,   // (N, O)
                           inp: UnsafePointer<Float>,          // (N, I)
-                          weight: UnsafePointer<Float>,       // (O, I)
+                          weight: WeightMatrix,               // (O, I)
                           bias: UnsafePointer<Float>?,        // (O)
                           N: Int, I: Int, O: Int) {
     if let bias {
         // Start from the bias and accumulate (beta = 1): saves OpenBLAS's separate beta = 0 pass over out.
         parallelFor(N, work: N * O) { row in (out + row * O).update(from: bias, count: O) }
-        BLAS.sgemm(transB: true, m: N, n: O, k: I, a: inp, lda: I, b: weight, ldb: I, beta: 1, c: out, ldc: O)
+        BLAS.gemm(transB: true, m: N, n: O, k: I, a: inp, lda: I, b: weight, ldb: I, beta: 1, c: out, ldc: O)
     } else {
-        BLAS.sgemm(transB: true, m: N, n: O, k: I, a: inp, lda: I, b: weight, ldb: I, beta: 0, c: out, ldc: O)
+        BLAS.gemm(transB: true, m: N, n: O, k: I, a: inp, lda: I, b: weight, ldb: I, beta: 0, c: out, ldc: O)
     }
+}
+
+/// `linearForward` with an fp32 weight (O, I).
+public func linearForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+                          bias: UnsafePointer<Float>?, N: Int, I: Int, O: Int) {
+    linearForward(out: out, inp: inp, weight: .f32(weight), bias: bias, N: N, I: I, O: O)
 }
 
 /// dinp += dout · weight. Accumulates. (No weight/bias gradients: base layers are frozen.)
 public func linearBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (N, I)
                                 dout: UnsafePointer<Float>,          // (N, O)
-                                weight: UnsafePointer<Float>,        // (O, I)
+                                weight: WeightMatrix,                // (O, I)
                                 N: Int, I: Int, O: Int) {
-    BLAS.sgemm(m: N, n: I, k: O, a: dout, lda: O, b: weight, ldb: I, beta: 1, c: dinp, ldc: I)
+    BLAS.gemm(m: N, n: I, k: O, a: dout, lda: O, b: weight, ldb: I, beta: 1, c: dinp, ldc: I)
+}
+
+/// `linearBackwardInput` with an fp32 weight (O, I).
+public func linearBackwardInput(dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+                                N: Int, I: Int, O: Int) {
+    linearBackwardInput(dinp: dinp, dout: dout, weight: .f32(weight), N: N, I: I, O: O)
 }
 
 // MARK: - LoRA

@@ -123,3 +123,64 @@ public enum BF16 {
                      "BF16.gemm: leading dimension too small")
     }
 }
+
+// MARK: - Storage
+
+/// An owned, flat allocation of bf16 values (raw bits), e.g. the U-Net's base weights in mixed precision.
+public final class BF16Buffer: @unchecked Sendable {
+    public let count: Int
+    public let ptr: UnsafeMutablePointer<UInt16>
+
+    /// Uninitialised storage.
+    public init(uninitialized count: Int) {
+        self.count = count
+        ptr = .allocate(capacity: max(count, 1))
+    }
+
+    deinit { ptr.deallocate() }
+
+    public var buffer: UnsafeMutableBufferPointer<UInt16> { UnsafeMutableBufferPointer(start: ptr, count: count) }
+}
+
+// MARK: - Frozen weight matrices, fp32 or bf16
+
+/// A frozen weight matrix (a convolution kernel or a linear layer's weight) as the layers receive it: fp32, or bf16
+/// bits in mixed precision (`--mixed-precision bf16`: the U-Net's base weights stored once in bf16, fp32 sums).
+public enum WeightMatrix {
+    case f32(UnsafePointer<Float>)
+    case bf16(UnsafePointer<UInt16>)
+}
+
+extension BLAS {
+    /// C = alpha · op(A) · op(W) + beta · C with fp32 activations A on the left and weights W on the right; the
+    /// arguments as `BLAS.sgemm`. fp32 weights: sgemm itself (bit-identical to calling it). bf16 weights: `BF16.gemm`
+    /// (AVX512-BF16 with A rounded to bf16, or W widened to fp32 blockwise for sgemm; fp32 sums either way).
+    @inline(__always)
+    public static func gemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
+                            alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, b: WeightMatrix, ldb: Int,
+                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        switch b {
+        case .f32(let w):
+            sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: w, ldb: ldb,
+                  beta: beta, c: c, ldc: ldc)
+        case .bf16(let w):
+            BF16.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: w, ldb: ldb,
+                      beta: beta, c: c, ldc: ldc)
+        }
+    }
+
+    /// C = alpha · op(W) · op(B) + beta · C with weights W on the left and fp32 activations B on the right.
+    @inline(__always)
+    public static func gemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
+                            alpha: Float = 1, a: WeightMatrix, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        switch a {
+        case .f32(let w):
+            sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: w, lda: lda, b: b, ldb: ldb,
+                  beta: beta, c: c, ldc: ldc)
+        case .bf16(let w):
+            BF16.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: w, lda: lda, b: b, ldb: ldb,
+                      beta: beta, c: c, ldc: ldc)
+        }
+    }
+}

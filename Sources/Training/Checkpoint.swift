@@ -19,11 +19,13 @@ public struct TrainerState: Codable, Sendable, Equatable {
     public var seed: UInt64
     public var consecutiveSkips: Int
     public var skippedSteps: Int
+    /// `--mixed-precision` of the run (nil in checkpoints written before it was recorded: those were fp32).
+    public var mixedPrecision: String?
 
     enum CodingKeys: String, CodingKey {
         case step, epoch, samplesSeen = "samples_seen", configHash = "config_hash", worldSize = "world_size"
         case loraRank = "lora_rank", loraAlpha = "lora_alpha", seed, consecutiveSkips = "consecutive_skips"
-        case skippedSteps = "skipped_steps"
+        case skippedSteps = "skipped_steps", mixedPrecision = "mixed_precision"
     }
 }
 

@@ -45,8 +45,8 @@ public final class Trainer {
         self.comm = comm
         self.log = log
         watchdog = Watchdog(timeout: c.collectiveTimeout, rank: comm.rank, host: comm.host)
-        guard c.mixedPrecision == "no" else {
-            throw TrainError("--mixed-precision \(c.mixedPrecision): only 'no' (fp32) is available in this build")
+        guard let precision = MixedPrecision(rawValue: c.mixedPrecision) else {
+            throw TrainError("--mixed-precision \(c.mixedPrecision): expected no (fp32) or bf16")
         }
         guard c.globalBatch > 0, c.localBatch > 0 else { throw TrainError("--global-batch and --local-batch must be positive") }
         guard c.loraRank > 0 else { throw TrainError("--lora-rank must be positive") }
@@ -54,7 +54,10 @@ public final class Trainer {
         let unetFolder = try folder.unet()
         schedule = try NoiseSchedule(try ComponentFolder(path: (c.model as NSString).appendingPathComponent("scheduler"))
             .config(SchedulerConfig.self))
-        model = try UNetModel.load(folder: unetFolder, variant: c.variant, lora: (c.loraRank, Float(c.loraAlpha)))
+        // bf16: the frozen base weights in bf16 (half the memory, bf16 GEMMs where the CPU has them); the LoRA, its
+        // gradients, their all-reduce and the optimizer stay fp32.
+        model = try UNetModel.load(folder: unetFolder, variant: c.variant, lora: (c.loraRank, Float(c.loraAlpha)),
+                                   precision: precision)
         model.gradientCheckpointing = c.gradientCheckpointing
         let stride: Int
         if let n = c.statInferenceSteps {
@@ -78,7 +81,8 @@ public final class Trainer {
         guard totalSteps > 0 else { throw TrainError("nothing to train: --max-steps or --epochs gives 0 steps") }
         optimizer = try Trainer.makeOptimizer(c, lora: model.lora!)
         state = TrainerState(step: 0, epoch: 0, samplesSeen: 0, configHash: c.trajectoryHash, worldSize: comm.size,
-                             loraRank: c.loraRank, loraAlpha: c.loraAlpha, seed: c.seed, consecutiveSkips: 0, skippedSteps: 0)
+                             loraRank: c.loraRank, loraAlpha: c.loraAlpha, seed: c.seed, consecutiveSkips: 0, skippedSteps: 0,
+                             mixedPrecision: c.mixedPrecision)
         // Start: rank 0's LoRA everywhere (a resume loads it on every rank from the shared filesystem).
         model.lora!.initialize(seed: c.seed)
         if let r = c.resume, let dir = try Checkpoint.resolve(r, runDir: c.output) { try restore(dir) }
@@ -103,6 +107,12 @@ public final class Trainer {
 
     func restore(_ dir: String) throws {
         let s = try Checkpoint.loadState(dir)
+        // The precision is part of the trajectory (bf16 weights give other gradients): a change is refused, by name.
+        let saved = s.mixedPrecision ?? "no"
+        guard saved == config.mixedPrecision else {
+            throw TrainError("\(dir): was trained with --mixed-precision \(saved), this run asks for \(config.mixedPrecision); "
+                             + "resume with --mixed-precision \(saved), or start a new --output")
+        }
         guard s.configHash == config.trajectoryHash else {
             throw TrainError("\(dir): was written by a run with other training settings (config hash \(s.configHash), "
                              + "this run \(config.trajectoryHash)); resume with the same settings or start a new --output")

@@ -12,7 +12,8 @@ import Tensors
 
 /// Shared by all modules during one forward or backward pass.
 final class Pass {
-    let w: UnsafeMutablePointer<Float>          // base weights
+    let w: UnsafeMutablePointer<Float>          // fp32 base weights: all of them, or (mixed precision) norms and biases
+    let wBF16: UnsafeMutablePointer<UInt16>?    // mixed precision: the conv / linear weights (ParameterTable.addMatrix)
     let lora: LoRAAdapters?
     /// LoRA multiplier scale·alpha/r, or nil when adapters are off (the reference model).
     let loraMultiplier: Float?
@@ -20,9 +21,15 @@ final class Pass {
     let training: Bool
     let workspace: Workspace
 
-    init(w: UnsafeMutablePointer<Float>, lora: LoRAAdapters?, loraMultiplier: Float?, training: Bool, workspace: Workspace) {
-        self.w = w; self.lora = lora; self.loraMultiplier = loraMultiplier; self.training = training; self.workspace = workspace
+    init(weights: BaseWeights, lora: LoRAAdapters?, loraMultiplier: Float?, training: Bool, workspace: Workspace) {
+        w = weights.storage.ptr
+        wBF16 = weights.table.precision == .bf16 ? weights.bf16Storage.ptr : nil
+        self.lora = lora; self.loraMultiplier = loraMultiplier; self.training = training; self.workspace = workspace
     }
+
+    /// The conv / linear weight at `offset` (an offset `ParameterTable.addMatrix` returned): fp32 or bf16.
+    @inline(__always)
+    func matrix(_ offset: Int) -> WeightMatrix { wBF16.map { .bf16($0 + offset) } ?? .f32(w + offset) }
 }
 
 /// One growable scratch allocation reused by every kernel (kernels run one at a time).
@@ -42,7 +49,7 @@ struct Conv2d {
 
     init(_ t: ParameterTable, _ key: String, cin: Int, cout: Int, kernel: Int, stride: Int = 1, padding: Int? = nil) {
         self.cin = cin; self.cout = cout; self.kernel = kernel; self.stride = stride; self.padding = padding ?? kernel / 2
-        weight = t.add(key + ".weight", [cout, cin, kernel, kernel])
+        weight = t.addMatrix(key + ".weight", [cout, cin, kernel, kernel])
         bias = t.add(key + ".bias", [cout])
     }
 
@@ -55,7 +62,7 @@ struct Conv2d {
         let (ho, wo) = outSize(h, w)
         let out = Buffer(uninitialized: b * cout * ho * wo)
         let ws = p.workspace.get(conv2dWorkspaceSize(Cin: cin, H: h, W: w, kernel: kernel, stride: stride, padding: padding))
-        conv2dForward(out: out.ptr, inp: x.ptr, weight: p.w + weight, bias: p.w + bias, B: b, Cin: cin, H: h, W: w, Cout: cout,
+        conv2dForward(out: out.ptr, inp: x.ptr, weight: p.matrix(weight), bias: p.w + bias, B: b, Cin: cin, H: h, W: w, Cout: cout,
                       kernel: kernel, stride: stride, padding: padding, workspace: ws)
         return out
     }
@@ -64,7 +71,7 @@ struct Conv2d {
     func backward(_ p: Pass, _ dout: Buffer, _ b: Int, _ h: Int, _ w: Int) -> Buffer {
         let dinp = Buffer(zeros: b * cin * h * w)
         let ws = p.workspace.get(conv2dWorkspaceSize(Cin: cin, H: h, W: w, kernel: kernel, stride: stride, padding: padding))
-        conv2dBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: p.w + weight, B: b, Cin: cin, H: h, W: w, Cout: cout,
+        conv2dBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: p.matrix(weight), B: b, Cin: cin, H: h, W: w, Cout: cout,
                             kernel: kernel, stride: stride, padding: padding, workspace: ws)
         return dinp
     }
@@ -132,7 +139,7 @@ struct Linear {
 
     init(_ t: ParameterTable, _ key: String, inFeatures: Int, outFeatures: Int, bias: Bool = true, lora: LoRAAdapters? = nil) {
         self.inFeatures = inFeatures; self.outFeatures = outFeatures
-        weight = t.add(key + ".weight", [outFeatures, inFeatures])
+        weight = t.addMatrix(key + ".weight", [outFeatures, inFeatures])
         self.bias = bias ? t.add(key + ".bias", [outFeatures]) : nil
         self.lora = lora?.add(module: key, inFeatures: inFeatures, outFeatures: outFeatures)
     }
@@ -140,7 +147,7 @@ struct Linear {
     /// (N, in) -> (N, out); with LoRA on, also returns x·Aᵀ (N, r) for the backward pass.
     func forward(_ p: Pass, _ x: Buffer, _ n: Int) -> (Buffer, Buffer?) {
         let out = Buffer(uninitialized: n * outFeatures)
-        linearForward(out: out.ptr, inp: x.ptr, weight: p.w + weight, bias: bias.map { p.w + $0 }, N: n, I: inFeatures, O: outFeatures)
+        linearForward(out: out.ptr, inp: x.ptr, weight: p.matrix(weight), bias: bias.map { p.w + $0 }, N: n, I: inFeatures, O: outFeatures)
         guard let li = lora, let adapters = p.lora, let m = p.loraMultiplier else { return (out, nil) }
         let t = adapters.targets[li]
         let xa = Buffer(uninitialized: n * adapters.rank)
@@ -152,7 +159,7 @@ struct Linear {
     /// Accumulates the input gradient into `dinp` (unless nil) and, with LoRA on, the adapter's gradients.
     func backward(_ p: Pass, _ dout: Buffer, _ x: Buffer, _ xa: Buffer?, _ n: Int, into dinp: Buffer?) {
         if let dinp {
-            linearBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: p.w + weight, N: n, I: inFeatures, O: outFeatures)
+            linearBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: p.matrix(weight), N: n, I: inFeatures, O: outFeatures)
         }
         guard let li = lora, let adapters = p.lora, let m = p.loraMultiplier, let xa else { return }
         let t = adapters.targets[li]
@@ -317,10 +324,10 @@ final class FeedForward {
     func backward(_ p: Pass, _ dout: Buffer, _ n: Int, into dx: Buffer) {
         guard let h else { preconditionFailure("FeedForward.backward without a training forward") }
         let dg = Buffer(zeros: n * inner)
-        linearBackwardInput(dinp: dg.ptr, dout: dout.ptr, weight: p.w + out.weight, N: n, I: inner, O: dim)
+        linearBackwardInput(dinp: dg.ptr, dout: dout.ptr, weight: p.matrix(out.weight), N: n, I: inner, O: dim)
         let dh = Buffer(zeros: h.count)
         gegluBackward(dinp: dh.ptr, dout: dg.ptr, inp: h.ptr, N: n, D: inner)
-        linearBackwardInput(dinp: dx.ptr, dout: dh.ptr, weight: p.w + proj.weight, N: n, I: dim, O: 2 * inner)
+        linearBackwardInput(dinp: dx.ptr, dout: dh.ptr, weight: p.matrix(proj.weight), N: n, I: dim, O: 2 * inner)
         self.h = nil
     }
 }
@@ -454,7 +461,7 @@ final class Transformer2D {
             let dO = Buffer(uninitialized: b * hw * c)
             channelsToTokens(out: dO.ptr, inp: dout.ptr, B: b, C: c, HW: hw)
             let d = Buffer(zeros: b * hw * c)
-            linearBackwardInput(dinp: d.ptr, dout: dO.ptr, weight: p.w + projOutLinear!.weight, N: b * hw, I: c, O: c)
+            linearBackwardInput(dinp: d.ptr, dout: dO.ptr, weight: p.matrix(projOutLinear!.weight), N: b * hw, I: c, O: c)
             dtokens = d
         }
         for blk in blocks.reversed() { dtokens = blk.backward(p, dtokens, context, b, hw, s) }
@@ -465,7 +472,7 @@ final class Transformer2D {
             dn = projInConv.backward(p, dh, b, hh, ww)
         } else {
             let d = Buffer(zeros: b * hw * c)
-            linearBackwardInput(dinp: d.ptr, dout: dtokens.ptr, weight: p.w + projInLinear!.weight, N: b * hw, I: c, O: c)
+            linearBackwardInput(dinp: d.ptr, dout: dtokens.ptr, weight: p.matrix(projInLinear!.weight), N: b * hw, I: c, O: c)
             dn = Buffer(uninitialized: b * c * hw)
             tokensToChannels(out: dn.ptr, inp: d.ptr, B: b, C: c, HW: hw)
         }

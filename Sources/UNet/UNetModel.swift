@@ -21,10 +21,14 @@ public final class UNetModel: @unchecked Sendable {
     private let normOut: GroupNorm, convOut: Conv2d
     private let workspace = Workspace()
 
+    /// How the base weights are stored and multiplied (fp32, or bf16 conv / linear weights with fp32 sums).
+    public var precision: MixedPrecision { weights.table.precision }
+
     /// Builds the module tree and its parameter table; weights are uninitialised until `load`/`randomize`.
-    public init(spec: UNetSpec, lora: (rank: Int, alpha: Float)? = nil) {
+    /// `precision` .bf16 stores the conv / linear weights in bf16 (see `MixedPrecision`); LoRA stays fp32.
+    public init(spec: UNetSpec, lora: (rank: Int, alpha: Float)? = nil, precision: MixedPrecision = .no) {
         self.spec = spec
-        let t = ParameterTable()
+        let t = ParameterTable(precision: precision)
         let adapters = lora.map { LoRAAdapters(rank: $0.rank, alpha: $0.alpha) }
         let g = spec.groups, eps = spec.normEps, temb = spec.timeEmbedDim
         linear1 = Linear(t, "time_embedding.linear_1", inFeatures: spec.timeProjDim, outFeatures: temb)
@@ -74,9 +78,11 @@ public final class UNetModel: @unchecked Sendable {
     }
 
     /// Loads a diffusers U-Net folder (or the `unet/` of a pipeline): config and safetensors weights.
-    public static func load(folder: ComponentFolder, variant: String? = nil, lora: (rank: Int, alpha: Float)? = nil) throws -> UNetModel {
+    /// In bf16 mixed precision each conv / linear weight is rounded to bf16 as it is read (bf16 files: copied as is).
+    public static func load(folder: ComponentFolder, variant: String? = nil, lora: (rank: Int, alpha: Float)? = nil,
+                            precision: MixedPrecision = .no) throws -> UNetModel {
         let spec = try UNetSpec(folder.config(UNet2DConditionConfig.self))
-        let model = UNetModel(spec: spec, lora: lora)
+        let model = UNetModel(spec: spec, lora: lora, precision: precision)
         try model.weights.load(files: folder.weightFiles(variant: variant))
         return model
     }
@@ -113,7 +119,7 @@ public final class UNetModel: @unchecked Sendable {
         try spec.checkLatentSize(height: hh, width: ww)
         precondition(sample.count == b * spec.inChannels * hh * ww && timesteps.count == b
                      && context.count == b * s * spec.crossAttentionDim, "UNetModel.forward: input sizes do not match")
-        let p = Pass(w: weights.storage.ptr, lora: lora, loraMultiplier: lora != nil ? loraScale.map { lora!.multiplier(scale: $0) } : nil,
+        let p = Pass(weights: weights, lora: lora, loraMultiplier: lora != nil ? loraScale.map { lora!.multiplier(scale: $0) } : nil,
                      training: training, workspace: workspace)
         // Time embedding: sinusoidal projection -> linear_1 -> SiLU -> linear_2; resnets use SiLU(temb).
         let tproj = Buffer(uninitialized: b * spec.timeProjDim)
@@ -130,7 +136,7 @@ public final class UNetModel: @unchecked Sendable {
         t.loraMultiplier = p.loraMultiplier
         // Blocks run without caching under gradient checkpointing; their inputs are kept for the recomputation.
         let checkpointing = training && gradientCheckpointing
-        let pb = checkpointing ? Pass(w: p.w, lora: p.lora, loraMultiplier: p.loraMultiplier, training: false, workspace: workspace) : p
+        let pb = checkpointing ? Pass(weights: weights, lora: p.lora, loraMultiplier: p.loraMultiplier, training: false, workspace: workspace) : p
         func keep(_ x: Buffer) -> Buffer { if checkpointing { t.checkpointInputs.append(x) }; return x }
         var h = convIn.forward(p, sample, b, hh, ww)
         var cur = (hh, ww)
@@ -184,7 +190,7 @@ public final class UNetModel: @unchecked Sendable {
             preconditionFailure("UNetModel.backward needs a forward with training: true first")
         }
         trace = nil
-        let p = Pass(w: weights.storage.ptr, lora: lora, loraMultiplier: t.loraMultiplier, training: true, workspace: workspace)
+        let p = Pass(weights: weights, lora: lora, loraMultiplier: t.loraMultiplier, training: true, workspace: workspace)
         let b = t.b, s = t.s
         // Gradient checkpointing: recompute a block's forward (with caching) from its kept input just before its
         // backward; blocks are visited in exactly the reverse order of the forward, so the inputs pop off a stack.

@@ -183,4 +183,30 @@ final class ProbeCommandTests: XCTestCase {
         XCTAssertEqual(bad.status, 2)
         XCTAssertTrue(bad.stderr.contains("io.safetensors") && bad.stderr.contains("winner"), bad.stderr)
     }
+
+    /// `hgdpo probe unet` in fp32 and with `--mixed-precision bf16` on the diffusers fixture (LoRA scale 1): fp32
+    /// within 1e-5 relative (L2) of diffusers' output, bf16 within MixedPrecisionTests' output bound (measured
+    /// 5.2e-3 on the widened path, 7.4e-3 with AVX512-BF16 emulated) and not equal to it.
+    func testProbeUNetInFP32AndBF16() throws {
+        let unet = repoRoot + "/Tests/UNetTests/Fixtures/unet_conv"
+        let dir = try temporaryDirectory(self)
+        let expected = try SafeTensorsFile(path: unet + "/io.safetensors").floats("output_lora_1")
+        func relativeError(_ x: [Float]) -> Double {
+            var num = 0.0, den = 0.0
+            for (a, b) in zip(x, expected) { num += Double(a - b) * Double(a - b); den += Double(b) * Double(b) }
+            return (num / den).squareRoot()
+        }
+        for (mode, low, high) in [("no", 0.0, 1e-5), ("bf16", 1e-5, 1.5e-2)] {
+            let out = "\(dir)/\(mode).safetensors"
+            let r = try hgdpo(["probe", "unet", "--model", unet, "--lora", unet + "/lora_diffusers.safetensors", "--input",
+                               unet + "/io.safetensors", "--output", out, "--mixed-precision", mode])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let e = relativeError(try SafeTensorsFile(path: out).floats("sample"))
+            XCTAssertTrue(e >= low && e < high, "\(mode): relative error \(e)")
+        }
+        let bad = try hgdpo(["probe", "unet", "--model", unet, "--input", unet + "/io.safetensors", "--output", dir + "/x.safetensors",
+                             "--mixed-precision", "fp16"])
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.stderr.contains("--mixed-precision") && bad.stderr.contains("fp16"), bad.stderr)
+    }
 }

@@ -353,6 +353,33 @@ final class SafeTensorsTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["blocked", "model.safetensors"])
     }
 
+    /// `evict` drops a tensor's pages from the process's resident memory (a loader's copy and the mapping of a large
+    /// file are then not resident together) and the tensor still reads back the same afterwards.
+    func testEvictReleasesResidentPagesAndKeepsTheMappingValid() throws {
+        func residentKB() -> Int {
+            let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
+        }
+        let dir = try temporaryDirectory(self)
+        let n = 8 << 20   // 32 MB of F32
+        let values = (0..<n).map { Float($0 % 1000) }
+        try SafeTensors.write([SafeTensorsEntry(name: "big", shape: [n], floats: values),
+                               SafeTensorsEntry(name: "small", shape: [3], floats: [1, 2, 3])], to: dir + "/big.safetensors")
+        let file = try SafeTensorsFile(path: dir + "/big.safetensors")
+        var sum = 0.0
+        let raw = try file.rawBytes("big")
+        for i in stride(from: 0, to: raw.count, by: 4096) { sum += Double(raw[i]) }   // touch every page
+        let touched = residentKB()
+        file.evict("big")
+        let evicted = residentKB()
+        XCTAssertGreaterThan(touched - evicted, 24 << 10, "RSS \(touched) kB -> \(evicted) kB after evict")
+        XCTAssertEqual(try file.floats("big"), values)
+        XCTAssertEqual(try file.floats("small"), [1, 2, 3])
+        file.evict("no such tensor")
+        XCTAssertGreaterThanOrEqual(sum, 0)
+    }
+
     func testAccessErrors() throws {
         let dir = try temporaryDirectory(self)
         let path = dir + "/a.safetensors"

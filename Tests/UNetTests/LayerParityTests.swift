@@ -27,7 +27,7 @@ final class LayerParityTests: XCTestCase {
         let module = make(table)
         let weights = BaseWeights(table: table)
         try weights.loadSubset(from: file, prefix: "")
-        let pass = Pass(w: weights.storage.ptr, lora: nil, loraMultiplier: nil, training: true, workspace: Workspace())
+        let pass = Pass(weights: weights, lora: nil, loraMultiplier: nil, training: true, workspace: Workspace())
         return Case(module: module, weights: weights, file: file, pass: pass)
     }
 
