@@ -95,7 +95,7 @@ public final class AutoencoderKL: @unchecked Sendable {
 
     public let spec: VAESpec
     public let parts: Parts
-    private let weights = VAEWeights()
+    let weights = VAEWeights()
     private let encoder: Encoder?, quantConv: Conv2d?
     private let postQuantConv: Conv2d?, decoder: Decoder?
     private let workspace = Workspace()

@@ -1,0 +1,75 @@
+// Resize and crop against torch's antialiased bilinear interpolate and PIL's BILINEAR resize (fixtures from
+// Tests/parity/make_encode_fixtures.py), and the VAE encode of a prepared image against diffusers.
+import Foundation
+import IO
+import LatentEncoding
+import Tensors
+import TestSupport
+import VAE
+import XCTest
+
+final class ResizeParityTests: XCTestCase {
+    static let fixtures = Bundle.module.url(forResource: "Fixtures", withExtension: nil)!.path
+    static let images = ["image_37x23", "image_20x30", "image_9x7"]
+    static let targets = [(16, 16), (24, 16), (8, 24), (32, 32)]
+
+    func testResizeMatchesTorchAntialiasAndPIL() throws {
+        let file = try SafeTensorsFile(path: Self.fixtures + "/resize.safetensors")
+        var worstTorch: Float = 0, worstPIL: Float = 0
+        for name in Self.images {
+            let image = try PNG.read(Self.fixtures + "/\(name).png", channels: 3)
+            assertClose(image.pixels, try file.floats("\(name).input"), rtol: 0, atol: 0, label: "\(name) decoded")
+            for (W, H) in Self.targets {
+                let key = "\(name).\(W)x\(H)"
+                let expected = try file.info(key + ".resized_torch")!.shape   // (3, h, w)
+                let size = ResizeCrop.coverSize(width: image.width, height: image.height, targetWidth: W, targetHeight: H)
+                XCTAssertEqual([3, size.height, size.width], expected, "\(key): cover size")
+                let resized = image.resized(width: size.width, height: size.height)
+                assertClose(resized.pixels, try file.floats(key + ".resized_torch"), rtol: 0, atol: 1e-5, label: key + " vs torch")
+                let prepared = TrainingImage.prepare(image, width: W, height: H, cropFraction: nil)
+                XCTAssertEqual([prepared.height, prepared.width], [H, W])
+                assertClose(prepared.pixels, try file.floats(key + ".center_torch"), rtol: 0, atol: 1e-5, label: key + " center vs torch")
+                // PIL rounds to 8 bits after each pass: within a level or two of 255 (2/255 in [-1, 1] units per level).
+                let pil = try file.floats(key + ".center_pil")
+                let dPIL = zip(prepared.pixels, pil).map { abs($0 - $1) }.max()!
+                XCTAssertLessThanOrEqual(dPIL, 2.01 * 2 / 255, "\(key): vs PIL")
+                worstPIL = max(worstPIL, dPIL)
+                worstTorch = max(worstTorch, zip(prepared.pixels, try file.floats(key + ".center_torch")).map { abs($0 - $1) }.max()!)
+            }
+        }
+        print("resize: max abs error vs torch \(worstTorch), vs PIL \(worstPIL) (\(worstPIL * 127.5) of 255)")
+    }
+
+    func testRandomCropSharesTheBoxAndStaysInside() throws {
+        let image = try PNG.read(Self.fixtures + "/image_37x23.png", channels: 3)
+        let rng = CounterRNG(seed: 5)
+        var lefts = Set<Int>()
+        for row in 0..<40 {
+            let f = TrainingImage.cropFraction(rng: rng, row: row)
+            let a = TrainingImage.prepare(image, width: 16, height: 16, cropFraction: f)
+            let b = TrainingImage.prepare(image, width: 16, height: 16, cropFraction: f)
+            XCTAssertEqual(a, b)
+            // Find the crop's left edge among the 10 possible ones of the 25x16 resized image.
+            let resized = image.resized(width: 25, height: 16)
+            let left = (0...9).first { resized.cropped(left: $0, top: 0, width: 16, height: 16) == a }
+            XCTAssertNotNil(left, "row \(row): the crop is a window of the resized image")
+            lefts.insert(left ?? -1)
+        }
+        XCTAssertGreaterThan(lefts.count, 5, "random crops cover the free range")
+        XCTAssertEqual(TrainingImage.cropFraction(rng: rng, row: 3).x, TrainingImage.cropFraction(rng: CounterRNG(seed: 5), row: 3).x)
+    }
+
+    func testVAEEncodeOfPreparedImagesMatchesDiffusers() throws {
+        let io = try SafeTensorsFile(path: Self.fixtures + "/vae_encode.safetensors")
+        let vae = try AutoencoderKL.load(modelFolder: repoRoot + "/Tests/VAETests/Fixtures/vae_tiny", parts: .encoder)
+        let images = try ["image_37x23", "image_20x30"].map {
+            TrainingImage.prepare(try PNG.read(Self.fixtures + "/\($0).png", channels: 3), width: 24, height: 16, cropFraction: nil)
+        }
+        let batch = try FeatureMap(images: images)
+        assertClose(Array(UnsafeBufferPointer(start: batch.ptr, count: batch.count)), try io.floats("sample"),
+                    rtol: 0, atol: 1e-5, label: "prepared batch")
+        let latents = try vae.encode(batch, mode: .mean)
+        assertClose(Array(UnsafeBufferPointer(start: latents.ptr, count: latents.count)), try io.floats("latent_mean"),
+                    rtol: 1e-4, atol: 1e-5, label: "latent mean")
+    }
+}
