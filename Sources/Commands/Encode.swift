@@ -80,3 +80,49 @@ extension Commands {
         }
     }
 }
+
+extension Commands {
+    static let makeTriplets = CommandSpec(
+        ["make-triplets"],
+        summary: "Write a triplet dataset of random images and prompts (for trying encode and train before a real dataset exists)",
+        details: "Example: hgdpo make-triplets --count 16 --width 80 --height 64 --out triplets",
+        options: [
+            .value("--out", "DIR", "Dataset folder to create (must not exist)", required: true),
+            .value("--count", "N", "Triplets", default: "16"),
+            .value("--width", "W", "Image width", default: "64"),
+            .value("--height", "H", "Image height", default: "64"),
+            .value("--seed", "S", "Seed", default: "0"),
+        ]
+    ) { args in
+        let out = try args.requiredString("--out")
+        guard !FileManager.default.fileExists(atPath: out) else { throw CLIError.invalid("\(out): already exists; choose a new folder") }
+        let count = try args.int("--count", in: 1...1_000_000)!
+        let width = try args.int("--width", in: 1...16384)!, height = try args.int("--height", in: 1...16384)!
+        guard let seed = UInt64(args.string("--seed")!) else {
+            throw CLIError.badValue(option: "--seed", value: args.string("--seed")!, expected: "a non-negative integer")
+        }
+        try FileManager.default.createDirectory(atPath: (out as NSString).appendingPathComponent("images"), withIntermediateDirectories: true)
+        let subjects = ["a young woman smiling", "an old man with a grey beard", "a child laughing", "a businesswoman in a navy suit"]
+        let styles = ["(bust shot:1.2)", "full body shot", "soft natural lighting, (detailed face)", "[blurry], studio portrait"]
+        let rng = CounterRNG(seed: seed)
+        var lines: [String] = []
+        for i in 0..<count {
+            var paths: [String] = []
+            for (role, stream) in [("winner", UInt64(1)), ("loser", UInt64(2))] {
+                // Random colour fields: an 8x8 grid of random colours enlarged (bilinear) plus a little pixel noise.
+                let s = rng.substream(stream, UInt64(i))
+                let grid = try Image(width: 8, height: 8, channels: 3, pixels: (0..<192).map { 2 * s.uniform(UInt64($0)) - 1 })
+                var image = grid.resized(width: width, height: height)
+                for j in image.pixels.indices { image.pixels[j] += 0.05 * s.normal(UInt64(1000 + j)) }
+                let path = "images/\(i)-\(role).png"
+                try PNG.write(image, to: (out as NSString).appendingPathComponent(path))
+                paths.append(path)
+            }
+            let prompt = "a photo of \(subjects[i % subjects.count]), \(styles[(i / subjects.count) % styles.count])"
+            lines.append(Triplet(id: "random-\(i)", prompt: prompt, winner: paths[0], loser: paths[1]).jsonLine())
+        }
+        try Foundation.Data((lines.joined(separator: "\n") + "\n").utf8)
+            .write(to: URL(fileURLWithPath: (out as NSString).appendingPathComponent(TripletDataset.fileName)), options: .atomic)
+        print(JSONValue.object([("out", .string(out)), ("count", .int(count))]).serialized())
+    }
+}

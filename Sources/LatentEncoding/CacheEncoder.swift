@@ -148,7 +148,7 @@ public final class CacheEncoder {
         }
         let latentShape = [vae.spec.latentChannels, s.height / f, s.width / f]
         let contextShape = [prompts.tokenizer.maxLength, prompts.model.width]
-        try checkUNet(folder, latentChannels: latentShape[0], contextWidth: contextShape[1])
+        try checkUNet(folder, latentShape: latentShape, contextWidth: contextShape[1])
         let tiling = try s.tile.map { try vae.tiling(sampleTileSize: $0 == 0 ? nil : $0) }
 
         // The dataset: lines checked on every rank, images decoded once, split over the ranks.
@@ -284,11 +284,16 @@ public final class CacheEncoder {
     }
 
     /// The U-Net of the pipeline, when there is one, must take these latents and contexts.
-    func checkUNet(_ folder: ModelFolder, latentChannels: Int, contextWidth: Int) throws {
+    func checkUNet(_ folder: ModelFolder, latentShape: [Int], contextWidth: Int) throws {
         guard let unet = try? folder.unet(), FileManager.default.fileExists(atPath: unet.configPath) else { return }
         let config = try unet.config(UNet2DConditionConfig.self)
-        if config.inChannels != latentChannels {
-            throw EncodeError.modelMismatch("\(unet.configPath): the U-Net takes \(config.inChannels) latent channels but the VAE makes \(latentChannels)")
+        if config.inChannels != latentShape[0] {
+            throw EncodeError.modelMismatch("\(unet.configPath): the U-Net takes \(config.inChannels) latent channels but the VAE makes \(latentShape[0])")
+        }
+        let m = 1 << max(0, config.blockOutChannels.count - 1)   // the U-Net halves the latent at every level but the last
+        if latentShape[1] % m != 0 || latentShape[2] % m != 0 {
+            throw EncodeError.badSetting("training size \(settings.width)x\(settings.height) gives \(latentShape[2])x\(latentShape[1]) latents; "
+                                         + "the U-Net needs multiples of \(m) (images in multiples of \(m * settings.height / latentShape[1]) px)")
         }
         if case .int(let d) = config.crossAttentionDim, d != contextWidth {
             throw EncodeError.modelMismatch("\(unet.configPath): cross_attention_dim is \(d) but the text encoder is \(contextWidth) wide")

@@ -5,6 +5,10 @@
 // Ref: transformers models/clip/modeling_clip.py, CLIPPreTrainedModel._init_weights (initializer_factor 1):
 //   token and position embeddings N(0, 0.02); q/k/v_proj N(0, D^-1/2 · (2L)^-1/2); out_proj N(0, D^-1/2);
 //   fc1 N(0, (2D)^-1/2); fc2 N(0, D^-1/2 · (2L)^-1/2); every Linear bias 0; LayerNorm weight 1, bias 0.
+// One deviation: final_layer_norm.bias is −0.1 + N(0, 0.02), not 0. With weight 1 and bias 0 every token's hidden
+// state would have mean exactly 0, and the web UI's emphasis (PromptWeighting.applyEmphasis) divides by the mean of
+// the hidden states: weighted prompts would get an arbitrary, rounding-dependent scale. Trained CLIPs have a
+// non-zero mean there too.
 import IO
 import Tensors
 
@@ -27,7 +31,10 @@ extension CLIPTextModel {
             let buf = UnsafeMutableBufferPointer(start: storage.ptr + e.offset, count: e.shape.reduce(1, *))
             let s = rng.substream(UInt64(i))
             let key = e.key
-            if key.hasSuffix(".bias") {
+            if key == "final_layer_norm.bias" {
+                s.fillNormal(buf, scale: 0.02)
+                for j in 0..<buf.count { buf[j] -= 0.1 }
+            } else if key.hasSuffix(".bias") {
                 buf.update(repeating: 0)
             } else if key.contains("layer_norm") {
                 buf.update(repeating: 1)
