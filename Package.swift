@@ -59,6 +59,6 @@ let package = Package(
         .testTarget(name: "IOTests", dependencies: ["IO", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport", "hgdpo"]),
         .testTarget(name: "CommandsTests", dependencies: ["Commands", "TestSupport", "hgdpo"]),
-        .testTarget(name: "LatentEncodingTests", dependencies: ["LatentEncoding", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "LatentEncodingTests", dependencies: ["LatentEncoding", "UNet", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
     ]
 )
