@@ -184,7 +184,15 @@ public final class CacheEncoder {
         let base = CounterRNG(seed: s.seed)
         let noise = base.substream(RNGStream.latentNoise), crops = base.substream(RNGStream.crop)
         let start = Date()
-        var encoded = 0
+        var encoded = 0, lastReport = start
+        func report(_ k: Int, done: Int, force: Bool) {
+            let now = Date()
+            guard force || now.timeIntervalSince(lastReport) >= 5 else { return }
+            lastReport = now
+            let rate = Double(done) / max(now.timeIntervalSince(start), 1e-9)
+            progress("encode: shard \(k + 1)/\(shardCount)  \(done)/\(pendingTotal) triplets  "
+                     + String(format: "%.2f triplets/s  ETA %.0fs", rate, Double(pendingTotal - done) / max(rate, 1e-9)))
+        }
         let pendingTotal = (0..<shardCount).filter { done[$0] == 0 }.reduce(0) { $0 + rows($1).count }
         for k in 0..<shardCount where done[k] == 0 {
             let r = rows(k), n = r.count
@@ -224,6 +232,8 @@ public final class CacheEncoder {
                 let encoding = try prompts.encode(prompts: batch.map(\.prompt), weighting: s.weighting, clipSkip: s.clipSkip)
                 contexts.replaceSubrange((offset * contextCount)..<((offset + batch.count) * contextCount),
                                          with: UnsafeBufferPointer(start: encoding.hiddenStates.ptr, count: batch.count * contextCount))
+                // Rank 0 encodes batches 0, W, 2W, …: when it is done with batch g, about g + 1 batches are done on every rank.
+                report(k, done: encoded + min(n, (g + 1) * s.batch), force: false)
             }
             // Gather the shard: each row is non-zero on its encoding rank only; x + 0 = x exactly once −0 is +0.
             for i in winners.indices where winners[i] == 0 { winners[i] = 0 }
@@ -240,10 +250,7 @@ public final class CacheEncoder {
                                                  loser: bytes(losers), context: bytes(contexts))
             }
             encoded += n
-            let elapsed = Date().timeIntervalSince(start)
-            let rate = Double(encoded) / max(elapsed, 1e-9)
-            progress("encode: shard \(k + 1)/\(shardCount)  \(encoded)/\(pendingTotal) triplets  "
-                     + String(format: "%.2f triplets/s  ETA %.0fs", rate, Double(pendingTotal - encoded) / max(rate, 1e-9)))
+            report(k, done: encoded, force: true)
         }
 
         // Every shard is on disk (each writer finished before reaching the barrier): the index comes last.
