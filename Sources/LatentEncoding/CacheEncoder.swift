@@ -267,6 +267,11 @@ public final class CacheEncoder {
                                              shards: (0..<shardCount).map { (LatentCacheFormat.shardFileName($0), rows($0).count) },
                                              source: source)
             _ = try LatentCache.open(s.out)   // the trainer's own checks, on what was just written
+            // Temporary files of shards a killed run was writing (`.shard-XXXXX.safetensors.tmp-PID`).
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: s.out)) ?? []
+            where name.hasPrefix(".shard-") && name.contains(".tmp-") {
+                try? FileManager.default.removeItem(atPath: (s.out as NSString).appendingPathComponent(name))
+            }
         }
         try comm?.barrier()
         return EncodeSummary(count: triplets.count, skipped: problems.count, shards: shardCount, resumedShards: resumed,

@@ -106,6 +106,8 @@ final class EncodeCommandTests: XCTestCase {
 
         try FileManager.default.removeItem(atPath: out + "/index.json")
         try FileManager.default.removeItem(atPath: out + "/" + LatentCacheFormat.shardFileName(1))
+        let leftover = out + "/." + LatentCacheFormat.shardFileName(1) + ".tmp-99999"   // a killed run's half-written shard
+        try Foundation.Data("half".utf8).write(to: URL(fileURLWithPath: leftover))
         let first = try FileManager.default.attributesOfItem(atPath: out + "/" + LatentCacheFormat.shardFileName(0))[.modificationDate] as! Date
         r = try encode(out, ["--seed", "1"])
         XCTAssertEqual(r.status, 2)
@@ -118,6 +120,7 @@ final class EncodeCommandTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: out + "/" + LatentCacheFormat.shardFileName(0))[.modificationDate] as! Date,
                        first, "the finished shard was rewritten")
         XCTAssertEqual(try shardBytes(out), full)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: leftover), "temporary files are cleaned up")
         XCTAssertEqual(try LatentCache.open(out).count, 6)
     }
 
