@@ -58,8 +58,8 @@ public struct EncodeSettings: Sendable {
     /// which images are encoded together).
     func manifest(count: Int, fingerprint: String) -> JSONValue {
         .object([
-            ("format", "hgdpo-encode"), ("model", .string(model)), ("variant", variant.map { .string($0) } ?? .null),
-            ("data", .string(data)), ("triplets", .int(count)), ("dataset_fingerprint", .string(fingerprint)),
+            ("format", "hgdpo-encode"), ("model", .string(absolute(model))), ("variant", variant.map { .string($0) } ?? .null),
+            ("data", .string(absolute(data))), ("triplets", .int(count)), ("dataset_fingerprint", .string(fingerprint)),
             ("width", .int(width)), ("height", .int(height)), ("crop", .string(crop.rawValue)),
             ("latent_mode", .string(latentMode.rawValue)), ("seed", .string(String(seed))), ("skip_bad", .bool(skipBad)),
             ("batch", .int(batch)), ("shard_size", .int(shardSize)), ("dtype", .string(dtype.rawValue)),
@@ -405,3 +405,6 @@ public final class CacheEncoder {
 }
 
 private func jsonText(_ s: String) -> String { JSONValue.string(s).serialized() }
+
+/// `path` made absolute and standardised, so a resumed encode started from another directory is recognised.
+private func absolute(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.path }
