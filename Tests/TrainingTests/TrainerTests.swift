@@ -86,11 +86,13 @@ final class TrainerTests: XCTestCase {
     /// samples whatever the rank count, and summed in double, so the runs agree exactly in practice. Measured (Zen 3,
     /// widened-to-fp32 path, 2026-11): 0 for 2 and for 4 ranks vs 1; asserted ≤ 1e-5 relative, as in fp32 (the
     /// AVX512-BF16 kernels split M or N over threads, never K, so they are deterministic too).
-    /// Against the fp32 run: measured 2.2e-3 relative over the whole LoRA and 7.0e-2 over B alone (B starts at 0, so
-    /// it is all learnt: 3 AdamW steps at lr 1e-3 are nearly ±lr per element, and the bf16 weights flip the sign of
-    /// the small gradient elements); asserted ≤ 1e-2 and ≤ 2e-1. A resume that changes the precision is refused.
-    static let bf16VsFP32Tolerance = 1e-2
-    static let bf16VsFP32UpdateTolerance = 2e-1
+    /// Against the fp32 run, relative over the whole LoRA / over B alone: 2.2e-3 / 7.0e-2 on the widened path (Zen 3,
+    /// 2026-11), 7.7e-3 / 3.0e-1 on the AVX512-BF16 path, which also rounds the activations to bf16 (Sapphire
+    /// Rapids, 2026-12). B starts at 0, so it is all learnt: 3 AdamW steps at lr 1e-3 are nearly ±lr per element,
+    /// and bf16 flips the sign of the small gradient elements, so B alone is a harsh measure; a wrong sign or a
+    /// missing update would give ≥ 1. Asserted ≤ 1.5e-2 and ≤ 5e-1. A resume that changes the precision is refused.
+    static let bf16VsFP32Tolerance = 1.5e-2
+    static let bf16VsFP32UpdateTolerance = 5e-1
     func testRankCountDoesNotChangeTheResultInBF16() throws {
         let dir = try temporaryDirectory(self)
         var results: [[String: [Float]]] = []
