@@ -36,8 +36,8 @@ final class EncodeCommandTests: XCTestCase {
                               environment: ["HGDPO_BIN": hgdpoBinary], timeout: 150)
     }
 
-    func shardBytes(_ cache: String) throws -> [Foundation.Data] {
-        try (0..<2).map { try Foundation.Data(contentsOf: URL(fileURLWithPath: cache + "/" + LatentCacheFormat.shardFileName($0))) }
+    func shardBytes(_ cache: String, count: Int = 2) throws -> [Foundation.Data] {
+        try (0..<count).map { try Foundation.Data(contentsOf: URL(fileURLWithPath: cache + "/" + LatentCacheFormat.shardFileName($0))) }
     }
 
     /// Every row equals the VAE mean of the prepared images and the weighted prompt encoding, computed here directly.
@@ -136,6 +136,7 @@ final class EncodeCommandTests: XCTestCase {
         handle.write(Foundation.Data("""
             {"id":"gone","prompt":"p","winner":"images/0-winner.png","loser":"images/missing.png"}
             {"id":"broken","prompt":"p","winner":"images/broken.png","loser":"images/0-loser.png"}
+            {"id":"broken2","prompt":"p","winner":"images/0-winner.png","loser":"images/broken.png"}
 
             """.utf8))
         try handle.close()
@@ -148,9 +149,19 @@ final class EncodeCommandTests: XCTestCase {
 
         r = try hgdpo(args + ["--out", dir + "/b", "--skip-bad"])
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stdout.contains("\"count\":6") && r.stdout.contains("\"skipped\":2"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("\"count\":6") && r.stdout.contains("\"skipped\":3"), r.stdout)
         XCTAssertTrue(r.stderr.contains("skipped triplets.jsonl:8"), r.stderr)
         XCTAssertEqual(try LatentCache.open(dir + "/b").count, 6)
+
+        // On 2 ranks each decodes every other triplet's images (line 8's on rank 0, line 9's on rank 1); the problems
+        // are gathered on every rank, and the same triplets are kept.
+        r = try runProcess("/bin/bash", [repoRoot + "/launch/local.sh", "--timeout", "120", "2", "hgdpo"] + args
+                           + ["--out", dir + "/c", "--skip-bad"], environment: ["HGDPO_BIN": hgdpoBinary], timeout: 150)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("\"skipped\":3"), r.stdout)
+        XCTAssertTrue(r.stderr.contains("skipped triplets.jsonl:9 (id \"broken2\")"), r.stderr)
+        let b = try LatentCache.open(dir + "/b"), c = try LatentCache.open(dir + "/c")
+        XCTAssertEqual(try (0..<6).map { try c.id($0) }, try (0..<6).map { try b.id($0) })
     }
 
     func testBadOptions() throws {
