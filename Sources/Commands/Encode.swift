@@ -25,6 +25,8 @@ extension Commands {
             .value("--width", "W", "Training width in pixels (a multiple of 8)"),
             .value("--crop", "MODE", "center (CenterCrop) or random (RandomCrop, the same box for winner and loser)",
                    default: "center", choices: CropMode.allCases.map(\.rawValue)),
+            .value("--resize", "METHOD", "pil: Pillow's 8-bit bilinear resize, exactly (diffusers' training scripts resize PIL images); "
+                   + "torch: torch's float interpolate(antialias=True)", default: "pil", choices: ResizeMethod.allCases.map(\.rawValue)),
             .value("--latent-mode", "MODE", "sample: latent_dist.sample() as diffusers' training scripts; mean: the posterior mean",
                    default: "sample", choices: LatentModeName.allCases.map(\.rawValue)),
             .value("--seed", "S", "Seed of the latent noise and random crops", default: "0"),
@@ -49,6 +51,7 @@ extension Commands {
             throw CLIError.badValue(option: args.given(name) ? name : "--resolution", value: String(v), expected: "a multiple of 8")
         }
         s.crop = CropMode(rawValue: args.string("--crop")!)!
+        s.resize = ResizeMethod(rawValue: args.string("--resize")!)!
         s.latentMode = LatentModeName(rawValue: args.string("--latent-mode")!)!
         guard let seed = UInt64(args.string("--seed")!) else {
             throw CLIError.badValue(option: "--seed", value: args.string("--seed")!, expected: "a non-negative integer")

@@ -134,3 +134,101 @@ struct ResampleTaps {
         return acc
     }
 }
+
+// MARK: - PIL's 8-bit resize
+
+extension ByteImage {
+    /// PIL's `Image.resize((width, height), Image.BILINEAR)` bit for bit: the same triangle-filter coefficients
+    /// (computed in double, normalised, then fixed point with 22 fraction bits), a horizontal pass then a vertical
+    /// one, each rounded (+½, shift) and clamped to 8 bits. This is what torchvision's Resize does to the PIL images of
+    /// diffusers' training scripts. Ref: Pillow src/libImaging/Resample.c (precompute_coeffs, normalize_coeffs_8bpc,
+    /// ImagingResampleHorizontal_8bpc / Vertical_8bpc).
+    public func resizedLikePIL(width outW: Int, height outH: Int) -> ByteImage {
+        precondition(outW > 0 && outH > 0, "ByteImage.resizedLikePIL: size \(outW)x\(outH)")
+        let C = channels
+        var current = self
+        if outW != width {
+            let taps = PILTaps(input: width, output: outW)
+            var out = [UInt8](repeating: 0, count: height * outW * C)
+            current.pixels.withUnsafeBufferPointer { src in
+                for y in 0..<height {
+                    for x in 0..<outW {
+                        for c in 0..<C { out[(y * outW + x) * C + c] = taps.apply(x, src.baseAddress! + y * width * C + c, stride: C) }
+                    }
+                }
+            }
+            current = ByteImage(unchecked: outW, height: height, channels: C, pixels: out)
+        }
+        if outH != height {
+            let taps = PILTaps(input: height, output: outH)
+            var out = [UInt8](repeating: 0, count: outH * outW * C)
+            current.pixels.withUnsafeBufferPointer { src in
+                for y in 0..<outH {
+                    for i in 0..<(outW * C) { out[y * outW * C + i] = taps.apply(y, src.baseAddress! + i, stride: outW * C) }
+                }
+            }
+            current = ByteImage(unchecked: outW, height: outH, channels: C, pixels: out)
+        }
+        return current
+    }
+
+    /// The `width`×`height` window at (`left`, `top`); it must lie inside the image.
+    public func cropped(left: Int, top: Int, width w: Int, height h: Int) -> ByteImage {
+        precondition(left >= 0 && top >= 0 && w > 0 && h > 0 && left + w <= width && top + h <= height,
+                     "ByteImage.cropped: window \(w)x\(h) at (\(left), \(top)) outside \(width)x\(height)")
+        var out = [UInt8](repeating: 0, count: channels * w * h)
+        for y in 0..<h {
+            let s = ((top + y) * width + left) * channels, d = y * w * channels
+            out[d..<(d + w * channels)] = pixels[s..<(s + w * channels)]
+        }
+        return ByteImage(unchecked: w, height: h, channels: channels, pixels: out)
+    }
+}
+
+/// Pillow's bilinear coefficients for one axis, in 8-bit fixed point.
+struct PILTaps {
+    static let precisionBits = 32 - 8 - 2
+    let start: [Int], count: [Int]
+    let weights: [Int32]   // (output, maxTaps)
+    let maxTaps: Int
+
+    init(input: Int, output: Int) {
+        let scale = Double(input) / Double(output)
+        let filterScale = max(scale, 1)
+        let support = 1.0 * filterScale   // bilinear_filter's support is 1
+        maxTaps = Int(support.rounded(.up)) * 2 + 1
+        var start = [Int](repeating: 0, count: output), count = start
+        var weights = [Int32](repeating: 0, count: output * maxTaps)
+        var k = [Double](repeating: 0, count: maxTaps)
+        for xx in 0..<output {
+            let center = (Double(xx) + 0.5) * scale
+            let ss = 1 / filterScale
+            let xmin = max(Int(center - support + 0.5), 0)
+            let n = min(Int(center + support + 0.5), input) - xmin
+            var ww = 0.0
+            for x in 0..<n {
+                let t = abs((Double(x + xmin) - center + 0.5) * ss)
+                k[x] = t < 1 ? 1 - t : 0
+                ww += k[x]
+            }
+            for x in 0..<n {
+                let w = ww != 0 ? k[x] / ww : k[x]
+                let fixed = w * Double(1 << PILTaps.precisionBits)
+                weights[xx * maxTaps + x] = Int32(w < 0 ? (-0.5 + fixed).rounded(.towardZero) : (0.5 + fixed).rounded(.towardZero))
+            }
+            start[xx] = xmin
+            count[xx] = n
+        }
+        self.start = start
+        self.count = count
+        self.weights = weights
+    }
+
+    @inline(__always)
+    func apply(_ i: Int, _ src: UnsafePointer<UInt8>, stride: Int) -> UInt8 {
+        var ss = Int32(1) << (PILTaps.precisionBits - 1)
+        let base = i * maxTaps, lo = start[i]
+        for j in 0..<count[i] { ss &+= Int32(src[(lo + j) * stride]) &* weights[base + j] }
+        return UInt8(clamping: ss >> PILTaps.precisionBits)
+    }
+}

@@ -3,8 +3,9 @@
 // hidden states of the prompt.
 //
 // Per triplet at row r of the cache (its position among the good lines of triplets.jsonl):
-//   image   PNG → RGB in [-1, 1] → resized to cover the training size and cropped to it (TrainingImage), winner and
-//           loser with the same crop; a random crop's fractions come from (seed, r)
+//   image   PNG → RGB → resized to cover the training size (Pillow's 8-bit bilinear, or torch's float one) and
+//           cropped to it, in [-1, 1] (TrainingImage), winner and loser with the same crop; a random crop's fractions
+//           come from (seed, r)
 //   latent  AutoencoderKL.encode: `latent_dist.sample() · scaling_factor` as diffusers' training scripts (default), the
 //           noise from the counter-based RNG keyed by (seed, r, winner|loser), or the posterior mean (--latent-mode mean)
 //   context CLIP last_hidden_state [77, D] with the prompt weighting `hgdpo sample` and the probes use
@@ -38,6 +39,7 @@ public struct EncodeSettings: Sendable {
     public var out: String
     public var width = 512, height = 512
     public var crop = CropMode.center
+    public var resize = ResizeMethod.pil
     public var latentMode = LatentModeName.sample
     public var seed: UInt64 = 0
     public var skipBad = false
@@ -61,7 +63,7 @@ public struct EncodeSettings: Sendable {
             ("format", "hgdpo-encode"), ("model", .string(absolute(model))), ("variant", variant.map { .string($0) } ?? .null),
             ("data", .string(absolute(data))), ("triplets", .int(count)), ("dataset_fingerprint", .string(fingerprint)),
             ("width", .int(width)), ("height", .int(height)), ("crop", .string(crop.rawValue)),
-            ("latent_mode", .string(latentMode.rawValue)), ("seed", .string(String(seed))), ("skip_bad", .bool(skipBad)),
+            ("resize", .string(resize.rawValue)), ("latent_mode", .string(latentMode.rawValue)), ("seed", .string(String(seed))), ("skip_bad", .bool(skipBad)),
             ("batch", .int(batch)), ("shard_size", .int(shardSize)), ("dtype", .string(dtype.rawValue)),
             ("prompt_weighting", .bool(weighting)), ("clip_skip", .int(clipSkip)), ("tile", tile.map { .int($0) } ?? .null),
         ])
@@ -207,13 +209,14 @@ public final class CacheEncoder {
                     let fraction = s.crop == .random ? TrainingImage.cropFraction(rng: crops, row: b0 + i) : nil
                     for (role, path, list) in [("winner", t.winner, 0), ("loser", t.loser, 1)] {
                         let full = (s.data as NSString).appendingPathComponent(path)
-                        let image: Image
+                        let image: ByteImage
                         do {
-                            image = try PNG.read(full, channels: vae.spec.inChannels)
+                            image = try PNG.readBytes(full, channels: vae.spec.inChannels)
                         } catch {   // changed since the check
                             throw EncodeError.badImage(TripletProblem(line: t.line, id: t.id, reason: "\(role) \(path): \(error)"))
                         }
-                        let prepared = TrainingImage.prepare(image, width: s.width, height: s.height, cropFraction: fraction)
+                        let prepared = TrainingImage.prepare(image, width: s.width, height: s.height, cropFraction: fraction,
+                                                             method: s.resize)
                         if list == 0 { winnerImages.append(prepared) } else { loserImages.append(prepared) }
                     }
                 }
@@ -259,7 +262,7 @@ public final class CacheEncoder {
             let source: JSONValue = .object([
                 ("generator", "hgdpo encode"), ("model", .string(s.model)), ("data", .string(s.data)),
                 ("width", .int(s.width)), ("height", .int(s.height)), ("crop", .string(s.crop.rawValue)),
-                ("latent_mode", .string(s.latentMode.rawValue)), ("seed", .string(String(s.seed))),
+                ("resize", .string(s.resize.rawValue)), ("latent_mode", .string(s.latentMode.rawValue)), ("seed", .string(String(s.seed))),
                 ("prompt_weighting", .bool(s.weighting)), ("clip_skip", .int(s.clipSkip)),
                 ("skipped", .int(problems.count)),
             ])

@@ -57,7 +57,8 @@ final class EncodeCommandTests: XCTestCase {
             let row = try cache.read(i)
             XCTAssertEqual(try cache.id(i), dataset[i].id)
             for (path, stored, label) in [(dataset.winnerPath(i), row.winner, "winner"), (dataset.loserPath(i), row.loser, "loser")] {
-                let image = TrainingImage.prepare(try PNG.read(path, channels: 3), width: 128, height: 64, cropFraction: nil)
+                let image = TrainingImage.prepare(try PNG.readBytes(path, channels: 3), width: 128, height: 64, cropFraction: nil,
+                                                  method: .pil)
                 let z = try vae.encode(FeatureMap(images: [image]), mode: .mean)
                 assertClose(stored, Array(UnsafeBufferPointer(start: z.ptr, count: z.count)), rtol: 1e-5, atol: 1e-6,
                             label: "row \(i) \(label)")

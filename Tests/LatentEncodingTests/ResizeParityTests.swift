@@ -1,4 +1,5 @@
-// Resize and crop against torch's antialiased bilinear interpolate and PIL's BILINEAR resize (fixtures from
+// Resize and crop against torch's antialiased bilinear interpolate and PIL's BILINEAR resize, the 8-bit one bit for bit
+// (fixtures from
 // Tests/parity/make_encode_fixtures.py), and the VAE encode of a prepared image against diffusers.
 import Foundation
 import IO
@@ -29,7 +30,14 @@ final class ResizeParityTests: XCTestCase {
                 let prepared = TrainingImage.prepare(image, width: W, height: H, cropFraction: nil)
                 XCTAssertEqual([prepared.height, prepared.width], [H, W])
                 assertClose(prepared.pixels, try file.floats(key + ".center_torch"), rtol: 0, atol: 1e-5, label: key + " center vs torch")
-                // PIL rounds to 8 bits after each pass: within a level or two of 255 (2/255 in [-1, 1] units per level).
+                // Pillow's 8-bit resize, exactly.
+                let bytes = try PNG.readBytes(Self.fixtures + "/\(name).png", channels: 3)
+                let resizedPIL = Image(normalizing: bytes.resizedLikePIL(width: size.width, height: size.height))
+                assertClose(resizedPIL.pixels, try file.floats(key + ".resized_pil"), rtol: 0, atol: 0, label: key + " vs PIL")
+                let preparedPIL = TrainingImage.prepare(bytes, width: W, height: H, cropFraction: nil, method: .pil)
+                assertClose(preparedPIL.pixels, try file.floats(key + ".center_pil"), rtol: 0, atol: 0, label: key + " center vs PIL")
+                XCTAssertEqual(TrainingImage.prepare(bytes, width: W, height: H, cropFraction: nil, method: .torch), prepared)
+                // The float resize against PIL: PIL rounds to 8 bits after each pass, within a level (2/255 in [-1, 1]).
                 let pil = try file.floats(key + ".center_pil")
                 let dPIL = zip(prepared.pixels, pil).map { abs($0 - $1) }.max()!
                 XCTAssertLessThanOrEqual(dPIL, 2.01 * 2 / 255, "\(key): vs PIL")
@@ -37,7 +45,7 @@ final class ResizeParityTests: XCTestCase {
                 worstTorch = max(worstTorch, zip(prepared.pixels, try file.floats(key + ".center_torch")).map { abs($0 - $1) }.max()!)
             }
         }
-        print("resize: max abs error vs torch \(worstTorch), vs PIL \(worstPIL) (\(worstPIL * 127.5) of 255)")
+        print("resize: float resize max abs error vs torch \(worstTorch), vs PIL \(worstPIL) (\(worstPIL * 127.5) of 255); 8-bit resize vs PIL exact")
     }
 
     func testRandomCropSharesTheBoxAndStaysInside() throws {

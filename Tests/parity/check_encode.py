@@ -6,9 +6,10 @@ fixtures for `swift test` come from make_encode_fixtures.py).
 
 It makes a random pipeline (`hgdpo make-model`) and 8 triplets of random 80x64 images, with one loser replaced by a
 48x72 portrait (`hgdpo make-triplets`), encodes them at 64x64 and 128x64 (`--latent-mode mean --dtype F32
---no-weighting`, center crops), and recomputes every row in PyTorch the way diffusers' training scripts do, with
-torch's antialiased bilinear resize in place of torchvision's Resize:
-    x = center_crop(interpolate(PIL image → [-1, 1], cover size, bilinear, antialias=True))
+--no-weighting`, center crops, `--resize pil` and `torch`), and recomputes every row in PyTorch the way diffusers'
+training scripts do (torchvision's Resize written out: PIL's resize, or torch's antialiased interpolate for tensors):
+    x = center_crop(normalize(PIL image.resize(cover size, BILINEAR)))                          (--resize pil)
+    x = center_crop(interpolate(normalize(PIL image), cover size, bilinear, antialias=True))    (--resize torch)
     winner/loser = vae.encode(x).latent_dist.mode() · scaling_factor            (float64)
     context      = text_encoder(tokenizer(prompt, max_length padding).input_ids).last_hidden_state
 Prints the max abs errors and fails above 1e-4.
@@ -46,11 +47,17 @@ def cover(w, h, W, H):
     return W, max(H, int(W * h / w))
 
 
-def prepare(path, W, H):
+def to_tensor(image):
+    return torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1).copy()) / 255.0 * 2 - 1
+
+
+def prepare(path, W, H, method):
     image = Image.open(path).convert("RGB")
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1).copy()) / 255.0 * 2 - 1
     cw, ch = cover(image.width, image.height, W, H)
-    x = F.interpolate(x[None], size=(ch, cw), mode="bilinear", antialias=True, align_corners=False)[0]
+    if method == "pil":   # torchvision's Resize on a PIL image, then ToTensor and Normalize([0.5], [0.5])
+        x = to_tensor(image.resize((cw, ch), Image.BILINEAR))
+    else:                 # torchvision's Resize on a tensor
+        x = F.interpolate(to_tensor(image)[None], size=(ch, cw), mode="bilinear", antialias=True, align_corners=False)[0]
     top, left = int(round((ch - H) / 2.0)), int(round((cw - W) / 2.0))
     return x[:, top:top + H, left:left + W]
 
@@ -71,10 +78,11 @@ def main():
         text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder").double().eval()
         triplets = [json.loads(line) for line in open(os.path.join(data, "triplets.jsonl"))]
         worst = 0.0
-        for W, H in [(64, 64), (128, 64)]:
-            cache = os.path.join(tmp, f"cache-{W}x{H}")
+        for W, H, method in [(64, 64, "pil"), (128, 64, "pil"), (64, 64, "torch"), (128, 64, "torch")]:
+            cache = os.path.join(tmp, f"cache-{W}x{H}-{method}")
             run([args.hgdpo, "encode", "--model", model, "--data", data, "--out", cache, "--width", str(W), "--height", str(H),
-                 "--latent-mode", "mean", "--dtype", "F32", "--no-weighting", "--shard-size", "5", "--batch", "3"])
+                 "--latent-mode", "mean", "--dtype", "F32", "--no-weighting", "--shard-size", "5", "--batch", "3",
+                 "--resize", method])
             index = json.load(open(os.path.join(cache, "index.json")))
             rows = {"winner": [], "loser": [], "encoder_hidden_states": []}
             ids = []
@@ -87,16 +95,16 @@ def main():
             assert ids == [t["id"] for t in triplets], "row order"
             with torch.no_grad():
                 for role in ("winner", "loser"):
-                    x = torch.stack([prepare(os.path.join(data, t[role]), W, H) for t in triplets]).double()
+                    x = torch.stack([prepare(os.path.join(data, t[role]), W, H, method) for t in triplets]).double()
                     ref = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
                     err = (rows[role] - ref).abs().max().item()
-                    print(f"{W}x{H} {role}: max abs error {err:.3g} (latent std {ref.std().item():.3g})")
+                    print(f"{W}x{H} {method} {role}: max abs error {err:.3g} (latent std {ref.std().item():.3g})")
                     worst = max(worst, err)
                 ids_t = tokenizer([t["prompt"] for t in triplets], padding="max_length", max_length=tokenizer.model_max_length,
                                   truncation=True, return_tensors="pt").input_ids
                 ref = text_encoder(ids_t).last_hidden_state
                 err = (rows["encoder_hidden_states"] - ref).abs().max().item()
-                print(f"{W}x{H} encoder_hidden_states: max abs error {err:.3g} (std {ref.std().item():.3g})")
+                print(f"{W}x{H} {method} encoder_hidden_states: max abs error {err:.3g} (std {ref.std().item():.3g})")
                 worst = max(worst, err)
         if worst > 1e-4:
             sys.exit(f"check_encode: FAILED, max abs error {worst:.3g} > 1e-4")
