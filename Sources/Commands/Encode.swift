@@ -36,6 +36,8 @@ extension Commands {
             .value("--dtype", "T", "Storage dtype of the cache", default: "F16", choices: ["F16", "F32"]),
             .flag("--no-weighting", "Encode prompts as plain text: no (word:1.2) weighting syntax"),
             .value("--clip-skip", "K", "Use the output of text-encoder layer L−K through final_layer_norm (diffusers' clip_skip)", default: "0"),
+            .value("--mixed-precision", "MODE", "no = fp32; bf16 = the VAE's convolutions multiply bf16 weights with fp32 sums (text encoder fp32)",
+                   default: "no", choices: ["no", "bf16"]),
             .value("--variant", "NAME", "Weight variant of the VAE and text encoder, e.g. fp16"),
             .value("--tile", "N", "Encode in VAE tiles of N px (`auto`: the VAE config's sample_size), for large images"),
             .value("--threads", "N", "Compute threads per rank (default: HGDPO_THREADS or all cores)"),
@@ -64,6 +66,7 @@ extension Commands {
         s.weighting = !args.flag("--no-weighting")
         s.clipSkip = try args.int("--clip-skip", in: 0...1000)!
         s.variant = args.string("--variant")
+        s.bf16 = args.string("--mixed-precision") == "bf16"
         if let t = args.string("--tile") {
             guard t == "auto" || (Int(t).map { $0 > 0 } ?? false) else {
                 throw CLIError.badValue(option: "--tile", value: t, expected: "a positive tile size in pixels or `auto`")

@@ -41,6 +41,8 @@ public struct EncodeSettings: Sendable {
     public var crop = CropMode.center
     public var resize = ResizeMethod.pil
     public var latentMode = LatentModeName.sample
+    /// VAE convolutions in bf16 (AutoencoderKL.useBF16Convolutions); the text encoder stays fp32.
+    public var bf16 = false
     public var seed: UInt64 = 0
     public var skipBad = false
     public var batch = 4
@@ -64,7 +66,7 @@ public struct EncodeSettings: Sendable {
             ("data", .string(absolute(data))), ("triplets", .int(count)), ("dataset_fingerprint", .string(fingerprint)),
             ("width", .int(width)), ("height", .int(height)), ("crop", .string(crop.rawValue)),
             ("resize", .string(resize.rawValue)), ("latent_mode", .string(latentMode.rawValue)), ("seed", .string(String(seed))), ("skip_bad", .bool(skipBad)),
-            ("batch", .int(batch)), ("shard_size", .int(shardSize)), ("dtype", .string(dtype.rawValue)),
+            ("batch", .int(batch)), ("shard_size", .int(shardSize)), ("mixed_precision", bf16 ? "bf16" : "no"), ("dtype", .string(dtype.rawValue)),
             ("prompt_weighting", .bool(weighting)), ("clip_skip", .int(clipSkip)), ("tile", tile.map { .int($0) } ?? .null),
         ])
     }
@@ -139,6 +141,7 @@ public final class CacheEncoder {
         // Models first: a wrong model is reported before the dataset is read.
         let folder = try ModelFolder(path: s.model)
         let vae = try AutoencoderKL.load(folder: folder.vae(), variant: s.variant, parts: .encoder)
+        if s.bf16 { vae.useBF16Convolutions() }
         let prompts = try PromptEncoder.load(folder, variant: s.variant)
         let f = vae.downsamplingFactor
         guard s.width % f == 0, s.height % f == 0 else {
@@ -262,7 +265,7 @@ public final class CacheEncoder {
             let source: JSONValue = .object([
                 ("generator", "hgdpo encode"), ("model", .string(s.model)), ("data", .string(s.data)),
                 ("width", .int(s.width)), ("height", .int(s.height)), ("crop", .string(s.crop.rawValue)),
-                ("resize", .string(s.resize.rawValue)), ("latent_mode", .string(s.latentMode.rawValue)), ("seed", .string(String(s.seed))),
+                ("resize", .string(s.resize.rawValue)), ("mixed_precision", s.bf16 ? "bf16" : "no"), ("latent_mode", .string(s.latentMode.rawValue)), ("seed", .string(String(s.seed))),
                 ("prompt_weighting", .bool(s.weighting)), ("clip_skip", .int(s.clipSkip)),
                 ("skipped", .int(problems.count)),
             ])

@@ -7,6 +7,15 @@ import IO
 import Tensors
 
 extension AutoencoderKL {
+    /// Mixed precision: every convolution multiplies bf16 weights (rounded as torch's `.to(torch.bfloat16)`) with fp32
+    /// sums through BF16.gemm (AVX512-BF16 rounds the activations to bf16 too; elsewhere the weights are widened);
+    /// norms, the attention's linear layers and all activations stay fp32. Call after loading; keeps the fp32 weights.
+    public func useBF16Convolutions() {
+        let bits = UnsafeMutablePointer<UInt16>.allocate(capacity: max(1, weights.count))
+        BF16.convert(weights.base, to: bits, count: weights.count)
+        bf16Storage = bits
+    }
+
     /// Every parameter with its diffusers state-dict key, in declaration order.
     public var namedParameters: [(key: String, shape: [Int], values: UnsafeBufferPointer<Float>)] {
         weights.entries.map { e in (e.key, e.shape, UnsafeBufferPointer(start: weights.base + e.offset, count: e.count)) }

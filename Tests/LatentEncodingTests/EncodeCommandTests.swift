@@ -165,6 +165,26 @@ final class EncodeCommandTests: XCTestCase {
         XCTAssertEqual(try (0..<6).map { try c.id($0) }, try (0..<6).map { try b.id($0) })
     }
 
+    /// --mixed-precision bf16: the VAE's convolutions in bf16, latents within 2e-2 of fp32 (relative), contexts equal.
+    func testMixedPrecisionBF16() throws {
+        let dir = try temporaryDirectory(self)
+        for (name, mode) in [("fp32", "no"), ("bf16", "bf16")] {
+            let r = try encode(dir + "/" + name, ["--latent-mode", "mean", "--dtype", "F32", "--mixed-precision", mode])
+            XCTAssertEqual(r.status, 0, r.stderr)
+        }
+        let a = try LatentCache.open(dir + "/fp32"), b = try LatentCache.open(dir + "/bf16")
+        var diff: Float = 0, norm: Float = 0
+        for i in 0..<6 {
+            let x = try a.read(i), y = try b.read(i)
+            for (u, v) in zip(x.winner + x.loser, y.winner + y.loser) { diff += (u - v) * (u - v); norm += u * u }
+            XCTAssertEqual(x.context, y.context)
+        }
+        let relative = (diff / norm).squareRoot()
+        print("encode --mixed-precision bf16: latents rel. difference from fp32 \(relative)")
+        XCTAssertLessThanOrEqual(relative, 2e-2)
+        XCTAssertGreaterThan(relative, 1e-5, "bf16 is used")
+    }
+
     func testBadOptions() throws {
         let out = try temporaryDirectory(self) + "/cache"
         var r = try encode(out, ["--height", "36"])

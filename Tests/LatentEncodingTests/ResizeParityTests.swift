@@ -77,7 +77,29 @@ final class ResizeParityTests: XCTestCase {
         assertClose(Array(UnsafeBufferPointer(start: batch.ptr, count: batch.count)), try io.floats("sample"),
                     rtol: 0, atol: 1e-5, label: "prepared batch")
         let latents = try vae.encode(batch, mode: .mean)
-        assertClose(Array(UnsafeBufferPointer(start: latents.ptr, count: latents.count)), try io.floats("latent_mean"),
-                    rtol: 1e-4, atol: 1e-5, label: "latent mean")
+        let fp32 = Array(UnsafeBufferPointer(start: latents.ptr, count: latents.count))
+        assertClose(fp32, try io.floats("latent_mean"), rtol: 1e-4, atol: 1e-5, label: "latent mean")
+
+        // --mixed-precision bf16: bf16 convolution weights. Against PyTorch with the same weights rounded (float64):
+        // exact up to fp32 sums when the weights are widened, up to the activations' bf16 rounding on AVX512-BF16.
+        vae.useBF16Convolutions()
+        let z = try vae.encode(batch, mode: .mean)
+        let bf16 = Array(UnsafeBufferPointer(start: z.ptr, count: z.count))
+        let expected = try io.floats("latent_mean_bf16_weights")
+        func relative(_ a: [Float], _ b: [Float]) -> Float {
+            (zip(a, b).map { ($0 - $1) * ($0 - $1) }.reduce(0, +) / b.map { $0 * $0 }.reduce(0, +)).squareRoot()
+        }
+        let vsReference = relative(bf16, expected), vsFP32 = relative(bf16, fp32)
+        print("VAE encode bf16 convolutions (\(BF16.path)): rel. error vs bf16-weight reference \(vsReference), vs fp32 \(vsFP32)")
+        XCTAssertLessThanOrEqual(vsReference, 1e-2)
+        XCTAssertGreaterThan(vsFP32, 1e-4, "the bf16 weights are used")
+        // Where the CPU lacks AVX512-BF16 the weights are widened for sgemm: exact up to fp32 sums.
+        let saved = BF16.path
+        if BF16.setPath(.generic) {
+            defer { _ = BF16.setPath(saved) }
+            let widened = try vae.encode(batch, mode: .mean)
+            assertClose(Array(UnsafeBufferPointer(start: widened.ptr, count: widened.count)), expected, rtol: 1e-4, atol: 1e-6,
+                        label: "bf16 weights widened (generic path)")
+        }
     }
 }

@@ -29,7 +29,10 @@ Outputs in Tests/LatentEncodingTests/Fixtures/:
         sample       the batch
         latent_mean  vae.encode(sample).latent_dist.mode() · scaling_factor, computed in float64 from the float32
                      weights and inputs
+        latent_mean_bf16_weights   the same with every Conv2d weight rounded to bf16 (hgdpo's --mixed-precision bf16
+                     rounds exactly those; on AVX512-BF16 CPUs it also rounds the activations entering them)
 """
+import copy
 import os
 import shutil
 
@@ -98,7 +101,17 @@ def main():
     batch = torch.stack([prepared["image_37x23.24x16"], prepared["image_20x30.24x16"]])
     with torch.no_grad():
         latent = vae.encode(batch.double()).latent_dist.mode() * vae.config.scaling_factor
-    save_file({"sample": batch, "latent_mean": latent.float().contiguous()}, os.path.join(OUT, "vae_encode.safetensors"))
+    # bf16 mixed precision as hgdpo does it: every Conv2d weight rounded to bf16 (torch's .to(bfloat16)), the rest
+    # (GroupNorms, the attention's Linear layers, biases, activations) unrounded; computed in float64.
+    bf16 = copy.deepcopy(vae)
+    for m in bf16.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.weight.data = m.weight.data.float().to(torch.bfloat16).double()
+    with torch.no_grad():
+        latent_bf16 = bf16.encode(batch.double()).latent_dist.mode() * vae.config.scaling_factor
+    print("bf16 conv weights: latent rel. change", ((latent_bf16 - latent).norm() / latent.norm()).item())
+    save_file({"sample": batch, "latent_mean": latent.float().contiguous(),
+               "latent_mean_bf16_weights": latent_bf16.float().contiguous()}, os.path.join(OUT, "vae_encode.safetensors"))
     print("vae_encode: latent", tuple(latent.shape), "std", latent.std().item())
 
 
