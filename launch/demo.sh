@@ -25,9 +25,9 @@ mkdir -p "$work"
 echo "== $np ranks: hgdpo probe mpi"
 "$root/launch/local.sh" --timeout 300 "$np" hgdpo probe mpi
 
-echo "== a random-weight pipeline (tiny: U-Net, CLIP text encoder and tokenizer, VAE) and 64 triplets of random 80x64 images"
+echo "== a random-weight pipeline (tiny: U-Net, CLIP text encoder and tokenizer, VAE) and 64 triplets of random 96x80 images"
 "$HGDPO_BIN" make-model --config tiny --out "$work/model"
-"$HGDPO_BIN" make-triplets --count 64 --width 80 --height 64 --out "$work/triplets"
+"$HGDPO_BIN" make-triplets --count 64 --width 96 --height 80 --out "$work/triplets"
 
 echo "== $np ranks: hgdpo encode (resize and crop to 64x64, VAE latents 4x8x8, prompt embeddings 77x32)"
 "$root/launch/local.sh" --timeout 600 "$np" hgdpo encode --model "$work/model" --data "$work/triplets" --out "$work/cache" \
