@@ -189,14 +189,16 @@ public final class CacheEncoder {
         let base = CounterRNG(seed: s.seed)
         let noise = base.substream(RNGStream.latentNoise), crops = base.substream(RNGStream.crop)
         let start = Date()
-        var encoded = 0, lastReport = start
+        var encoded = 0, lastReport = start, lastDone = -1
         func report(_ k: Int, done: Int, force: Bool) {
             let now = Date()
-            guard force || now.timeIntervalSince(lastReport) >= 5 else { return }
+            guard done != lastDone, force || now.timeIntervalSince(lastReport) >= 5 else { return }
             lastReport = now
+            lastDone = done
             let rate = Double(done) / max(now.timeIntervalSince(start), 1e-9)
-            progress("encode: shard \(k + 1)/\(shardCount)  \(done)/\(pendingTotal) triplets  "
-                     + String(format: "%.2f triplets/s  ETA %.0fs", rate, Double(pendingTotal - done) / max(rate, 1e-9)))
+            let speed = rate >= 1 ? String(format: "%.2f triplets/s", rate) : String(format: "%.1f s/triplet", 1 / max(rate, 1e-9))
+            progress("encode: shard \(k + 1)/\(shardCount)  \(done)/\(pendingTotal) triplets  \(speed)  "
+                     + String(format: "ETA %.0fs", Double(pendingTotal - done) / max(rate, 1e-9)))
         }
         let pendingTotal = (0..<shardCount).filter { done[$0] == 0 }.reduce(0) { $0 + rows($1).count }
         for k in 0..<shardCount where done[k] == 0 {
