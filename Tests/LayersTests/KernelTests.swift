@@ -163,7 +163,8 @@ final class KernelTests: XCTestCase {
     // MARK: Conv2D
 
     /// (B, Cin, H, W, Cout, K, stride, padding), covering H ≠ W, odd sizes, stride 2 with odd input, no padding,
-    /// the 1x1 GEMM-only path, a strided 1x1 (im2col path), K = 5, and both backward GEMM orientations.
+    /// the 1x1 GEMM-only path, a strided 1x1 (im2col path), K = 5, both backward GEMM orientations, and small
+    /// images of several samples convolved in one GEMM.
     private let convCases: [(Int, Int, Int, Int, Int, Int, Int, Int)] = [
         (2, 3, 7, 5, 4, 3, 1, 1),
         (1, 5, 9, 6, 3, 3, 2, 1),
@@ -175,6 +176,8 @@ final class KernelTests: XCTestCase {
         (1, 17, 3, 2, 19, 3, 1, 1),
         (1, 2, 17, 19, 3, 3, 1, 1),   // > 256 output pixels: row-major backward GEMM (smaller ones use dcolᵀ)
         (1, 1, 40, 27, 2, 3, 2, 1),
+        (3, 4, 6, 5, 3, 3, 2, 1),     // B > 1 and small images: the batched path (several images per GEMM)
+        (2, 2, 17, 19, 3, 3, 1, 1),   // B > 1 and > 256 output pixels: one image per GEMM
     ]
 
     func testConv2DForwardAndBackward() {
