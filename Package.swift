@@ -40,8 +40,9 @@ let package = Package(
         .target(name: "Datasets", dependencies: ["Tensors", "IO"], swiftSettings: optimize),
         .target(name: "Training", dependencies: ["Tensors", "IO", "UNet", "Schedulers", "Distributed", "Datasets"], swiftSettings: optimize),
         .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: optimize),
+        .target(name: "LatentEncoding", dependencies: ["Tensors", "IO", "Datasets", "VAE", "TextEncoder", "Distributed"], swiftSettings: optimize),
         .target(name: "Commands", dependencies: ["Tensors", "IO", "Distributed", "UNet", "Schedulers", "Training", "Datasets",
-                                                  "TextEncoder", "VAE"],
+                                                  "TextEncoder", "VAE", "LatentEncoding"],
                 swiftSettings: optimize),
         .executableTarget(name: "hgdpo", dependencies: ["Commands", "CKernels", "Tensors"], swiftSettings: optimizeBaseline),
 
@@ -58,5 +59,6 @@ let package = Package(
         .testTarget(name: "IOTests", dependencies: ["IO", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport", "hgdpo"]),
         .testTarget(name: "CommandsTests", dependencies: ["Commands", "TestSupport", "hgdpo"]),
+        .testTarget(name: "LatentEncodingTests", dependencies: ["LatentEncoding", "UNet", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
     ]
 )

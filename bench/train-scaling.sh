@@ -15,7 +15,7 @@ ranks=("$@"); ((${#ranks[@]})) || ranks=(1 2 4)
 export HGDPO_BIN="$root/.build/release/hgdpo"
 work=$(mktemp -d /tmp/hgdpo-scaling.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-context=$("$HGDPO_BIN" make-model --config "$config" --out "$work/model" >/dev/null &&
+context=$("$HGDPO_BIN" make-model --config "$config" --parts unet --out "$work/model" >/dev/null &&
   python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['cross_attention_dim'])" "$work/model/unet/config.json")
 "$HGDPO_BIN" make-cache --count 256 --latent "4,$latent,$latent" --context "77,$context" --out "$work/cache" >/dev/null
 echo "config $config, latent $latent, global batch 16, local batch 4, $steps steps, $(nproc) cores"

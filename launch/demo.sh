@@ -5,8 +5,9 @@
 # Usage: launch/demo.sh [NP]     (NP ranks on this machine, default 2)
 #
 # Until the embedded default world exists (the toy world issue), the job runs on what can be made here: a random-weight
-# U-Net of the `tiny` shape and a latent cache of random winner/loser latents. It checks the MPI collectives, trains
-# 8 steps (global batch 8) with a checkpoint every 2, resumes from the last one, and shows the LoRA it wrote.
+# Stable Diffusion pipeline of the `tiny` shape and a triplet dataset of random images. It checks the MPI collectives,
+# encodes the dataset into a latent cache on the ranks (VAE + CLIP text encoder), trains 8 steps (global batch 8) with
+# a checkpoint every 2, resumes from the last one, and shows the LoRA it wrote.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -24,9 +25,13 @@ mkdir -p "$work"
 echo "== $np ranks: hgdpo probe mpi"
 "$root/launch/local.sh" --timeout 300 "$np" hgdpo probe mpi
 
-echo "== a random-weight U-Net (tiny) and a latent cache of 64 random triplets"
+echo "== a random-weight pipeline (tiny: U-Net, CLIP text encoder and tokenizer, VAE) and 64 triplets of random 96x80 images"
 "$HGDPO_BIN" make-model --config tiny --out "$work/model"
-"$HGDPO_BIN" make-cache --count 64 --latent 4,16,16 --context 77,32 --out "$work/cache"
+"$HGDPO_BIN" make-triplets --count 64 --width 96 --height 80 --out "$work/triplets"
+
+echo "== $np ranks: hgdpo encode (resize and crop to 64x64, VAE latents 4x8x8, prompt embeddings 77x32)"
+"$root/launch/local.sh" --timeout 600 "$np" hgdpo encode --model "$work/model" --data "$work/triplets" --out "$work/cache" \
+  --resolution 64 --shard-size 16
 
 echo "== $np ranks: hgdpo train (6 steps, then resume to 8)"
 train=(hgdpo train --model "$work/model" --data "$work/cache" --output "$work/run" --global-batch 8 --local-batch 2

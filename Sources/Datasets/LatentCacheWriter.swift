@@ -103,10 +103,48 @@ public final class LatentCacheWriter {
     public func finish() throws {
         precondition(!isFinished, "LatentCacheWriter.finish called twice")
         if !ids.isEmpty { try writeShard() }
+        try Self.writeIndex(folder: folder, latentShape: latentShape, contextShape: contextShape, dtype: dtype,
+                            shards: shards, source: source)
+        isFinished = true
+    }
+
+    private func writeShard() throws {
+        let n = ids.count
+        let file = LatentCacheFormat.shardFileName(shards.count)
+        let path = (folder as NSString).appendingPathComponent(file)
+        // Full shards hand over the whole buffer; the last, partial one a prefix.
+        func rows(_ buffer: [UInt8], _ rowBytes: Int) -> [UInt8] { n == shardSize ? buffer : Array(buffer[..<(n * rowBytes)]) }
+        try Self.writeShard(path: path, ids: ids, latentShape: latentShape, contextShape: contextShape, dtype: dtype,
+                            winner: rows(winnerRows, latentBytes), loser: rows(loserRows, latentBytes),
+                            context: rows(contextRows, contextBytes))
+        shards.append((file, n))
+        ids.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: - Pieces (also used by writers that produce shards out of order, e.g. `hgdpo encode` on several ranks)
+
+    /// Writes one shard file atomically: `ids.count` rows of winner, loser (`latentShape`) and context
+    /// (`contextShape`), each given as raw bytes already in `dtype`.
+    public static func writeShard(path: String, ids: [String], latentShape: [Int], contextShape: [Int], dtype: DType,
+                                  winner: [UInt8], loser: [UInt8], context: [UInt8]) throws {
+        let n = ids.count
+        let entries = [
+            SafeTensorsEntry(name: LatentCacheFormat.winnerTensor, dtype: dtype, shape: [n] + latentShape, bytes: winner),
+            SafeTensorsEntry(name: LatentCacheFormat.loserTensor, dtype: dtype, shape: [n] + latentShape, bytes: loser),
+            SafeTensorsEntry(name: LatentCacheFormat.contextTensor, dtype: dtype, shape: [n] + contextShape, bytes: context),
+        ]
+        let idsJSON = JSONValue.array(ids.map { .string($0) }).serialized()
+        try SafeTensors.write(entries, metadata: [LatentCacheFormat.idsMetadataKey: idsJSON], to: path)
+    }
+
+    /// Writes `folder/index.json` (atomically) for shards already written, in order. This is what makes a cache
+    /// complete, so it comes last.
+    public static func writeIndex(folder: String, latentShape: [Int], contextShape: [Int], dtype: DType,
+                                  shards: [(file: String, count: Int)], source: JSONValue) throws {
         let index: JSONValue = .object([
             ("format", .string(LatentCacheFormat.name)),
             ("version", .int(LatentCacheFormat.version)),
-            ("count", .int(count)),
+            ("count", .int(shards.reduce(0) { $0 + $1.count })),
             ("latent_shape", .array(latentShape.map { .int($0) })),
             ("context_shape", .array(contextShape.map { .int($0) })),
             ("dtype", .string(dtype.rawValue)),
@@ -119,26 +157,5 @@ public final class LatentCacheWriter {
         } catch {
             throw LatentCacheError.writeFailed(path: path, reason: error.localizedDescription)
         }
-        isFinished = true
-    }
-
-    private func writeShard() throws {
-        let n = ids.count
-        let file = LatentCacheFormat.shardFileName(shards.count)
-        let path = (folder as NSString).appendingPathComponent(file)
-        // Full shards hand over the whole buffer; the last, partial one a prefix.
-        func rows(_ buffer: [UInt8], _ rowBytes: Int) -> [UInt8] { n == shardSize ? buffer : Array(buffer[..<(n * rowBytes)]) }
-        let entries = [
-            SafeTensorsEntry(name: LatentCacheFormat.winnerTensor, dtype: dtype, shape: [n] + latentShape,
-                             bytes: rows(winnerRows, latentBytes)),
-            SafeTensorsEntry(name: LatentCacheFormat.loserTensor, dtype: dtype, shape: [n] + latentShape,
-                             bytes: rows(loserRows, latentBytes)),
-            SafeTensorsEntry(name: LatentCacheFormat.contextTensor, dtype: dtype, shape: [n] + contextShape,
-                             bytes: rows(contextRows, contextBytes)),
-        ]
-        let idsJSON = JSONValue.array(ids.map { .string($0) }).serialized()
-        try SafeTensors.write(entries, metadata: [LatentCacheFormat.idsMetadataKey: idsJSON], to: path)
-        shards.append((file, n))
-        ids.removeAll(keepingCapacity: true)
     }
 }

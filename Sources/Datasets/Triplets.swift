@@ -52,6 +52,12 @@ public struct TripletProblem: Error, Sendable, Equatable, CustomStringConvertibl
     public let id: String?
     public let reason: String
 
+    public init(line: Int, id: String?, reason: String) {
+        self.line = line
+        self.id = id
+        self.reason = reason
+    }
+
     /// `triplets.jsonl:17 (id "a12"): winner "img/x.png" does not exist`
     public var description: String {
         "\(TripletDataset.fileName):\(line)" + (id.map { " (id \(jsonQuoted($0)))" } ?? "") + ": \(reason)"

@@ -40,7 +40,7 @@ public final class CLIPTextModel: @unchecked Sendable {
     /// Every parameter, fp32, in one allocation; `entries` gives each state-dict key (without `text_model.`) its
     /// shape and offset.
     public let storage: Buffer
-    private let entries: [(key: String, shape: [Int], offset: Int)]
+    let entries: [(key: String, shape: [Int], offset: Int)]
     private let index: [String: Int]
 
     public var width: Int { config.hiddenSize }

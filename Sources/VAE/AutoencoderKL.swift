@@ -95,10 +95,15 @@ public final class AutoencoderKL: @unchecked Sendable {
 
     public let spec: VAESpec
     public let parts: Parts
-    private let weights = VAEWeights()
+    let weights = VAEWeights()
     private let encoder: Encoder?, quantConv: Conv2d?
     private let postQuantConv: Conv2d?, decoder: Decoder?
     private let workspace = Workspace()
+    /// bf16 copies of the weights, when `useBF16Convolutions` was called.
+    var bf16Storage: UnsafeMutablePointer<UInt16>? {
+        didSet { oldValue?.deallocate(); workspace.bf16Weights = bf16Storage.map { UnsafePointer($0) } }
+    }
+    deinit { bf16Storage?.deallocate() }
 
     public var scalingFactor: Float { Float(spec.config.scalingFactor) }
     public var shiftFactor: Float { Float(spec.config.shiftFactor ?? 0) }

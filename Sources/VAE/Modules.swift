@@ -38,6 +38,9 @@ public struct FeatureMap: @unchecked Sendable {
 /// One growable scratch allocation shared by the kernels of a pass (they run one at a time).
 final class Workspace {
     private var buffer = Buffer(uninitialized: 0)
+    /// bf16 copies of the weights at the fp32 offsets (`AutoencoderKL.useBF16Convolutions`): convolutions then
+    /// multiply through BF16.gemm.
+    var bf16Weights: UnsafePointer<UInt16>?
     func get(_ count: Int) -> UnsafeMutablePointer<Float> {
         if buffer.count < count { buffer = Buffer(uninitialized: count) }
         return buffer.ptr
@@ -65,7 +68,8 @@ struct Conv2d {
         let out = FeatureMap(batch: x.batch, channels: cout, height: ho, width: wo)
         let scratch = ws.get(conv2dWorkspaceSize(Cin: cin, H: x.height, W: x.width, kernel: kernel, stride: stride,
                                                  padding: padding))
-        conv2dForward(out: out.ptr, inp: x.ptr, weight: w + weight, bias: w + bias, B: x.batch, Cin: cin, H: x.height,
+        let matrix: WeightMatrix = ws.bf16Weights.map { .bf16($0 + weight) } ?? .f32(w + weight)
+        conv2dForward(out: out.ptr, inp: x.ptr, weight: matrix, bias: w + bias, B: x.batch, Cin: cin, H: x.height,
                       W: x.width, Cout: cout, kernel: kernel, stride: stride, padding: padding, workspace: scratch)
         return out
     }
