@@ -127,8 +127,11 @@ extension Commands {
         } catch let e as PromptWeightingError {
             throw CLIError.invalid("prompt: \(e)")
         }
+        let t = run.timings
         print(JSONValue.object([("out", .string(out)), ("written", .int(run.todo.count)), ("skipped", .int(run.existing.count)),
-                                ("grid", .string(run.path("grid.png")))]).serialized())
+                                ("grid", .string(run.path("grid.png"))), ("encode_s", .double(t.encode)),
+                                ("denoise_s", .double(t.denoise)), ("decode_s", .double(t.decode)),
+                                ("threads", .int(Parallel.threads))]).serialized())
     }
 }
 

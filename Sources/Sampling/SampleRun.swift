@@ -99,6 +99,8 @@ public final class SampleRun {
     public var encode: (([SampleJob]) throws -> Conditioning)?
     /// Images in the grid (the first ones of the run).
     public var gridLimit = 64
+    /// Seconds spent by `run` in the text encoder, the sampler loop (all U-Net calls) and the VAE decoder.
+    public private(set) var timings = (encode: 0.0, denoise: 0.0, decode: 0.0)
 
     public init(pipeline: TextToImagePipeline, settings: SampleRunSettings, folder: String, jobs: [SampleJob]) throws {
         guard !jobs.isEmpty else { throw SampleRunError(message: "nothing to sample: no prompts") }
@@ -152,12 +154,22 @@ public final class SampleRun {
             let cond = try encode?(batch)
                 ?? pipeline.encode(prompts: batch.map(\.prompt), negativePrompts: batch.map(\.negativePrompt),
                                    weighting: settings.weighting, clipSkip: settings.clipSkip)
-            let (images, _) = try pipeline.generate(conditioning: cond, seeds: batch.map(\.seed), parameters: p) { k, n in
+            let encoded = Date()
+            let seeds = batch.map(\.seed)
+            let (h, w) = try pipeline.latentSize(height: p.height, width: p.width)
+            let latents = try pipeline.denoise(initialNoise: pipeline.initialNoise(seeds: seeds, height: h, width: w),
+                                               conditioning: cond, seeds: seeds, parameters: p) { k, n in
                 progress?.step(k, of: n, batch: b + 1, of: batches.count)
             }
+            let denoised = Date()
+            let images = try pipeline.decode(latents: latents, count: batch.count, height: h, width: w)
+            let decoded = Date()
             for (i, job) in batch.enumerated() {
                 try PNG.writeBytes(byteImage(images, i), to: path(job.fileName), text: settings.pngText(job))
             }
+            timings.encode += encoded.timeIntervalSince(start)
+            timings.denoise += denoised.timeIntervalSince(encoded)
+            timings.decode += decoded.timeIntervalSince(denoised)
             progress?.wrote(batch, batch: b + 1, of: batches.count, seconds: Date().timeIntervalSince(start))
         }
         try writeGrid()
