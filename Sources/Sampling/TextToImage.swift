@@ -115,15 +115,16 @@ public struct Conditioning: @unchecked Sendable {
         self.count = count; self.length = length; self.width = width; self.cond = cond; self.uncond = uncond
     }
 
-    /// Images `range` of this batch.
-    public func slice(_ range: Range<Int>) -> Conditioning {
+    /// The prompts at `indices` (in that order) as a batch of their own.
+    public func rows(_ indices: [Int]) -> Conditioning {
         let per = length * width
-        func cut(_ b: Buffer) -> Buffer {
-            let out = Buffer(uninitialized: range.count * per)
-            out.ptr.update(from: b.ptr + range.lowerBound * per, count: range.count * per)
-            return out
+        let c = Buffer(uninitialized: indices.count * per), u = Buffer(uninitialized: indices.count * per)
+        for (i, k) in indices.enumerated() {
+            precondition(k >= 0 && k < count, "Conditioning.rows: index \(k) of \(count)")
+            (c.ptr + i * per).update(from: cond.ptr + k * per, count: per)
+            (u.ptr + i * per).update(from: uncond.ptr + k * per, count: per)
         }
-        return Conditioning(count: range.count, length: length, width: width, cond: cut(cond), uncond: cut(uncond))
+        return Conditioning(count: indices.count, length: length, width: width, cond: c, uncond: u)
     }
 }
 

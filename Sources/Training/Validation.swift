@@ -107,14 +107,7 @@ final class Validation {
         let gathered = Buffer(zeros: jobs.count * pixelsPer)
         for chunkStart in stride(from: 0, to: mine.count, by: batch) {
             let chunk = Array(mine[chunkStart..<min(chunkStart + batch, mine.count)])
-            // The jobs of a chunk are not contiguous (k mod W): gather their rows.
-            let per = conditioning.length * conditioning.width
-            let c = Buffer(uninitialized: chunk.count * per), u = Buffer(uninitialized: chunk.count * per)
-            for (i, k) in chunk.enumerated() {
-                (c.ptr + i * per).update(from: conditioning.cond.ptr + k * per, count: per)
-                (u.ptr + i * per).update(from: conditioning.uncond.ptr + k * per, count: per)
-            }
-            let batchCond = Conditioning(count: chunk.count, length: conditioning.length, width: conditioning.width, cond: c, uncond: u)
+            let batchCond = conditioning.rows(chunk)       // not contiguous: image k on rank k mod W
             let (images, _) = try pipeline.generate(conditioning: batchCond, seeds: chunk.map { jobs[$0].seed }, parameters: params)
             for (i, k) in chunk.enumerated() {
                 let bytes = try byteImage(images, i).pixels
