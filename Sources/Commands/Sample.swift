@@ -37,7 +37,7 @@ extension Commands {
             .flag("--lan", "Latent adaptive normalization against the base model (HG-DPO Eq. 7; needs --lora)"),
             .value("--prompt", "TEXT", "One prompt"),
             .value("--prompts", "FILE", "Prompts, one per line"),
-            .value("--negative-prompt", "TEXT", "Negative prompt for every image (default: none, the encoding of \"\")", default: ""),
+            .value("--negative-prompt", "TEXT", "Negative prompt for every image (default: none, i.e. the encoding of \"\")"),
             .value("--out", "DIR", "Output folder", required: true),
             .value("--steps", "N", "Sampler steps", default: "50"),
             .value("--guidance", "G", "Classifier-free guidance scale (≤ 1: off)", default: "5"),
@@ -113,7 +113,7 @@ extension Commands {
         }
         let settings = SampleRunSettings(parameters: params, scheduler: args.string("--scheduler")!, model: modelPath,
                                          lora: loraPath, batch: batch, weighting: !args.flag("--no-weighting"), clipSkip: clipSkip)
-        let jobs = SampleJob.plan(prompts: prompts, negativePrompt: args.string("--negative-prompt")!, imagesPerPrompt: perPrompt,
+        let jobs = SampleJob.plan(prompts: prompts, negativePrompt: args.string("--negative-prompt") ?? "", imagesPerPrompt: perPrompt,
                                   firstSeed: seed)
         let run: SampleRun
         do { run = try SampleRun(pipeline: pipeline, settings: settings, folder: out, jobs: jobs) } catch let e as SampleRunError {
