@@ -1,6 +1,6 @@
 // A sampling run into a folder: which images (prompt, negative prompt, seed) it makes, their stable file names, the
-// parameters written into each PNG's text chunks, what to do with images already there, and the grid. Used by
-// `hgdpo sample` and by the trainer's validation images.
+// parameters written into each PNG's text chunks, what to do with images already there, and the grid. `hgdpo sample`
+// runs one; the trainer's validation images (Training/Validation.swift) use its names, text chunks and grid.
 //
 // Files: NNNNNN-seedS.png (N = the image's index in the run: prompt-major, then image of the prompt), grid.png.
 // An existing NNNNNN-seedS.png whose parameters (text chunks) are this run's is kept and skipped, so an interrupted
@@ -95,8 +95,6 @@ public final class SampleRun {
     /// Images already in the folder with this run's parameters (skipped), and the ones to make.
     public private(set) var existing: [SampleJob] = []
     public private(set) var todo: [SampleJob] = []
-    /// Conditioning of a batch of jobs (default: the pipeline's text encoder on their prompts).
-    public var encode: (([SampleJob]) throws -> Conditioning)?
     /// Images in the grid (the first ones of the run).
     public var gridLimit = 64
     /// Seconds spent by `run` in the text encoder, the sampler loop (all U-Net calls) and the VAE decoder.
@@ -151,9 +149,8 @@ public final class SampleRun {
         let batches = stride(from: 0, to: todo.count, by: settings.batch).map { Array(todo[$0..<min($0 + settings.batch, todo.count)]) }
         for (b, batch) in batches.enumerated() {
             let start = Date()
-            let cond = try encode?(batch)
-                ?? pipeline.encode(prompts: batch.map(\.prompt), negativePrompts: batch.map(\.negativePrompt),
-                                   weighting: settings.weighting, clipSkip: settings.clipSkip)
+            let cond = try pipeline.encode(prompts: batch.map(\.prompt), negativePrompts: batch.map(\.negativePrompt),
+                                           weighting: settings.weighting, clipSkip: settings.clipSkip)
             let encoded = Date()
             let seeds = batch.map(\.seed)
             let (h, w) = try pipeline.latentSize(height: p.height, width: p.width)
