@@ -208,7 +208,7 @@ public final class TextToImagePipeline: @unchecked Sendable {
         guard height > 0, width > 0, height % f == 0, width % f == 0 else {
             throw SamplingError("image size \(width)x\(height): width and height must be positive multiples of \(f)")
         }
-        try unet.spec.checkLatentSize(height: height / f, width: width / f)
+        try unet.spec.checkAnyLatentSize(height: height / f, width: width / f)
         return (height / f, width / f)
     }
 

@@ -5,6 +5,7 @@
 //   lora         the same with a peft LoRA at scale 0.5
 //   lan          the LoRA at 0.5 with LAN (HG-DPO Eq. 7), reference written out in Python from the paper
 //   euler_nocfg  Euler (init_noise_sigma ≈ 14.6, scaled model inputs), guidance 1 (no CFG)
+//   odd_size     as cfg at 72x56 (latents 9x7: the U-Net's upsampler is resized to its 9x7 skip, as diffusers)
 // Measured: the max abs error of the images in [0, 1] (≤ 1e-3) and of the final latents relative to their largest
 // magnitude (≤ 1e-4: the random U-Net drives latents to |x| ≈ 50, so an absolute bound on them says little).
 import Foundation
@@ -78,6 +79,8 @@ final class SamplingParityTests: XCTestCase {
     func testLoRAAtHalfScaleMatchesDiffusers() throws { try check("lora") }
     func testLANMatchesPaperEquationReference() throws { try check("lan") }
     func testEulerWithoutGuidanceMatchesDiffusers() throws { try check("euler_nocfg") }
+    /// 72x56: latents 9x7 do not halve exactly; the upsampler resizes to the skip's size as diffusers does.
+    func testSizeThatDoesNotHalveMatchesDiffusers() throws { try check("odd_size") }
 
     /// LAN moves the LoRA trajectory: it must not equal the plain LoRA run (else the test above could pass vacuously).
     func testLANChangesTheResult() throws {

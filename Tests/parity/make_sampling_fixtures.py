@@ -33,6 +33,8 @@ Outputs in Tests/SamplingTests/Fixtures/:
                     checked to reproduce the `lora` run exactly when LAN is off.
       euler_nocfg   EulerDiscreteScheduler.from_config (init_noise_sigma ≈ 14.6, scaled model inputs), guidance 1
                     (no classifier-free guidance, one U-Net call per step), 10 steps.
+      odd_size      as cfg at 72x56 (latents 9x7, (2, 4, 9, 7)): the U-Net's upsampler is resized to the 9x7 skip
+                    (diffusers' forward_upsample_size) since 9x7 does not halve exactly.
 """
 import copy
 import json
@@ -127,7 +129,7 @@ def make_lora(pipe, path):
     unet.delete_adapters("default")
 
 
-def run_pipeline(pipe, latents, guidance, lora_scale=None):
+def run_pipeline(pipe, latents, guidance, lora_scale=None, height=HEIGHT, width=WIDTH):
     final = {}
 
     def keep(p, i, t, kw):
@@ -136,7 +138,7 @@ def run_pipeline(pipe, latents, guidance, lora_scale=None):
 
     kwargs = {} if lora_scale is None else {"cross_attention_kwargs": {"scale": lora_scale}}
     with torch.no_grad():
-        out = pipe(PROMPTS, negative_prompt=NEGATIVES, height=HEIGHT, width=WIDTH, num_inference_steps=STEPS,
+        out = pipe(PROMPTS, negative_prompt=NEGATIVES, height=height, width=width, num_inference_steps=STEPS,
                    guidance_scale=guidance, latents=latents.clone(), output_type="np", callback_on_step_end=keep,
                    callback_on_step_end_tensor_inputs=["latents"], **kwargs)
     images = torch.from_numpy(out.images).permute(0, 3, 1, 2).contiguous()
@@ -190,11 +192,11 @@ def main():
     g = generator("sampling/latents")
     tensors, runs = {}, {}
 
-    def record(name, latents, out, images, **params):
+    def record(name, latents, out, images, height=HEIGHT, width=WIDTH, **params):
         tensors[f"{name}.latents_in"] = latents.clone().contiguous()
         tensors[f"{name}.latents_out"] = out.float().contiguous()
         tensors[f"{name}.images"] = images.float().contiguous()
-        runs[name] = dict(prompts=PROMPTS, negative_prompts=NEGATIVES, steps=STEPS, height=HEIGHT, width=WIDTH, **params)
+        runs[name] = dict(prompts=PROMPTS, negative_prompts=NEGATIVES, steps=STEPS, height=height, width=width, **params)
         print(f"{name}: latents_out range [{out.min():.3f}, {out.max():.3f}] std {out.std():.3f}; images mean "
               f"{images.mean():.3f}, fraction clipped {((images == 0) | (images == 1)).float().mean():.3f}")
 
@@ -221,6 +223,14 @@ def main():
     out, images = run_pipeline(pipe, latents, 1.0)
     record("euler_nocfg", latents, out, images, guidance=1.0, scheduler="EulerDiscreteScheduler", lora_scale=None,
            lan=False)
+
+    # 72x56 images: 9x7 latents do not halve exactly at the U-Net's downsampler (5x4), so diffusers resizes the
+    # upsampler's output to the skip's 9x7 (forward_upsample_size, nearest with scale 5/9, 4/7).
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    latents = torch.randn((2, 4, 9, 7), generator=g)
+    out, images = run_pipeline(pipe, latents, 5.0, height=72, width=56)
+    record("odd_size", latents, out, images, height=72, width=56, guidance=5.0, scheduler="DPMSolverMultistepScheduler",
+           lora_scale=None, lan=False)
 
     save_file(tensors, os.path.join(FIXTURES, "runs.safetensors"), metadata={"runs": json.dumps(runs, sort_keys=True)})
     total = 0
