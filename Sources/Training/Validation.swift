@@ -80,16 +80,32 @@ final class Validation {
 
     func due(step: Int, last: Int) -> Bool { step % every == 0 || step == last }
 
-    /// The base images (LoRA off), unless RUN_DIR/validation/base/grid.png is already there.
+    /// The base images (LoRA off), unless RUN_DIR/validation/base/ already holds them with these settings (a resume
+    /// with other validation options, e.g. another seed or size, makes them again).
     func runBaseIfNeeded(comm: Communicator, watchdog: Watchdog, log: (String) -> Void) throws {
         let folder = (root as NSString).appendingPathComponent("base")
-        var exists = FileManager.default.fileExists(atPath: (folder as NSString).appendingPathComponent("grid.png")) ? 1.0 : 0.0
         // Rank 0 decides (it is the one writing): every rank takes the same branch.
-        var flag = [comm.isRoot ? exists : 0]
+        var flag = [comm.isRoot && baseIsCurrent(folder) ? 1.0 : 0.0]
         try watchdog.guarded("MPI_Allreduce before the base validation images") { try comm.allreduce(&flag) }
-        exists = flag[0]
-        guard exists == 0 else { return }
+        guard flag[0] == 0 else { return }
         try sample(folder: folder, loraScale: nil, label: "base (LoRA off)", comm: comm, watchdog: watchdog, log: log)
+    }
+
+    /// Whether every base image is there with the text chunks these settings write.
+    private func baseIsCurrent(_ folder: String) -> Bool {
+        let s = textSettings(loraScale: nil, label: "")
+        return jobs.allSatisfy { job in
+            guard let text = try? PNG.readBytesWithText((folder as NSString).appendingPathComponent(job.fileName)).1 else { return false }
+            return s.pngText(job).allSatisfy { $0.key == "software" || text[$0.key] == $0.value }
+        }
+    }
+
+    /// What the PNGs of one validation record: the LoRA at its scale (named by the step), or none for the base.
+    private func textSettings(loraScale: Float?, label: String) -> SampleRunSettings {
+        var s = settings
+        s.parameters.loraScale = loraScale
+        s.lora = loraScale == nil ? nil : "training LoRA (\(label))"
+        return s
     }
 
     func run(step: Int, comm: Communicator, watchdog: Watchdog, log: (String) -> Void) throws {
@@ -118,9 +134,7 @@ final class Validation {
         try watchdog.guarded("MPI_Allreduce of the validation images (\(label))") { try comm.allreduce(gathered.buffer) }
         guard comm.isRoot else { return }
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        var s = settings
-        s.parameters = params
-        s.lora = loraScale == nil ? nil : "training LoRA (\(label))"
+        let s = textSettings(loraScale: loraScale, label: label)
         var written: [ByteImage] = []
         for (k, job) in jobs.enumerated() {
             let src = gathered.ptr + k * pixelsPer

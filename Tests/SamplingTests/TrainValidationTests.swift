@@ -63,12 +63,18 @@ final class TrainValidationTests: XCTestCase {
         // The LoRA after 2 steps at lr 1e-2 changes the images.
         XCTAssertGreaterThan(maxDiff(try pixels(dir + "/one/validation/base/000000-seed0.png"),
                                      try pixels(dir + "/one/validation/step-000002/000000-seed0.png")), 0)
-        // Resuming with other validation options is allowed (they are not part of the trajectory); base is not redone.
-        let resumed = try train(ranks: 1, output: dir + "/one", options: ["--max-steps": "3", "--resume": "auto",
-                                                                          "--validation-every": "1", "--validation-seed": "5"])
+        // Resuming with other validation options is allowed (they are not part of the trajectory); the base images are
+        // not made again while they match, and are made again when they do not (another seed).
+        let resumed = try train(ranks: 1, output: dir + "/one", options: ["--max-steps": "3", "--resume": "auto", "--validation-every": "1"])
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
         XCTAssertFalse(resumed.stdout.contains("validation base"), resumed.stdout)
-        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/one/validation/step-000003/000000-seed5.png"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/one/validation/step-000003/000000-seed0.png"))
+        let reseeded = try train(ranks: 1, output: dir + "/one", options: ["--max-steps": "4", "--resume": "auto",
+                                                                           "--validation-every": "1", "--validation-seed": "5"])
+        XCTAssertEqual(reseeded.status, 0, reseeded.stderr)
+        XCTAssertTrue(reseeded.stdout.contains("validation base"), reseeded.stdout)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/one/validation/base/000000-seed5.png"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/one/validation/step-000004/000000-seed5.png"))
     }
 
     func testAModelWithoutTextEncoderIsRefusedUpFront() throws {
