@@ -37,12 +37,13 @@ let package = Package(
         .target(name: "TextEncoder", dependencies: ["Tensors", "IO", "Layers"], swiftSettings: optimize),
         .target(name: "Schedulers", dependencies: ["IO"], swiftSettings: optimize),
         .target(name: "VAE", dependencies: ["Tensors", "IO", "Layers"], swiftSettings: optimize),
+        .target(name: "Sampling", dependencies: ["Tensors", "IO", "UNet", "TextEncoder", "VAE", "Schedulers"], swiftSettings: optimize),
         .target(name: "Datasets", dependencies: ["Tensors", "IO"], swiftSettings: optimize),
-        .target(name: "Training", dependencies: ["Tensors", "IO", "UNet", "Schedulers", "Distributed", "Datasets"], swiftSettings: optimize),
+        .target(name: "Training", dependencies: ["Tensors", "IO", "UNet", "Schedulers", "Distributed", "Datasets", "Sampling", "TextEncoder", "VAE"], swiftSettings: optimize),
         .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: optimize),
         .target(name: "LatentEncoding", dependencies: ["Tensors", "IO", "Datasets", "VAE", "TextEncoder", "Distributed"], swiftSettings: optimize),
         .target(name: "Commands", dependencies: ["Tensors", "IO", "Distributed", "UNet", "Schedulers", "Training", "Datasets",
-                                                  "TextEncoder", "VAE", "LatentEncoding"],
+                                                  "TextEncoder", "VAE", "LatentEncoding", "Sampling"],
                 swiftSettings: optimize),
         .executableTarget(name: "hgdpo", dependencies: ["Commands", "CKernels", "Tensors"], swiftSettings: optimizeBaseline),
 
@@ -58,6 +59,7 @@ let package = Package(
         .testTarget(name: "TrainingTests", dependencies: ["Training", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "IOTests", dependencies: ["IO", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport", "hgdpo"]),
+        .testTarget(name: "SamplingTests", dependencies: ["Sampling", "Training", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
         .testTarget(name: "CommandsTests", dependencies: ["Commands", "TestSupport", "hgdpo"]),
         .testTarget(name: "LatentEncodingTests", dependencies: ["LatentEncoding", "UNet", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
     ]

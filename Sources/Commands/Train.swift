@@ -42,6 +42,14 @@ extension Commands {
         .value("--max-skipped-steps", "N", "Consecutive non-finite steps before the run stops with an error", default: "5"),
         .value("--log-every", "N", "Steps between progress lines and metrics records", default: "1"),
         .value("--collective-timeout", "S", "Seconds a collective may take before the job is aborted (lost rank, cut network)", default: "600"),
+        .value("--validation-prompts", "FILE", "Prompts (one per line) sampled into RUN_DIR/validation/ with the LoRA every --validation-every steps and once without; needs a full pipeline --model"),
+        .value("--validation-every", "N", "Steps between validation images (default: --checkpoint-every); also at the last step"),
+        .value("--validation-steps", "N", "Sampler steps of the validation images (DPM-Solver++)", default: "25"),
+        .value("--validation-seed", "S", "Seed of the first validation image (image k: S + k, the same at every validation)", default: "0"),
+        .value("--validation-guidance", "G", "Classifier-free guidance of the validation images", default: "5"),
+        .value("--validation-lora-scale", "S", "LoRA scale of the validation images", default: "1"),
+        .value("--validation-height", "H", "Validation image height (default: the latent cache's, times 8)"),
+        .value("--validation-width", "W", "Validation image width (default: the latent cache's, times 8)"),
     ]
 
     static let train = CommandSpec(
@@ -112,6 +120,24 @@ extension Commands {
         if given("--max-skipped-steps") { c.maxSkippedSteps = try args.int("--max-skipped-steps", in: 1...1_000_000)! }
         if given("--log-every") { c.logEvery = try args.int("--log-every", in: 1...1_000_000)! }
         if given("--collective-timeout") { c.collectiveTimeout = try args.double("--collective-timeout", in: 0...1e7)! }
+        if args.given("--validation-prompts") { c.validationPrompts = args.string("--validation-prompts") }
+        if args.given("--validation-every") { c.validationEvery = try args.int("--validation-every", in: 1...1_000_000_000) }
+        if args.given("--validation-steps") { c.validationSteps = try args.int("--validation-steps", in: 1...1000) }
+        if args.given("--validation-seed") {
+            guard let s = UInt64(args.string("--validation-seed")!) else {
+                throw CLIError.badValue(option: "--validation-seed", value: args.string("--validation-seed")!, expected: "a non-negative integer")
+            }
+            c.validationSeed = s
+        }
+        if args.given("--validation-guidance") { c.validationGuidance = try args.double("--validation-guidance", in: 0...1000) }
+        if args.given("--validation-lora-scale") { c.validationLoraScale = try args.double("--validation-lora-scale", in: -100...100) }
+        if args.given("--validation-height") { c.validationHeight = try args.int("--validation-height", in: 8...16384) }
+        if args.given("--validation-width") { c.validationWidth = try args.int("--validation-width", in: 8...16384) }
+        if c.validationPrompts == nil,
+           let other = ["--validation-every", "--validation-steps", "--validation-seed", "--validation-guidance", "--validation-lora-scale",
+                        "--validation-height", "--validation-width"].first(where: { args.given($0) }) {
+            throw CLIError.invalid("\(other) needs --validation-prompts FILE")
+        }
         for (name, value) in [("--model", c.model), ("--data", c.data), ("--output", c.output)] where value.isEmpty {
             throw CLIError.missingRequired(option: name, command: "train")
         }

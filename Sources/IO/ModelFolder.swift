@@ -48,8 +48,12 @@ public func decodeConfig<T: Decodable>(_ type: T.Type, from path: String) throws
         }
         data = Data(try FlatYAML.json(from: text, path: path).utf8)
     }
+    // JSON5 numbers: diffusers writes configs with Python's json, which gives -Infinity, Infinity and NaN for
+    // non-finite floats (e.g. DPMSolverMultistepScheduler's lambda_min_clipped).
+    let decoder = JSONDecoder()
+    decoder.allowsJSON5 = true
     do {
-        return try JSONDecoder().decode(T.self, from: data)
+        return try decoder.decode(T.self, from: data)
     } catch let DecodingError.typeMismatch(_, ctx), let DecodingError.valueNotFound(_, ctx) {
         throw ModelFolderError.badConfig(path, key: ctx.codingPath.map(\.stringValue).joined(separator: "."),
                                          detail: ctx.debugDescription)
@@ -83,10 +87,13 @@ public struct ComponentFolder: Sendable, Equatable {
         guard let data = FileManager.default.contents(atPath: configPath) else {
             throw ModelFolderError.missingFile(configPath, what: "config file")
         }
-        guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        struct Names: Decodable { let _class_name: String?; let architectures: [String]? }
+        let decoder = JSONDecoder()
+        decoder.allowsJSON5 = true      // -Infinity / NaN as Python's json writes them (see decodeConfig)
+        guard let names = try? decoder.decode(Names.self, from: data) else {
             throw ModelFolderError.badJSON(configPath, detail: "expected a JSON object")
         }
-        return obj["_class_name"] as? String ?? (obj["architectures"] as? [String])?.first
+        return names._class_name ?? names.architectures?.first
     }
 
     /// The safetensors files holding this component's weights, for a variant (`"fp16"`) or the plain files (nil).

@@ -224,6 +224,29 @@ public func upsampleNearest2xForward(out: UnsafeMutablePointer<Float>,  // (B, C
     }
 }
 
+/// Nearest-neighbour resize to (outH, outW), as F.interpolate(size=(outH, outW), mode="nearest"): output row i reads
+/// input row min(⌊i·(H/outH)⌋, H−1) with the scale in float32 (PyTorch's nearest_idx; ×2 and ×1 exact). Overwrites out.
+/// Ref: diffusers Upsample2D with output_size (UNet2DConditionModel's forward_upsample_size for latents that do not
+/// halve exactly), aten/src/ATen/native/UpSample.h nearest_idx.
+public func upsampleNearestForward(out: UnsafeMutablePointer<Float>,  // (B, C, outH, outW)
+                                   inp: UnsafePointer<Float>,         // (B, C, H, W)
+                                   B: Int, C: Int, H: Int, W: Int, outH: Int, outW: Int) {
+    func index(_ i: Int, _ n: Int, _ outN: Int) -> Int {
+        if outN == n { return i }
+        if outN == 2 * n { return i >> 1 }
+        let scale = Float(n) / Float(outN)
+        return min(Int((Float(i) * scale).rounded(.down)), n - 1)
+    }
+    let rows = (0..<outH).map { index($0, H, outH) }, cols = (0..<outW).map { index($0, W, outW) }
+    parallelFor(B * C, work: B * C * outH * outW) { bc in
+        let src = inp + bc * H * W, dst = out + bc * outH * outW
+        for i in 0..<outH {
+            let s = src + rows[i] * W, d = dst + i * outW
+            for j in 0..<outW { d[j] = s[cols[j]] }
+        }
+    }
+}
+
 /// dinp[b, c, h, w] += Σ of the 4 output pixels dout[b, c, 2h + i, 2w + j] it was copied to. Accumulates.
 public func upsampleNearest2xBackward(dinp: UnsafeMutablePointer<Float>,  // (B, C, H, W)
                                       dout: UnsafePointer<Float>,         // (B, C, 2H, 2W)

@@ -126,14 +126,14 @@ public enum SchedulerKind: String, CaseIterable, Sendable {
     public func make(configJSON data: Data, source: String, overrides: [String: Any] = [:]) throws -> any Scheduler {
         var data = data
         if !overrides.isEmpty {
-            guard var object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            guard var object = try? configDecoder().decode([String: ConfigValue].self, from: data) else {
                 throw SchedulerError("\(source): not valid JSON: expected an object")
             }
-            for (k, v) in overrides { object[k] = v }
-            data = try JSONSerialization.data(withJSONObject: object)
+            for (k, v) in overrides { object[k] = ConfigValue(v) }
+            data = try configEncoder().encode(object)
         }
         func decode<T: Decodable>(_ t: T.Type) throws -> T {
-            do { return try JSONDecoder().decode(T.self, from: data) } catch let e as DecodingError {
+            do { return try configDecoder().decode(T.self, from: data) } catch let e as DecodingError {
                 throw SchedulerError("\(source): \(describe(e))")
             }
         }
@@ -148,6 +148,67 @@ public enum SchedulerKind: String, CaseIterable, Sendable {
             throw SchedulerError("\(source): \(e.message)")
         } catch let e as SchedulerError where !e.message.hasPrefix(source) {
             throw SchedulerError("\(source): \(e.message)")
+        }
+    }
+}
+
+// diffusers saves configs with Python's json module, which writes non-finite floats as -Infinity, Infinity and NaN
+// (DPMSolverMultistepScheduler's default lambda_min_clipped is -inf): read them (JSON5 numbers) and write them back
+// as those strings when overrides are merged.
+private let nonFinite = (positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
+
+func configDecoder() -> JSONDecoder {
+    let d = JSONDecoder()
+    d.allowsJSON5 = true
+    d.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: nonFinite.positiveInfinity,
+                                                              negativeInfinity: nonFinite.negativeInfinity, nan: nonFinite.nan)
+    return d
+}
+
+func configEncoder() -> JSONEncoder {
+    let e = JSONEncoder()
+    e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: nonFinite.positiveInfinity,
+                                                            negativeInfinity: nonFinite.negativeInfinity, nan: nonFinite.nan)
+    return e
+}
+
+/// Any JSON value of a config, to merge overrides into (numbers keep their integer or float kind).
+private enum ConfigValue: Codable {
+    case null, bool(Bool), int(Int), double(Double), string(String), array([ConfigValue]), object([String: ConfigValue])
+
+    init(_ v: Any) {
+        switch v {
+        case let b as Bool: self = .bool(b)
+        case let i as Int: self = .int(i)
+        case let d as Double: self = .double(d)
+        case let s as String: self = .string(s)
+        case let a as [Any]: self = .array(a.map(ConfigValue.init))
+        case let o as [String: Any]: self = .object(o.mapValues(ConfigValue.init))
+        default: self = .null
+        }
+    }
+
+    init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if c.decodeNil() { self = .null }
+        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
+        else if let i = try? c.decode(Int.self) { self = .int(i) }
+        else if let d = try? c.decode(Double.self) { self = .double(d) }
+        else if let s = try? c.decode(String.self) { self = .string(s) }
+        else if let a = try? c.decode([ConfigValue].self) { self = .array(a) }
+        else { self = .object(try c.decode([String: ConfigValue].self)) }
+    }
+
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .null: try c.encodeNil()
+        case .bool(let b): try c.encode(b)
+        case .int(let i): try c.encode(i)
+        case .double(let d): try c.encode(d)
+        case .string(let s): try c.encode(s)
+        case .array(let a): try c.encode(a)
+        case .object(let o): try c.encode(o)
         }
     }
 }

@@ -46,6 +46,16 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var logEvery = 1
     /// Seconds a collective may take before the watchdog aborts the job (a lost rank or a cut network).
     public var collectiveTimeout: Double = 600
+    // Validation images (Validation.swift): all optional, none part of the trajectory.
+    /// Prompts file (one per line) sampled every `validationEvery` steps with the LoRA, and once without.
+    public var validationPrompts: String?
+    public var validationEvery: Int?
+    public var validationSteps: Int?
+    public var validationSeed: UInt64?
+    public var validationGuidance: Double?
+    public var validationLoraScale: Double?
+    public var validationHeight: Int?
+    public var validationWidth: Int?
 
     public init() {}
 
@@ -57,6 +67,9 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case epochs, checkpointEvery = "checkpoint_every", keepCheckpoints = "keep_checkpoints", resume
         case mixedPrecision = "mixed_precision", seed, threads, maxSkippedSteps = "max_skipped_steps", logEvery = "log_every"
         case collectiveTimeout = "collective_timeout", gradientCheckpointing = "gradient_checkpointing"
+        case validationPrompts = "validation_prompts", validationEvery = "validation_every", validationSteps = "validation_steps"
+        case validationSeed = "validation_seed", validationGuidance = "validation_guidance"
+        case validationLoraScale = "validation_lora_scale", validationHeight = "validation_height", validationWidth = "validation_width"
     }
 
     public init(from decoder: Decoder) throws {
@@ -80,6 +93,14 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         maxSkippedSteps = try v(.maxSkippedSteps, d.maxSkippedSteps); logEvery = try v(.logEvery, d.logEvery)
         collectiveTimeout = try v(.collectiveTimeout, d.collectiveTimeout)
         gradientCheckpointing = try v(.gradientCheckpointing, d.gradientCheckpointing)
+        validationPrompts = try c.decodeIfPresent(String.self, forKey: .validationPrompts)
+        validationEvery = try c.decodeIfPresent(Int.self, forKey: .validationEvery)
+        validationSteps = try c.decodeIfPresent(Int.self, forKey: .validationSteps)
+        validationSeed = try c.decodeIfPresent(UInt64.self, forKey: .validationSeed)
+        validationGuidance = try c.decodeIfPresent(Double.self, forKey: .validationGuidance)
+        validationLoraScale = try c.decodeIfPresent(Double.self, forKey: .validationLoraScale)
+        validationHeight = try c.decodeIfPresent(Int.self, forKey: .validationHeight)
+        validationWidth = try c.decodeIfPresent(Int.self, forKey: .validationWidth)
     }
 
     /// The fields that define the trajectory: a checkpoint records their hash, and resuming with others is refused
@@ -89,10 +110,19 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         c.model = ""; c.data = ""; c.output = ""; c.resume = nil; c.threads = nil; c.checkpointEvery = 0; c.keepCheckpoints = 0
         c.maxSteps = nil; c.epochs = nil; c.logEvery = 0; c.collectiveTimeout = 0; c.maxSkippedSteps = 0
         c.gradientCheckpointing = false                            // bit-identical gradients either way
+        c.withoutValidation()                                     // sampling does not touch the trajectory
         let text = String(decoding: (try? JSONEncoderSorted.encode(c)) ?? [], as: UTF8.self)
         var h: UInt64 = 0xcbf2_9ce4_8422_2325                      // FNV-1a 64
         for byte in text.utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }
         return String(h, radix: 16)
+    }
+}
+
+extension TrainConfig {
+    /// The validation options cleared (nil fields are not encoded, so the hash is the one of a run without them).
+    mutating func withoutValidation() {
+        validationPrompts = nil; validationEvery = nil; validationSteps = nil; validationSeed = nil
+        validationGuidance = nil; validationLoraScale = nil; validationHeight = nil; validationWidth = nil
     }
 }
 

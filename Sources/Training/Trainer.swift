@@ -34,6 +34,8 @@ public final class Trainer {
     public let totalSteps: Int
     var state: TrainerState
     let faults = FaultInjection.fromEnvironment()
+    /// Validation images (--validation-prompts), nil without.
+    let validation: Validation?
     let log: (String) -> Void
 
     // Random-draw purposes (the counter RNG's stream path starts with one of these).
@@ -75,6 +77,8 @@ public final class Trainer {
             throw TrainError("\(c.data): prompt embeddings are \(cache.contextShape[1]) wide, the U-Net's cross_attention_dim is \(model.spec.crossAttentionDim)")
         }
         try model.spec.checkLatentSize(height: cache.latentShape[1], width: cache.latentShape[2])
+        validation = c.validationPrompts == nil ? nil
+            : try Validation(config: c, unet: model, latentHeight: cache.latentShape[1], latentWidth: cache.latentShape[2])
         plan = try GlobalBatchPlan(count: cache.count, globalBatch: c.globalBatch, worldSize: comm.size, localBatch: c.localBatch,
                                    seed: c.seed)
         if let m = c.maxSteps { totalSteps = m } else { totalSteps = (c.epochs ?? 1) * plan.stepsPerEpoch }
@@ -164,6 +168,7 @@ public final class Trainer {
         let noise = Buffer(uninitialized: b * n), context = Buffer(uninitialized: b * s * d)
         let rng = CounterRNG(seed: config.seed)
         let gradSum = DoubleBuffer(count: lora.count)
+        if let validation, state.step < totalSteps { try validation.runBaseIfNeeded(comm: comm, watchdog: watchdog, log: log) }
         while state.step < totalSteps {
             let stepStart = Watchdog.now()
             gradSum.zero()
@@ -250,6 +255,10 @@ public final class Trainer {
             let stop = packed[10] > 0
             if state.step % max(1, config.checkpointEvery) == 0 || state.step == totalSteps || stop {
                 try checkpoint()
+            }
+            // After the checkpoint (a crash while sampling loses nothing) and not when stopping (Slurm's grace time).
+            if let validation, !stop, validation.due(step: state.step, last: totalSteps) {
+                try validation.run(step: state.step, comm: comm, watchdog: watchdog, log: log)
             }
             if stop {
                 if comm.isRoot { log("stop signal received: checkpoint at step \(state.step) written, exiting") }

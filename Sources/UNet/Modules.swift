@@ -500,11 +500,17 @@ struct Upsample {
         conv = Conv2d(t, key + ".conv", cin: channels, cout: channels, kernel: 3)
     }
 
-    // (B, C, H, W) -> (B, C, 2H, 2W)
-    func forward(_ p: Pass, _ x: Buffer, _ b: Int, _ hh: Int, _ ww: Int) -> Buffer {
-        let up = Buffer(uninitialized: b * channels * 4 * hh * ww)
-        upsampleNearest2xForward(out: up.ptr, inp: x.ptr, B: b, C: channels, H: hh, W: ww)
-        return conv.forward(p, up, b, 2 * hh, 2 * ww)
+    // (B, C, H, W) -> (B, C, 2H, 2W), or (B, C, outH, outW) when given (the next skip's size, for latents that do not
+    // halve exactly: diffusers' upsample_size; forward only, training refuses such sizes).
+    func forward(_ p: Pass, _ x: Buffer, _ b: Int, _ hh: Int, _ ww: Int, outSize: (Int, Int)? = nil) -> Buffer {
+        let (oh, ow) = outSize ?? (2 * hh, 2 * ww)
+        let up = Buffer(uninitialized: b * channels * oh * ow)
+        if oh == 2 * hh && ow == 2 * ww {
+            upsampleNearest2xForward(out: up.ptr, inp: x.ptr, B: b, C: channels, H: hh, W: ww)
+        } else {
+            upsampleNearestForward(out: up.ptr, inp: x.ptr, B: b, C: channels, H: hh, W: ww, outH: oh, outW: ow)
+        }
+        return conv.forward(p, up, b, oh, ow)
     }
 
     func backward(_ p: Pass, _ dout: Buffer, _ b: Int, _ hh: Int, _ ww: Int) -> Buffer {

@@ -119,7 +119,14 @@ public struct UNetSpec: Sendable, Equatable {
         up = ups
     }
 
-    /// Latent sizes must halve exactly at every downsampler (diffusers would interpolate otherwise; we refuse).
+    /// Any positive latent size (inference: upsamplers resize to the skips' sizes, as diffusers).
+    public func checkAnyLatentSize(height: Int, width: Int) throws {
+        guard height > 0, width > 0 else {
+            throw UNetConfigError(key: "sample_size", message: "latent \(height)x\(width) is empty")
+        }
+    }
+
+    /// Training latent sizes must halve exactly at every downsampler (diffusers would interpolate; training refuses).
     public func checkLatentSize(height: Int, width: Int) throws {
         let f = 1 << (down.count - 1)
         guard height > 0, width > 0, height % f == 0, width % f == 0 else {

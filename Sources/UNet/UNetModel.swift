@@ -114,9 +114,11 @@ public final class UNetModel: @unchecked Sendable {
 
     /// sample (B, in, H, W), timesteps [B], context (B, S, D) -> (B, out, H, W).
     /// `loraScale` nil runs the reference model (adapters off); `training` keeps what `backward` needs.
+    /// Training needs latents that halve exactly at every downsampler; inference takes any size, as diffusers: each
+    /// upsampler then resizes to the size of the skip it meets (forward_upsample_size).
     public func forward(sample: Buffer, timesteps: [Float], context: Buffer, batch b: Int, height hh: Int, width ww: Int,
                         contextLength s: Int, loraScale: Float? = 1, training: Bool = false) throws -> Buffer {
-        try spec.checkLatentSize(height: hh, width: ww)
+        if training { try spec.checkLatentSize(height: hh, width: ww) } else { try spec.checkAnyLatentSize(height: hh, width: ww) }
         precondition(sample.count == b * spec.inChannels * hh * ww && timesteps.count == b
                      && context.count == b * s * spec.crossAttentionDim, "UNetModel.forward: input sizes do not match")
         let p = Pass(weights: weights, lora: lora, loraMultiplier: lora != nil ? loraScale.map { lora!.multiplier(scale: $0) } : nil,
@@ -168,8 +170,9 @@ public final class UNetModel: @unchecked Sendable {
                 if blk.hasAttention { h = upAttentions[i][j].forward(pb, keep(h), context, b, cur.0, cur.1, s) }
             }
             if let u = upsamplers[i] {
-                h = u.forward(p, h, b, cur.0, cur.1)
-                cur = (cur.0 * 2, cur.1 * 2)
+                let next = t.skipShapes[skips.count - 1]      // the size of the skip the next block pops
+                h = u.forward(p, h, b, cur.0, cur.1, outSize: (next.h, next.w))
+                cur = (next.h, next.w)
             }
         }
         let (n, st) = normOut.forward(p, h, b, hh * ww)
