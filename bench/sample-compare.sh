@@ -11,7 +11,6 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 steps=${1:-5}; size=${2:-512}; threads=${3:-$(nproc)}
 model=${HGDPO_BENCH_MODEL:-/tmp/hgdpo-bench-sd15}
 py="$root/.venv-fixtures/bin/python"
-[[ -x "$py" ]] || py=$(cd "$root/../main" 2>/dev/null && pwd)/.venv-fixtures/bin/python
 [[ -x "$py" ]] || { bash "$root/Tests/parity/setup_venv.sh"; py="$root/.venv-fixtures/bin/python"; }
 if grep -qw avx512f /proc/cpuinfo && [[ -z "${OPENBLAS_CORETYPE:-}" ]]; then export OPENBLAS_CORETYPE=SkylakeX; fi
 [[ -f "$model/model_index.json" ]] || "$py" "$root/bench/sample_torch.py" --model "$model" --make
