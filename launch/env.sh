@@ -23,11 +23,17 @@
 #   hgdpo_require_bin        exits 1 with a hint to build if $HGDPO_BIN is not an executable.
 #   hgdpo_mpirun_root_flags  fills HGDPO_ROOT_FLAGS with --allow-run-as-root when running as root.
 #   hgdpo_cpu_has_avx512f [CPUINFO]   true if the CPU flags include avx512f.
-#   hgdpo_run [--timeout S] CMD...  runs CMD in the background with stdin kept, forwards INT TERM HUP USR1
-#                            USR2 to it, waits for it and returns its exit status. With --timeout, CMD runs
-#                            under `timeout -k ${HGDPO_KILL_AFTER:-10} S` (SIGTERM, then SIGKILL to its whole
-#                            process group) and a message is printed when the time ran out (status 124/137).
-#                            The signals that arrived are listed in HGDPO_SIGNALS_SEEN (e.g. " USR1").
+#   hgdpo_run [--timeout S] CMD...  runs CMD (mpirun or srun) in the background with stdin kept, passes INT
+#                            TERM HUP USR1 USR2 on to it, waits for it and returns its exit status.
+#                            mpirun forwards USR1/USR2 to every rank but takes TERM/INT/HUP as "abort the job"
+#                            (SIGTERM to the ranks, SIGKILL 1 s later, exit status 1): so the FIRST TERM, INT
+#                            or HUP is passed on as ${HGDPO_STOP_SIGNAL:-USR1} (the trainer then finishes its
+#                            step, checkpoints and exits 0 on every rank); a second one is passed on as it is.
+#                            HGDPO_STOP_SIGNAL=TERM passes every signal on unchanged.
+#                            With --timeout, CMD runs under `timeout -k ${HGDPO_KILL_AFTER:-10} S` (SIGTERM,
+#                            then SIGKILL to its whole process group) and a message is printed when the time
+#                            ran out (status 124/137); USR1/USR2 then go to timeout's child (timeout itself
+#                            would die of them). The signals that arrived are in HGDPO_SIGNALS_SEEN (" USR1").
 #   hgdpo_resume_args ARGS...  (Slurm scripts) sets HGDPO_TRAIN_ARGS to ARGS plus `--resume ${HGDPO_RESUME-auto}`
 #                            unless ARGS has --resume already or HGDPO_RESUME is set to the empty string.
 #   hgdpo_slurm_requeue      (Slurm scripts) after a SIGUSR1 (time limit near) was seen by hgdpo_run:
@@ -114,6 +120,32 @@ hgdpo_require_bin() {
   fi
 }
 
+# The trap of hgdpo_run: SIGNAL PID TIMED (TIMED non-empty when PID is a `timeout` wrapper).
+_hgdpo_pass_signal() {
+  local sig="$1" pid="$2" timed="$3" as="$1" target="$2" name="${HGDPO_SCRIPT_NAME:-hgdpo}"
+  HGDPO_SIGNALS_SEEN+=" $sig"
+  if [[ "$sig" == TERM || "$sig" == INT || "$sig" == HUP ]]; then
+    if ((_HGDPO_STOPS == 0)); then
+      as="${HGDPO_STOP_SIGNAL:-USR1}"
+      as="${as#SIG}"
+    fi
+    _HGDPO_STOPS=$((_HGDPO_STOPS + 1))
+  fi
+  if [[ -n "$timed" && "$as" != TERM && "$as" != INT && "$as" != HUP ]]; then
+    # `timeout` passes only TERM INT HUP (and a few more) on; it would die of USR1. Signal its child.
+    target="$(cat "/proc/$pid/task/$pid/children" 2>/dev/null || ps -o pid= --ppid "$pid" 2>/dev/null || true)"
+    target="${target//[$'\n ']/ }"
+    [[ -n "${target// /}" ]] || target="$pid"
+  fi
+  if [[ "$as" == "$sig" ]]; then
+    echo "$name: got SIG$sig, passing it on" >&2
+  else
+    echo "$name: got SIG$sig, passing it on as SIG$as (every rank finishes its step, checkpoints, exits; send SIG$sig again to abort at once)" >&2
+  fi
+  # shellcheck disable=SC2086  # target may be several pids
+  kill -s "$as" $target 2>/dev/null || true
+}
+
 hgdpo_run() {
   local limit=""
   if [[ "${1:-}" == --timeout ]]; then
@@ -125,9 +157,10 @@ hgdpo_run() {
   "${cmd[@]}" <&0 &
   local pid=$! rc=0 sig
   HGDPO_SIGNALS_SEEN=""
+  _HGDPO_STOPS=0
   for sig in INT TERM HUP USR1 USR2; do
     # shellcheck disable=SC2064  # expand $sig and $pid now
-    trap "HGDPO_SIGNALS_SEEN+=' $sig'; echo '${HGDPO_SCRIPT_NAME:-hgdpo}: got SIG$sig, passing it on' >&2; kill -s $sig $pid 2>/dev/null || true" "$sig"
+    trap "_hgdpo_pass_signal $sig $pid '$limit'" "$sig"
   done
   while :; do
     wait "$pid" || true

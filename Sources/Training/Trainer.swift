@@ -44,6 +44,10 @@ public final class Trainer {
         self.config = c
         self.comm = comm
         self.log = log
+        // From the start (loading a large U-Net takes a while): a stop request during set-up is honoured after the
+        // first step instead of killing the rank with no checkpoint.
+        signal(SIGTERM) { _ in stopSignal = 1 }
+        signal(SIGUSR1) { _ in stopSignal = 1 }
         watchdog = Watchdog(timeout: c.collectiveTimeout, rank: comm.rank, host: comm.host)
         guard let precision = MixedPrecision(rawValue: c.mixedPrecision) else {
             throw TrainError("--mixed-precision \(c.mixedPrecision): expected no (fp32) or bf16")
@@ -142,8 +146,6 @@ public final class Trainer {
     /// Runs until the last step or a stop signal; returns the steps completed in this call.
     @discardableResult
     public func run() throws -> Int {
-        signal(SIGTERM) { _ in stopSignal = 1 }
-        signal(SIGUSR1) { _ in stopSignal = 1 }
         let lora = model.lora!
         let c = cache.latentShape[0], h = cache.latentShape[1], w = cache.latentShape[2], n = c * h * w
         let s = cache.contextShape[0], d = cache.contextShape[1]

@@ -146,6 +146,19 @@ t_bg() {
   T_BG_PID=$!
 }
 
+# t_bg_child: the pid of the command t_bg started (the child of its `timeout`), to signal it directly.
+t_bg_child() {
+  local c
+  c="$(cat "/proc/$T_BG_PID/task/$T_BG_PID/children" 2>/dev/null)" || return 1
+  c="${c%% *}"
+  [[ -n "$c" ]] && echo "$c"
+}
+
+# t_lines FILE: number of lines of FILE (0 if it does not exist).
+t_lines() { if [[ -f "$1" ]]; then wc -l <"$1" | tr -d ' '; else echo 0; fi; }
+# t_has_lines FILE N: FILE has at least N lines (for t_wait_for, which re-runs its command each time).
+t_has_lines() { (($(t_lines "$1") >= $2)); }
+
 # t_wait_bg: waits for the t_bg job; status in T_RC.
 t_wait_bg() {
   T_RC=0
