@@ -22,6 +22,14 @@
 #                            every exported HGDPO_* variable (only those that are set and exported).
 #   hgdpo_require_bin        exits 1 with a hint to build if $HGDPO_BIN is not an executable.
 #   hgdpo_mpirun_root_flags  fills HGDPO_ROOT_FLAGS with --allow-run-as-root when running as root.
+#   hgdpo_keepalive_flags    fills HGDPO_KEEPALIVE_FLAGS with mpirun's TCP keepalive settings for its connections
+#                            to the node daemons, from HGDPO_OOB_KEEPALIVE="TIME,INTERVAL,PROBES" (default
+#                            30,10,3): a node whose network is cut (or that lost power) is noticed after
+#                            TIME + INTERVAL×PROBES s (~60 s) and mpirun ends the job (exit 205) naming it.
+#                            OpenMPI's default is 300,20,9 (8 min). Keep it well below hgdpo train's
+#                            --collective-timeout (600 s): once a rank has ended the job, mpirun waits for an
+#                            unreachable node for TCP's retransmission limit (~15 min). HGDPO_OOB_KEEPALIVE=off
+#                            leaves OpenMPI's settings.
 #   hgdpo_cpu_has_avx512f [CPUINFO]   true if the CPU flags include avx512f.
 #   hgdpo_run [--timeout S] CMD...  runs CMD (mpirun or srun) in the background with stdin kept, passes INT
 #                            TERM HUP USR1 USR2 on to it, waits for it and returns its exit status.
@@ -108,6 +116,18 @@ hgdpo_mpirun_root_flags() {
   HGDPO_ROOT_FLAGS=()
   ((EUID == 0)) && HGDPO_ROOT_FLAGS=(--allow-run-as-root)
   return 0
+}
+
+# shellcheck disable=SC2034  # HGDPO_KEEPALIVE_FLAGS is read by the scripts that source this
+hgdpo_keepalive_flags() {
+  HGDPO_KEEPALIVE_FLAGS=()
+  local spec="${HGDPO_OOB_KEEPALIVE:-30,10,3}" time intvl probes
+  [[ "$spec" == off ]] && return 0
+  IFS=, read -r time intvl probes <<<"$spec"
+  hgdpo_is_posint "$time" && hgdpo_is_posint "$intvl" && hgdpo_is_posint "$probes" ||
+    hgdpo_die "HGDPO_OOB_KEEPALIVE must be TIME,INTERVAL,PROBES (positive integers, seconds) or off, got '$spec'"
+  HGDPO_KEEPALIVE_FLAGS=(--mca oob_tcp_keepalive_time "$time" --mca oob_tcp_keepalive_intvl "$intvl"
+    --mca oob_tcp_keepalive_probes "$probes")
 }
 
 hgdpo_require_bin() {

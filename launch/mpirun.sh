@@ -26,6 +26,8 @@
 #                      /dev/shm, and vader's shared-memory files of the two "nodes" collide (segfaults).
 #   HGDPO_BIND_TO      rank binding (--bind-to), default "none": each rank runs HGDPO_THREADS threads, which
 #                      OpenMPI's default binding (one core per rank when NP <= 2) would squeeze onto one core.
+#   HGDPO_OOB_KEEPALIVE "TIME,INTERVAL,PROBES" (default 30,10,3): a node whose network is cut is noticed after
+#                      ~60 s and the job ends (exit 205) naming it; "off" keeps OpenMPI's 8 min (launch/env.sh).
 #   HGDPO_MPIRUN_ARGS  extra mpirun options, split on whitespace (e.g. "--oversubscribe --report-bindings").
 #   Passed to every rank with -x: OPENBLAS_CORETYPE (if set), OMP_NUM_THREADS, OPENBLAS_NUM_THREADS,
 #   HGDPO_THREADS, PATH, LD_LIBRARY_PATH and every exported HGDPO_* variable (see launch/env.sh).
@@ -133,7 +135,8 @@ extra=()
 
 hgdpo_env_flags
 hgdpo_mpirun_root_flags
-mpirun_cmd=(mpirun "${HGDPO_ROOT_FLAGS[@]}" "${opts[@]}" "${HGDPO_X_FLAGS[@]}" "${extra[@]}" "${cmd[@]}")
+hgdpo_keepalive_flags
+mpirun_cmd=(mpirun "${HGDPO_ROOT_FLAGS[@]}" "${opts[@]}" "${HGDPO_KEEPALIVE_FLAGS[@]}" "${HGDPO_X_FLAGS[@]}" "${extra[@]}" "${cmd[@]}")
 
 command -v mpirun >/dev/null 2>&1 || hgdpo_die "mpirun not found: run launch/install-deps.sh"
 if ((np > total_slots)) && [[ " ${extra[*]} " != *" --oversubscribe "* ]]; then

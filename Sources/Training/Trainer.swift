@@ -192,7 +192,7 @@ public final class Trainer {
                 let g = lora.grads.ptr
                 for i in 0..<lora.count { gradSum.ptr[i] += Double(g[i]) }
             }
-            faults.inject(rank: comm.rank, step: state.step + 1, grads: gradSum)
+            try faults.inject(rank: comm.rank, step: state.step + 1, grads: gradSum)
             // One all-reduce for the gradients, one for the logged terms and the stop flag.
             let commStart = Watchdog.now()
             try watchdog.guarded("MPI_Allreduce of the LoRA gradients (step \(state.step))") { try comm.allreduce(gradSum.buffer) }
@@ -273,9 +273,10 @@ public final class Trainer {
 }
 
 /// Test hooks for the fault tests (never set in normal runs): `HGDPO_FAULT_NAN="rank=R,from_step=S"` puts a NaN into
-/// rank R's gradients from step S on; `HGDPO_FAULT_EXIT="rank=R,step=S"` kills rank R (SIGKILL) at step S.
+/// rank R's gradients from step S on; `HGDPO_FAULT_EXIT="rank=R,step=S"` kills rank R (SIGKILL) at step S;
+/// `HGDPO_FAULT_THROW="rank=R,step=S"` makes rank R fail with an error at step S (the other ranks are in a collective).
 struct FaultInjection {
-    var nanRank: Int?, nanFrom = 0, exitRank: Int?, exitStep = 0
+    var nanRank: Int?, nanFrom = 0, exitRank: Int?, exitStep = 0, throwRank: Int?, throwStep = 0
 
     static func fromEnvironment() -> FaultInjection {
         func parse(_ name: String) -> [String: Int]? {
@@ -290,11 +291,13 @@ struct FaultInjection {
         var f = FaultInjection()
         if let d = parse("HGDPO_FAULT_NAN") { f.nanRank = d["rank"]; f.nanFrom = d["from_step"] ?? 1 }
         if let d = parse("HGDPO_FAULT_EXIT") { f.exitRank = d["rank"]; f.exitStep = d["step"] ?? 1 }
+        if let d = parse("HGDPO_FAULT_THROW") { f.throwRank = d["rank"]; f.throwStep = d["step"] ?? 1 }
         return f
     }
 
-    func inject(rank: Int, step: Int, grads: DoubleBuffer) {
+    func inject(rank: Int, step: Int, grads: DoubleBuffer) throws {
         if exitRank == rank && step == exitStep { raise(SIGKILL) }
+        if throwRank == rank && step == throwStep { throw TrainError("fault injected by HGDPO_FAULT_THROW at step \(step)") }
         if nanRank == rank && step >= nanFrom && grads.count > 0 { grads.ptr[0] = .nan }
     }
 }
