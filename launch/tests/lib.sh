@@ -34,6 +34,9 @@ t_init() {
   # Any OpenMPI session folders go into the temp dir too (removed with it).
   export TMPDIR="$T" OMPI_MCA_orte_tmpdir_base="$T"
   trap 't_cleanup' EXIT
+  # A command that fails unexpectedly (set -e ends the test) still leaves a FAIL line saying where.
+  set -E
+  trap 'echo "FAIL $T_NAME: unexpected error (exit $?) at ${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND"' ERR
   trap 't_log "$T_NAME: interrupted"; exit 130' INT
   trap 't_log "$T_NAME: terminated"; exit 143' TERM HUP
   [[ -d /opt/swift/usr/bin && ":$PATH:" != *":/opt/swift/usr/bin:"* ]] && export PATH="/opt/swift/usr/bin:$PATH"
