@@ -3,7 +3,8 @@
 # a generated slurm.conf with AuthType=auth/none, CredType=cred/none, ProctrackType=proctrack/pgid,
 # TaskPlugin=task/none, SlurmdParameters=config_overrides, every state file in a temp dir, NodeName = `hostname -s`)
 # runs `sbatch --wait launch/slurm/train.sbatch` with 4 tasks (srun --mpi=pmix). Checked: the job's exit status
-# and output, the checkpoint, the metrics (4 ranks), and the LoRA equal to a 4-rank launch/local.sh run's.
+# and output, the checkpoint, the metrics (4 ranks), and the LoRA equal to a 4-rank launch/local.sh run's; the same
+# for launch/slurm/train-mpirun.sbatch (mpirun inside the allocation).
 # Then preemption: a second job is sent SIGUSR1 (what --signal=B:USR1@120 does before the time limit) mid-run;
 # its ranks checkpoint and exit 0, the job requeues itself, restarts with --resume auto and ends with the same
 # LoRA. The daemons are stopped afterwards, also when the test fails.
@@ -118,7 +119,19 @@ else
   t_fail "the job's LoRA differs from the 4-rank launch/local.sh run's"
 fi
 
-# --- 2. preemption: SIGUSR1 to the batch shell, requeue, resume --------------------------------------------------
+# --- 2. sbatch --wait train-mpirun.sbatch (mpirun inside the allocation) ---------------------------------------
+t_job 200 sbatch --wait --parsable "${sbatch_opts[@]}" --output="$T/jobm-%j.out" "$T_ROOT/launch/slurm/train-mpirun.sbatch" \
+  "${train[@]}" --output "$T/jobm" >"$T/sbatchm.log" 2>&1
+job="$(head -n1 "$T/sbatchm.log" | cut -d';' -f1)"
+out="$T/jobm-$job.out"
+if ((T_RC == 0)) && grep -q "train-mpirun.sbatch: job $job (restart 0) on $node: 4 ranks × 1 threads" "$out" &&
+  t_same_lora "$T/jobm/$final" "$T/local/$final"; then
+  t_pass "sbatch --wait launch/slurm/train-mpirun.sbatch (4 tasks): exit 0, LoRA bit-identical to local 4 ranks (${T_SECONDS}s)"
+else
+  t_fail "sbatch --wait launch/slurm/train-mpirun.sbatch" "exit $T_RC: $(tail -n 8 "$T/sbatchm.log" "$out" 2>&1)"
+fi
+
+# --- 3. preemption: SIGUSR1 to the batch shell, requeue, resume --------------------------------------------------
 t_job 30 sbatch --parsable "${sbatch_opts[@]}" --output="$T/job2-%j.out" "$T_ROOT/launch/slurm/train.sbatch" \
   "${train[@]}" --output "$T/job2" >"$T/sbatch2.log" 2>&1
 job="$(head -n1 "$T/sbatch2.log" | cut -d';' -f1)"
