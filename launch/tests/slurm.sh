@@ -7,7 +7,8 @@
 # for launch/slurm/train-mpirun.sbatch (mpirun inside the allocation).
 # Then preemption: a second job is sent SIGUSR1 (what --signal=B:USR1@120 does before the time limit) mid-run;
 # its ranks checkpoint and exit 0, the job requeues itself, restarts with --resume auto and ends with the same
-# LoRA. The daemons are stopped afterwards, also when the test fails.
+# LoRA; and a job preempted by Slurm itself (`scontrol requeue`: SIGTERM to every task, then requeue) restarts from
+# its checkpoint to the same LoRA. The daemons are stopped afterwards, also when the test fails.
 #
 # Usage: launch/tests/slurm.sh      (root; needs slurm-wlm (launch/install-deps.sh --with-cluster-tools); ~1 min)
 set -euo pipefail
@@ -173,4 +174,28 @@ fi
 logged="$(grep -o '"step":[0-9]*' "$T/job2/metrics.jsonl" | cut -d: -f2 | tr '\n' ' ')"
 [[ "$logged" == "$(seq -s ' ' 1 "$steps") " ]] && t_pass "preemption: metrics.jsonl has steps 1..$steps once each" ||
   t_fail "preemption: metrics.jsonl steps" "$logged"
+
+# --- 4. preemption by Slurm: `scontrol requeue` (as PreemptMode=REQUEUE does: SIGTERM to every task, requeue) ------
+t_job 30 sbatch --parsable "${sbatch_opts[@]}" --output="$T/job3-%j.out" "$T_ROOT/launch/slurm/train.sbatch" \
+  "${train[@]}" --output "$T/job3" >"$T/sbatch3.log" 2>&1
+job="$(head -n1 "$T/sbatch3.log" | cut -d';' -f1)"
+out="$T/job3-$job.out"
+if ((T_RC != 0)) || ! t_wait_for 120 t_has_lines "$T/job3/metrics.jsonl" 2; then
+  t_fail "scontrol requeue: job did not start" "sbatch exit $T_RC: $(tail -n 5 "$T/sbatch3.log" "$out" 2>&1)"
+  t_finish
+fi
+scontrol requeue "$job"
+if t_wait_for 240 job_done && [[ "$(job_state)" == COMPLETED ]]; then
+  stopped="$(grep -o 'stop signal received: checkpoint at step [0-9]*' "$out" | grep -o '[0-9]*$' | head -n1 || true)"
+  if [[ -n "$stopped" ]] && grep -q "job $job (restart 1)" "$out" &&
+    grep -q "resumed from .*step-$(printf %06d "$stopped") at step $stopped" "$out" &&
+    t_same_lora "$T/job3/$final" "$T/local/$final"; then
+    t_pass "scontrol requeue: ranks checkpointed at step $stopped, the job restarted, resumed, same final LoRA"
+  else
+    t_fail "scontrol requeue: checkpoint, restart, resume, same LoRA" "$(grep -v '^step\|^checkpoint' "$out" | tail -n 8)"
+  fi
+else
+  t_fail "scontrol requeue: job $job did not complete" "state $(job_state); $(tail -n 5 "$out" 2>&1)"
+  scancel "$job" 2>/dev/null || true
+fi
 t_finish
