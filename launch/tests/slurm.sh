@@ -64,14 +64,14 @@ JobAcctGatherType=jobacct_gather/none
 NodeName=$node NodeAddr=127.0.0.1 CPUs=4 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
-stop_slurm() {
-  local f
+stop_slurm() { # SIGTERM by PID file, up to 10 s to exit, then SIGKILL
+  local f pid i
   for f in "$S/slurmd.pid" "$S/slurmctld.pid"; do
-    [[ -s "$f" ]] && kill "$(cat "$f")" 2>/dev/null
-  done
-  sleep 1
-  for f in "$S/slurmd.pid" "$S/slurmctld.pid"; do
-    [[ -s "$f" ]] && kill -9 "$(cat "$f")" 2>/dev/null
+    [[ -s "$f" ]] || continue
+    pid="$(cat "$f")"
+    kill "$pid" 2>/dev/null || continue
+    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null
   done
   return 0
 }
