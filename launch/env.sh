@@ -22,12 +22,26 @@
 #                            every exported HGDPO_* variable (only those that are set and exported).
 #   hgdpo_require_bin        exits 1 with a hint to build if $HGDPO_BIN is not an executable.
 #   hgdpo_mpirun_root_flags  fills HGDPO_ROOT_FLAGS with --allow-run-as-root when running as root.
+#   hgdpo_keepalive_flags    fills HGDPO_KEEPALIVE_FLAGS with mpirun's TCP keepalive settings for its connections
+#                            to the node daemons, from HGDPO_OOB_KEEPALIVE="TIME,INTERVAL,PROBES" (default
+#                            30,10,3): a node whose network is cut (or that lost power) is noticed after
+#                            TIME + INTERVAL×PROBES s (~60 s) and mpirun ends the job (exit 205) naming it.
+#                            OpenMPI's default is 300,20,9 (8 min). Keep it well below hgdpo train's
+#                            --collective-timeout (600 s): once a rank has ended the job, mpirun waits for an
+#                            unreachable node for TCP's retransmission limit (~15 min). HGDPO_OOB_KEEPALIVE=off
+#                            leaves OpenMPI's settings.
 #   hgdpo_cpu_has_avx512f [CPUINFO]   true if the CPU flags include avx512f.
-#   hgdpo_run [--timeout S] CMD...  runs CMD in the background with stdin kept, forwards INT TERM HUP USR1
-#                            USR2 to it, waits for it and returns its exit status. With --timeout, CMD runs
-#                            under `timeout -k ${HGDPO_KILL_AFTER:-10} S` (SIGTERM, then SIGKILL to its whole
-#                            process group) and a message is printed when the time ran out (status 124/137).
-#                            The signals that arrived are listed in HGDPO_SIGNALS_SEEN (e.g. " USR1").
+#   hgdpo_run [--timeout S] CMD...  runs CMD (mpirun or srun) in the background with stdin kept, passes INT
+#                            TERM HUP USR1 USR2 on to it, waits for it and returns its exit status.
+#                            mpirun forwards USR1/USR2 to every rank but takes TERM/INT/HUP as "abort the job"
+#                            (SIGTERM to the ranks, SIGKILL 1 s later, exit status 1): so the FIRST TERM, INT
+#                            or HUP is passed on as ${HGDPO_STOP_SIGNAL:-USR1} (the trainer then finishes its
+#                            step, checkpoints and exits 0 on every rank); a second one is passed on as it is.
+#                            HGDPO_STOP_SIGNAL=TERM passes every signal on unchanged.
+#                            With --timeout, CMD runs under `timeout -k ${HGDPO_KILL_AFTER:-10} S` (SIGTERM,
+#                            then SIGKILL to its whole process group) and a message is printed when the time
+#                            ran out (status 124/137); USR1/USR2 then go to timeout's child (timeout itself
+#                            would die of them). The signals that arrived are in HGDPO_SIGNALS_SEEN (" USR1").
 #   hgdpo_resume_args ARGS...  (Slurm scripts) sets HGDPO_TRAIN_ARGS to ARGS plus `--resume ${HGDPO_RESUME-auto}`
 #                            unless ARGS has --resume already or HGDPO_RESUME is set to the empty string.
 #   hgdpo_slurm_requeue      (Slurm scripts) after a SIGUSR1 (time limit near) was seen by hgdpo_run:
@@ -104,6 +118,18 @@ hgdpo_mpirun_root_flags() {
   return 0
 }
 
+# shellcheck disable=SC2034  # HGDPO_KEEPALIVE_FLAGS is read by the scripts that source this
+hgdpo_keepalive_flags() {
+  HGDPO_KEEPALIVE_FLAGS=()
+  local spec="${HGDPO_OOB_KEEPALIVE:-30,10,3}" time intvl probes
+  [[ "$spec" == off ]] && return 0
+  IFS=, read -r time intvl probes <<<"$spec"
+  hgdpo_is_posint "$time" && hgdpo_is_posint "$intvl" && hgdpo_is_posint "$probes" ||
+    hgdpo_die "HGDPO_OOB_KEEPALIVE must be TIME,INTERVAL,PROBES (positive integers, seconds) or off, got '$spec'"
+  HGDPO_KEEPALIVE_FLAGS=(--mca oob_tcp_keepalive_time "$time" --mca oob_tcp_keepalive_intvl "$intvl"
+    --mca oob_tcp_keepalive_probes "$probes")
+}
+
 hgdpo_require_bin() {
   if [[ "$HGDPO_BIN" == */* ]]; then
     [[ -x "$HGDPO_BIN" && ! -d "$HGDPO_BIN" ]] ||
@@ -112,6 +138,32 @@ hgdpo_require_bin() {
   else
     command -v "$HGDPO_BIN" >/dev/null 2>&1 || hgdpo_die "HGDPO_BIN='$HGDPO_BIN' is not on PATH"
   fi
+}
+
+# The trap of hgdpo_run: SIGNAL PID TIMED (TIMED non-empty when PID is a `timeout` wrapper).
+_hgdpo_pass_signal() {
+  local sig="$1" pid="$2" timed="$3" as="$1" target="$2" name="${HGDPO_SCRIPT_NAME:-hgdpo}"
+  HGDPO_SIGNALS_SEEN+=" $sig"
+  if [[ "$sig" == TERM || "$sig" == INT || "$sig" == HUP ]]; then
+    if ((_HGDPO_STOPS == 0)); then
+      as="${HGDPO_STOP_SIGNAL:-USR1}"
+      as="${as#SIG}"
+    fi
+    _HGDPO_STOPS=$((_HGDPO_STOPS + 1))
+  fi
+  if [[ -n "$timed" && "$as" != TERM && "$as" != INT && "$as" != HUP ]]; then
+    # `timeout` passes only TERM INT HUP (and a few more) on; it would die of USR1. Signal its child.
+    target="$(cat "/proc/$pid/task/$pid/children" 2>/dev/null || ps -o pid= --ppid "$pid" 2>/dev/null || true)"
+    target="${target//[$'\n ']/ }"
+    [[ -n "${target// /}" ]] || target="$pid"
+  fi
+  if [[ "$as" == "$sig" ]]; then
+    echo "$name: got SIG$sig, passing it on" >&2
+  else
+    echo "$name: got SIG$sig, passing it on as SIG$as (every rank finishes its step, checkpoints, exits; send SIG$sig again to abort at once)" >&2
+  fi
+  # shellcheck disable=SC2086  # target may be several pids
+  kill -s "$as" $target 2>/dev/null || true
 }
 
 hgdpo_run() {
@@ -125,9 +177,10 @@ hgdpo_run() {
   "${cmd[@]}" <&0 &
   local pid=$! rc=0 sig
   HGDPO_SIGNALS_SEEN=""
+  _HGDPO_STOPS=0
   for sig in INT TERM HUP USR1 USR2; do
     # shellcheck disable=SC2064  # expand $sig and $pid now
-    trap "HGDPO_SIGNALS_SEEN+=' $sig'; echo '${HGDPO_SCRIPT_NAME:-hgdpo}: got SIG$sig, passing it on' >&2; kill -s $sig $pid 2>/dev/null || true" "$sig"
+    trap "_hgdpo_pass_signal $sig $pid '$limit'" "$sig"
   done
   while :; do
     wait "$pid" || true

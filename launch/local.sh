@@ -20,6 +20,9 @@
 # Extra mpirun options: HGDPO_MPIRUN_ARGS (split on whitespace), e.g.
 #   HGDPO_MPIRUN_ARGS="--mca btl_vader_single_copy_mechanism none" (containers that forbid process_vm_readv).
 # Exit status: mpirun's (non-zero if any rank failed); 2 for a usage error.
+# Signals: a first SIGTERM, SIGINT or SIGHUP to this script is passed to the ranks as SIGUSR1 (hgdpo train:
+# finish the step, checkpoint, exit 0 on every rank); a second one as it is. SIGUSR1/SIGUSR2 are passed on.
+# (A SIGTERM sent to mpirun itself makes OpenMPI abort the job: ranks get SIGKILL 1 s after SIGTERM.)
 set -euo pipefail
 
 HGDPO_SCRIPT_NAME="local.sh"
@@ -97,9 +100,8 @@ if [[ -n "${HGDPO_LAUNCH_VERBOSE:-}" ]]; then
   echo "local.sh: ${mpirun_cmd[*]}" >&2
 fi
 
-if [[ -z "$limit" ]]; then
-  exec "${mpirun_cmd[@]}"
-fi
+# Not exec'd: this shell stays to pass signals on (a first SIGTERM/SIGINT/SIGHUP as SIGUSR1, which mpirun
+# forwards to every rank instead of aborting the job: see hgdpo_run in launch/env.sh).
 rc=0
-hgdpo_run --timeout "$limit" "${mpirun_cmd[@]}" || rc=$?
+hgdpo_run ${limit:+--timeout "$limit"} "${mpirun_cmd[@]}" || rc=$?
 exit "$rc"

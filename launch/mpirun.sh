@@ -26,11 +26,16 @@
 #                      /dev/shm, and vader's shared-memory files of the two "nodes" collide (segfaults).
 #   HGDPO_BIND_TO      rank binding (--bind-to), default "none": each rank runs HGDPO_THREADS threads, which
 #                      OpenMPI's default binding (one core per rank when NP <= 2) would squeeze onto one core.
+#   HGDPO_OOB_KEEPALIVE "TIME,INTERVAL,PROBES" (default 30,10,3): a node whose network is cut is noticed after
+#                      ~60 s and the job ends (exit 205) naming it; "off" keeps OpenMPI's 8 min (launch/env.sh).
 #   HGDPO_MPIRUN_ARGS  extra mpirun options, split on whitespace (e.g. "--oversubscribe --report-bindings").
 #   Passed to every rank with -x: OPENBLAS_CORETYPE (if set), OMP_NUM_THREADS, OPENBLAS_NUM_THREADS,
 #   HGDPO_THREADS, PATH, LD_LIBRARY_PATH and every exported HGDPO_* variable (see launch/env.sh).
 # Transport: --mca btl tcp,vader,self (shared memory inside a node, TCP between nodes); see HGDPO_BTL.
 # Exit status: mpirun's (non-zero if any rank failed); 2 for a usage error; 1 for a bad hostfile.
+# Signals: a first SIGTERM, SIGINT or SIGHUP to this script is passed to the ranks as SIGUSR1 (hgdpo train:
+# finish the step, checkpoint, exit 0 on every rank); a second one as it is. SIGUSR1/SIGUSR2 are passed on.
+# (A SIGTERM sent to mpirun itself makes OpenMPI abort the job: ranks get SIGKILL 1 s after SIGTERM.)
 set -euo pipefail
 
 HGDPO_SCRIPT_NAME="mpirun.sh"
@@ -130,7 +135,8 @@ extra=()
 
 hgdpo_env_flags
 hgdpo_mpirun_root_flags
-mpirun_cmd=(mpirun "${HGDPO_ROOT_FLAGS[@]}" "${opts[@]}" "${HGDPO_X_FLAGS[@]}" "${extra[@]}" "${cmd[@]}")
+hgdpo_keepalive_flags
+mpirun_cmd=(mpirun "${HGDPO_ROOT_FLAGS[@]}" "${opts[@]}" "${HGDPO_KEEPALIVE_FLAGS[@]}" "${HGDPO_X_FLAGS[@]}" "${extra[@]}" "${cmd[@]}")
 
 command -v mpirun >/dev/null 2>&1 || hgdpo_die "mpirun not found: run launch/install-deps.sh"
 if ((np > total_slots)) && [[ " ${extra[*]} " != *" --oversubscribe "* ]]; then
@@ -141,9 +147,8 @@ if [[ -n "${HGDPO_LAUNCH_VERBOSE:-}" ]]; then
   echo "mpirun.sh: ${mpirun_cmd[*]}" >&2
 fi
 
-if [[ -z "$limit" ]]; then
-  exec "${mpirun_cmd[@]}"
-fi
+# Not exec'd: this shell stays to pass signals on (a first SIGTERM/SIGINT/SIGHUP as SIGUSR1, which mpirun
+# forwards to every rank instead of aborting the job: see hgdpo_run in launch/env.sh).
 rc=0
-hgdpo_run --timeout "$limit" "${mpirun_cmd[@]}" || rc=$?
+hgdpo_run ${limit:+--timeout "$limit"} "${mpirun_cmd[@]}" || rc=$?
 exit "$rc"

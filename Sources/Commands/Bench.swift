@@ -2,6 +2,7 @@
 // does in PyTorch (same configs, same JSON), so the two can be compared on one machine with the same threads.
 // A step: winner and loser share noise and timestep; policy (LoRA on) and reference (LoRA off) forwards over both;
 // the HG-DPO loss; backward of the policy forward; AdamW update of the LoRA.
+import Distributed
 import Foundation
 import IO
 import Schedulers
@@ -97,5 +98,67 @@ extension Commands {
             ("params", .int(model.weights.table.count)), ("param_bytes", .int(model.weights.byteCount)),
             ("lora_params", .int(model.lora!.count)),
         ]).serialized())
+    }
+}
+
+// `hgdpo bench allreduce`: times the trainer's one big collective, the all-reduce of the LoRA gradient, on the ranks
+// it is started on (launch/local.sh, launch/mpirun.sh): see bench/allreduce.sh and BENCHMARKS.md.
+extension Commands {
+    static let benchAllreduce = CommandSpec(
+        ["bench", "allreduce"],
+        summary: "Time the all-reduce of the LoRA gradient across the MPI ranks and print JSON (bench/allreduce.sh)",
+        details: """
+            The element count defaults to the U-Net LoRA of --config at --rank (sd15, rank 8: 1,594,368), in the trainer's
+            dtype (f64: it sums gradients in double); each iteration is barrier, all-reduce, and the slowest rank's time.
+            Bus bandwidth = bytes × 2(n−1)/n / time (what a ring all-reduce moves per rank), comparable to a link's speed.
+            Example: launch/local.sh 4 hgdpo bench allreduce --iters 20
+            """,
+        options: [
+            .value("--count", "N", "Elements (default: the LoRA of --config at --rank)"),
+            .value("--config", "NAME|DIR", "U-Net whose LoRA sets the count: tiny, small, sd15 or a U-Net folder", default: "sd15"),
+            .value("--rank", "R", "LoRA rank", default: "8"),
+            .value("--dtype", "T", "f64 (what hgdpo train all-reduces) or f32", default: "f64", choices: ["f64", "f32"]),
+            .value("--iters", "K", "Timed iterations (after --warmup)", default: "20"),
+            .value("--warmup", "W", "Untimed iterations first", default: "3"),
+        ]
+    ) { args in
+        let comm = try Communicator.world()
+        let count: Int
+        if args.given("--count") { count = try args.int("--count", in: 1...(1 << 31))! } else {
+            let spec = try UNetSpec(try benchConfig(try args.requiredString("--config")))
+            let r = try args.int("--rank", in: 1...1024)!
+            count = UNetModel(spec: spec, lora: (r, Float(r))).lora!.count  // weights are reserved, never touched
+        }
+        let iters = try args.int("--iters", in: 1...100_000)!, warmup = try args.int("--warmup", in: 0...100_000)!
+        let f64 = args.string("--dtype") == "f64"
+        var d = f64 ? [Double](repeating: 0, count: count) : [], f = f64 ? [] : [Float](repeating: 0, count: count)
+        var times: [Double] = []
+        var wrong = 0
+        for k in 0..<(warmup + iters) {
+            // Every element becomes the sum over ranks of (rank + 1): W(W+1)/2, exact in both dtypes.
+            if f64 { for i in 0..<count { d[i] = Double(comm.rank + 1) } } else { for i in 0..<count { f[i] = Float(comm.rank + 1) } }
+            try comm.barrier()
+            let t0 = Watchdog.now()
+            if f64 { try comm.allreduce(&d) } else { try comm.allreduce(&f) }
+            let t = try comm.allreduce(Watchdog.now() - t0, op: .max)
+            let expected = Double(comm.size * (comm.size + 1) / 2)
+            for i in stride(from: 0, to: count, by: 997) where (f64 ? d[i] : Double(f[i])) != expected { wrong += 1 }
+            if k >= warmup { times.append(t) }
+        }
+        wrong = Int(try comm.allreduce(Double(wrong)))
+        let bytes = count * (f64 ? 8 : 4)
+        let hosts = Set(try (0..<comm.size).map { String(decoding: try comm.broadcast(Array(comm.host.utf8), root: $0), as: UTF8.self) })
+        times.sort()
+        let median = times[times.count / 2], w = Double(comm.size)
+        if comm.isRoot {
+            print(JSONValue.object([
+                ("count", .int(count)), ("dtype", .string(f64 ? "f64" : "f32")), ("bytes", .int(bytes)),
+                ("ranks", .int(comm.size)), ("hosts", .int(hosts.count)), ("iters", .int(iters)),
+                ("median_s", .double(median)), ("min_s", .double(times[0])), ("max_s", .double(times[times.count - 1])),
+                ("algbw_gb_s", .double(Double(bytes) / median / 1e9)),
+                ("busbw_gb_s", .double(Double(bytes) * 2 * (w - 1) / w / median / 1e9)), ("ok", .bool(wrong == 0)),
+            ]).serialized())
+        }
+        if wrong != 0 { throw CLIError.invalid("all-reduce gave \(wrong) wrong values (checked every 997th element)") }
     }
 }

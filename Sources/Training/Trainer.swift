@@ -46,6 +46,10 @@ public final class Trainer {
         self.config = c
         self.comm = comm
         self.log = log
+        // From the start (loading a large U-Net takes a while): a stop request during set-up is honoured after the
+        // first step instead of killing the rank with no checkpoint.
+        signal(SIGTERM) { _ in stopSignal = 1 }
+        signal(SIGUSR1) { _ in stopSignal = 1 }
         watchdog = Watchdog(timeout: c.collectiveTimeout, rank: comm.rank, host: comm.host)
         guard let precision = MixedPrecision(rawValue: c.mixedPrecision) else {
             throw TrainError("--mixed-precision \(c.mixedPrecision): expected no (fp32) or bf16")
@@ -146,8 +150,6 @@ public final class Trainer {
     /// Runs until the last step or a stop signal; returns the steps completed in this call.
     @discardableResult
     public func run() throws -> Int {
-        signal(SIGTERM) { _ in stopSignal = 1 }
-        signal(SIGUSR1) { _ in stopSignal = 1 }
         let lora = model.lora!
         let c = cache.latentShape[0], h = cache.latentShape[1], w = cache.latentShape[2], n = c * h * w
         let s = cache.contextShape[0], d = cache.contextShape[1]
@@ -195,7 +197,7 @@ public final class Trainer {
                 let g = lora.grads.ptr
                 for i in 0..<lora.count { gradSum.ptr[i] += Double(g[i]) }
             }
-            faults.inject(rank: comm.rank, step: state.step + 1, grads: gradSum)
+            try faults.inject(rank: comm.rank, step: state.step + 1, grads: gradSum)
             // One all-reduce for the gradients, one for the logged terms and the stop flag.
             let commStart = Watchdog.now()
             try watchdog.guarded("MPI_Allreduce of the LoRA gradients (step \(state.step))") { try comm.allreduce(gradSum.buffer) }
@@ -280,9 +282,10 @@ public final class Trainer {
 }
 
 /// Test hooks for the fault tests (never set in normal runs): `HGDPO_FAULT_NAN="rank=R,from_step=S"` puts a NaN into
-/// rank R's gradients from step S on; `HGDPO_FAULT_EXIT="rank=R,step=S"` kills rank R (SIGKILL) at step S.
+/// rank R's gradients from step S on; `HGDPO_FAULT_EXIT="rank=R,step=S"` kills rank R (SIGKILL) at step S;
+/// `HGDPO_FAULT_THROW="rank=R,step=S"` makes rank R fail with an error at step S (the other ranks are in a collective).
 struct FaultInjection {
-    var nanRank: Int?, nanFrom = 0, exitRank: Int?, exitStep = 0
+    var nanRank: Int?, nanFrom = 0, exitRank: Int?, exitStep = 0, throwRank: Int?, throwStep = 0
 
     static func fromEnvironment() -> FaultInjection {
         func parse(_ name: String) -> [String: Int]? {
@@ -297,11 +300,13 @@ struct FaultInjection {
         var f = FaultInjection()
         if let d = parse("HGDPO_FAULT_NAN") { f.nanRank = d["rank"]; f.nanFrom = d["from_step"] ?? 1 }
         if let d = parse("HGDPO_FAULT_EXIT") { f.exitRank = d["rank"]; f.exitStep = d["step"] ?? 1 }
+        if let d = parse("HGDPO_FAULT_THROW") { f.throwRank = d["rank"]; f.throwStep = d["step"] ?? 1 }
         return f
     }
 
-    func inject(rank: Int, step: Int, grads: DoubleBuffer) {
+    func inject(rank: Int, step: Int, grads: DoubleBuffer) throws {
         if exitRank == rank && step == exitStep { raise(SIGKILL) }
+        if throwRank == rank && step == throwStep { throw TrainError("fault injected by HGDPO_FAULT_THROW at step \(step)") }
         if nanRank == rank && step >= nanFrom && grads.count > 0 { grads.ptr[0] = .nan }
     }
 }
