@@ -96,7 +96,9 @@ out="$T/job1-$job.out"
 if ((T_RC == 0)); then
   t_pass "sbatch --wait launch/slurm/train.sbatch (4 tasks): job $job exit 0 (${T_SECONDS}s)"
 else
-  t_fail "sbatch --wait launch/slurm/train.sbatch" "exit $T_RC: $(tail -n 8 "$T/sbatch1.log" "$out" 2>&1)"
+  t_fail "sbatch --wait launch/slurm/train.sbatch" "exit $T_RC: $(tail -n 8 "$T/sbatch1.log" "$out" 2>&1)
+  $(scontrol show job "$job" 2>&1 | grep -oE '(JobState|ExitCode|DerivedExitCode|Reason)=[^ ]*' | tr '\n' ' ')
+  $(grep -E "JobId=$job[^0-9]" "$S/slurmctld.log" 2>&1 | tail -n 6)"
 fi
 if grep -q "train.sbatch: job $job (restart 0) on $node: 4 ranks × 1 threads" "$out" 2>/dev/null &&
   grep -q "srun --mpi=pmix" "$out" && grep -q "step $steps/$steps" "$out"; then
