@@ -4,7 +4,8 @@
 # Usage: launch/install-deps.sh [--with-cluster-tools] [--skip-swift-check] [--help]
 #
 #   Installs whatever is missing among: libopenmpi-dev openmpi-bin libopenblas-dev libpng-dev pkg-config
-#   --with-cluster-tools  also installs openssh-server iproute2 slurm-wlm (multi-host / Slurm launch tests).
+#   --with-cluster-tools  also installs openssh-server iproute2 slurm-wlm (multi-host / Slurm launch tests;
+#                         slurm-wlm brings slurmctld, slurmd and srun with its pmix plugin: srun --mpi=pmix).
 #                         No daemon is started or configured by this script.
 #   --skip-swift-check    do not require a Swift toolchain (e.g. compute nodes that only run a built binary).
 #

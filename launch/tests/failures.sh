@@ -100,7 +100,8 @@ else
 fi
 
 # --- 4./5. a node lost ------------------------------------------------------------------------------------------
-if ((EUID != 0)) || ! command -v sshd >/dev/null 2>&1 && [[ ! -x /usr/sbin/sshd ]]; then
+if ((EUID != 0)) || { ! command -v sshd >/dev/null 2>&1 && [[ ! -x /usr/sbin/sshd ]]; } ||
+  ! command -v ip >/dev/null 2>&1; then
   echo "SKIP failures: node-loss cases need root and openssh-server"
   t_finish
 fi

@@ -5,7 +5,7 @@
 #   t_init NAME                 # temp dir $T, clean-up trap, tag for leftover processes
 #   t_on_cleanup 'CMD'          # runs at exit (also on failure or a signal), last registered first
 #   t_job LIMIT CMD...          # CMD under `timeout -k 5 LIMIT`; status in T_RC, seconds in T_SECONDS
-#   t_check "what" COND...      # PASS/FAIL line from a command's status; t_pass / t_fail MSG directly
+#   t_pass WHAT / t_fail WHAT [DETAIL]   # one PASS / FAIL line
 #   t_finish                    # summary line, exit status 1 if anything failed
 #
 # Every test prints one line per check, "PASS name: what" or "FAIL name: what (detail)", and at the end
@@ -69,14 +69,12 @@ t_pids() {
 }
 
 t_kill_leftovers() {
-  local -a pids
-  mapfile -t pids < <(t_pids)
-  # Not our own shell or its ancestors (a test run from a command line that mentions the temp dir).
-  local -a victims=()
+  local -a pids victims=()
   local pid
+  mapfile -t pids < <(t_pids)
+  # (The scan's own short-lived helpers carry the tag too: only what is still alive afterwards counts.)
   for pid in "${pids[@]}"; do
-    [[ "$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ')" == "$$" ]] && [[ "$(ps -o comm= -p "$pid" 2>/dev/null)" == ps ]] && continue
-    victims+=("$pid")
+    kill -0 "$pid" 2>/dev/null && victims+=("$pid")
   done
   ((${#victims[@]})) || return 0
   t_log "$T_NAME: killing ${#victims[@]} leftover process(es): $(ps -o pid=,comm= -p "$(IFS=,; echo "${victims[*]}")" 2>/dev/null | tr -s ' \n' ' ')"
@@ -105,13 +103,6 @@ t_pass() { T_PASSED=$((T_PASSED + 1)); echo "PASS $T_NAME: $1"; }
 t_fail() {
   T_FAILED=$((T_FAILED + 1))
   echo "FAIL $T_NAME: $1${2:+ ($2)}"
-}
-
-# t_check WHAT CMD...: PASS if CMD succeeds.
-t_check() {
-  local what="$1"
-  shift
-  if "$@"; then t_pass "$what"; else t_fail "$what"; fi
 }
 
 t_skip() {

@@ -16,6 +16,8 @@ tests=("$@")
 limit="${HGDPO_LAUNCH_TEST_TIMEOUT:-600}"
 
 passed=0 failed=0 skipped=0
+log=""
+trap 'rm -f "$log" "$log.err"' EXIT
 start=$(date +%s)
 for t in "${tests[@]}"; do
   script="$here/$t.sh"

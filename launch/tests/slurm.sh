@@ -31,6 +31,11 @@ t_job 150 "$T_ROOT/launch/local.sh" --timeout 120 4 hgdpo train "${train[@]}" --
 S="$T/slurm"
 mkdir -p "$S/ctld" "$S/d"
 node="$(hostname -s)"
+# Two free TCP ports (slurmctld, slurmd): another Slurm on this machine, e.g. a second run of this test, must not
+# answer our commands.
+port_free() { ! ss -Htln "( sport = :$1 or sport = :$(($1 + 1)) )" 2>/dev/null | grep -q .; }
+port="${HGDPO_TEST_SLURM_PORT:-$((20000 + ($$ % 4000) * 2))}"
+for ((i = 0; i < 200; i++)); do port_free "$port" && break; port=$((port + 2)); done
 export SLURM_CONF="$S/slurm.conf"
 cat >"$SLURM_CONF" <<CONF
 ClusterName=hgdpotest
@@ -45,8 +50,8 @@ SchedulerParameters=sched_interval=2,bf_interval=2
 MinJobAge=10
 SlurmUser=root
 SlurmdUser=root
-SlurmctldPort=${HGDPO_TEST_SLURM_PORT:-16817}
-SlurmdPort=$((${HGDPO_TEST_SLURM_PORT:-16817} + 1))
+SlurmctldPort=$port
+SlurmdPort=$((port + 1))
 StateSaveLocation=$S/ctld
 SlurmdSpoolDir=$S/d
 SlurmctldPidFile=$S/slurmctld.pid
@@ -80,7 +85,7 @@ slurmctld -D -f "$SLURM_CONF" >"$S/slurmctld.out" 2>&1 &
 slurmd -D -f "$SLURM_CONF" >"$S/slurmd.out" 2>&1 &
 node_idle() { [[ "$(sinfo -h -n "$node" -o %t 2>/dev/null)" == idle ]]; }
 if t_wait_for 30 node_idle; then
-  t_pass "throw-away Slurm up: node $node idle (slurmctld + slurmd, state in $S)"
+  t_pass "throw-away Slurm up: node $node idle (slurmctld + slurmd on ports $port-$((port + 1)), state in $S)"
 else
   t_fail "Slurm start" "node state '$(sinfo -h -o %t 2>&1)'; $(tail -n 3 "$S/slurmctld.log" "$S/slurmd.log" 2>&1)"
   t_finish
@@ -96,7 +101,9 @@ out="$T/job1-$job.out"
 if ((T_RC == 0)); then
   t_pass "sbatch --wait launch/slurm/train.sbatch (4 tasks): job $job exit 0 (${T_SECONDS}s)"
 else
-  t_fail "sbatch --wait launch/slurm/train.sbatch" "exit $T_RC: $(tail -n 8 "$T/sbatch1.log" "$out" 2>&1)"
+  t_fail "sbatch --wait launch/slurm/train.sbatch" "exit $T_RC: $(tail -n 8 "$T/sbatch1.log" "$out" 2>&1)
+  $(scontrol show job "$job" 2>&1 | grep -oE '(JobState|ExitCode|DerivedExitCode|Reason)=[^ ]*' | tr '\n' ' ')
+  $(grep -E "JobId=$job[^0-9]" "$S/slurmctld.log" 2>&1 | tail -n 6)"
 fi
 if grep -q "train.sbatch: job $job (restart 0) on $node: 4 ranks × 1 threads" "$out" 2>/dev/null &&
   grep -q "srun --mpi=pmix" "$out" && grep -q "step $steps/$steps" "$out"; then
