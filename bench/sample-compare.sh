@@ -13,6 +13,7 @@ model=${HGDPO_BENCH_MODEL:-/tmp/hgdpo-bench-sd15}
 py="$root/.venv-fixtures/bin/python"
 [[ -x "$py" ]] || { bash "$root/Tests/parity/setup_venv.sh"; py="$root/.venv-fixtures/bin/python"; }
 if grep -qw avx512f /proc/cpuinfo && [[ -z "${OPENBLAS_CORETYPE:-}" ]]; then export OPENBLAS_CORETYPE=SkylakeX; fi
+export OPENBLAS_THREAD_TIMEOUT="${OPENBLAS_THREAD_TIMEOUT:-4}"   # as launch/env.sh: idle OpenBLAS threads sleep at once
 [[ -f "$model/model_index.json" ]] || "$py" "$root/bench/sample_torch.py" --model "$model" --make
 (cd "$root" && swift build -c release --product hgdpo >/dev/null)
 out=$(mktemp -d)

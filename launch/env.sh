@@ -9,6 +9,7 @@
 #                  $HGDPO_ROOT/.build/release/hgdpo (built by `swift build -c release`).
 #   OPENBLAS_CORETYPE=SkylakeX  only if /proc/cpuinfo has avx512f and the variable is not set already
 #                  (never on CPUs without avx512f: OpenBLAS would die with an illegal instruction).
+#   OPENBLAS_THREAD_TIMEOUT=4  unless set: OpenBLAS's idle threads sleep at once instead of spinning.
 #   HGDPO_THREADS, OMP_NUM_THREADS, OPENBLAS_NUM_THREADS  threads per rank, all the same value:
 #                  $HGDPO_THREADS if you set it; else $SLURM_CPUS_PER_TASK; else nproc / local ranks (>= 1).
 #                  Local ranks = $HGDPO_LOCAL_RANKS (default 1) at source time; the launch scripts call
@@ -18,7 +19,7 @@
 # Functions:
 #   hgdpo_set_threads N      recompute the threads per rank for N ranks on this node (see above).
 #   hgdpo_env_flags          fills the array HGDPO_X_FLAGS with `-x VAR` for mpirun: OPENBLAS_CORETYPE,
-#                            OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, HGDPO_THREADS, PATH, LD_LIBRARY_PATH and
+#                            OPENBLAS_THREAD_TIMEOUT, OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, HGDPO_THREADS, PATH, LD_LIBRARY_PATH and
 #                            every exported HGDPO_* variable (only those that are set and exported).
 #   hgdpo_require_bin        exits 1 with a hint to build if $HGDPO_BIN is not an executable.
 #   hgdpo_mpirun_root_flags  fills HGDPO_ROOT_FLAGS with --allow-run-as-root when running as root.
@@ -98,7 +99,7 @@ hgdpo_set_threads() {
 hgdpo_env_flags() {
   HGDPO_X_FLAGS=()
   local v
-  local -a names=(OPENBLAS_CORETYPE OMP_NUM_THREADS OPENBLAS_NUM_THREADS HGDPO_THREADS PATH LD_LIBRARY_PATH)
+  local -a names=(OPENBLAS_CORETYPE OPENBLAS_THREAD_TIMEOUT OMP_NUM_THREADS OPENBLAS_NUM_THREADS HGDPO_THREADS PATH LD_LIBRARY_PATH)
   local -A exported=() seen=()
   while IFS= read -r v; do
     exported[$v]=1
@@ -249,6 +250,11 @@ if [[ -z "${OPENBLAS_CORETYPE:-}" ]]; then
 elif [[ "${OPENBLAS_CORETYPE,,}" =~ ^(skylakex|cooperlake|sapphirerapids)$ ]] && ! hgdpo_cpu_has_avx512f /proc/cpuinfo; then
   echo "${HGDPO_SCRIPT_NAME:-env.sh}: warning: OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE but this CPU has no avx512f (illegal instruction likely)" >&2
 fi
+
+# OpenBLAS's idle threads spin (sched_yield) for 2^OPENBLAS_THREAD_TIMEOUT cycles (default 2^28, ~0.1 s) before
+# sleeping, taking a core from hgdpo's own workers (attention, norms, im2col) between GEMMs. 2^4 lets them sleep at
+# once: bench step small@32 on 2 threads 0.60 → 0.54 s, sd15@32 unchanged within noise (2026-12).
+export OPENBLAS_THREAD_TIMEOUT="${OPENBLAS_THREAD_TIMEOUT:-4}"
 
 # --- threads per rank ------------------------------------------------------------------------------
 hgdpo_set_threads "${HGDPO_LOCAL_RANKS:-1}"
