@@ -32,7 +32,7 @@ let package = Package(
         // MARK: - Swift modules, one per concern
         .target(name: "Tensors", dependencies: ["CBLAS", "CKernels"], swiftSettings: optimize),
         .target(name: "IO", dependencies: ["Tensors", "CPNG"], swiftSettings: optimize),
-        .target(name: "Layers", dependencies: ["Tensors"], swiftSettings: optimize),
+        .target(name: "Layers", dependencies: ["Tensors", "CKernels"], swiftSettings: optimize),
         .target(name: "UNet", dependencies: ["Tensors", "IO", "Layers"], swiftSettings: optimize),
         .target(name: "TextEncoder", dependencies: ["Tensors", "IO", "Layers"], swiftSettings: optimize),
         .target(name: "Schedulers", dependencies: ["IO"], swiftSettings: optimize),

@@ -16,6 +16,7 @@
 // many small GEMMs. Results do not depend on the thread count (each output element is summed by one worker in a
 // fixed order). SD1.5's largest self-attention (B 1, 4096 tokens, 8 heads, d 40) on 2 AVX2 cores: forward
 // ≈ 0.35–0.40 s (≈ 55–60 GFLOPS counting 4·B·H·Nq·Nk·d), backward ≈ 0.7–0.8 s (2.5× those flops).
+import CKernels
 import Dispatch
 import Foundation
 import Tensors
@@ -108,9 +109,15 @@ func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointe
         // S ← exp(S − rowmax) in place; the 1/Σ is applied to the d outputs instead of the Nk probabilities.
         for i in 0..<m {
             let row = S + i * ldS
-            let mx = rowMax(row, Nk)
-            expShiftedInPlace(row, Nk, shift: mx)
-            let sum = rowSum(row, Nk)
+            let mx: Float, sum: Float
+            if attentionRowKernelsAVX512 {
+                mx = hg_row_max_avx512(row, Int32(Nk))
+                sum = hg_row_exp_sum_avx512(row, Int32(Nk), mx)
+            } else {
+                mx = rowMax(row, Nk)
+                expShiftedInPlace(row, Nk, shift: mx)
+                sum = rowSum(row, Nk)
+            }
             lseBlk[i] = mx + logf(sum)
             invSum[i] = 1 / sum
         }
@@ -171,7 +178,10 @@ func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer
             BLAS.sgemm(transB: true, m: m, n: Nk, k: d, alpha: scale, a: qBlk, lda: C, b: kHead, ldb: C,
                        beta: 0, c: P, ldc: ldS)
             if causal { maskFuture(P, ldS: ldS, rows: m, firstRow: i0, Nk: Nk) }
-            for i in 0..<m { expShiftedInPlace(P + i * ldS, Nk, shift: lseBlk[i]) }
+            for i in 0..<m {
+                if attentionRowKernelsAVX512 { _ = hg_row_exp_sum_avx512(P + i * ldS, Int32(Nk), lseBlk[i]) }
+                else { expShiftedInPlace(P + i * ldS, Nk, shift: lseBlk[i]) }
+            }
             // dP = dO_blk·Vᵀ
             BLAS.sgemm(transB: true, m: m, n: Nk, k: d, a: doBlk, lda: C, b: vHead, ldb: C, beta: 0, c: dS, ldc: ldS)
             // D_i = Σ_c dO_ic·O_ic (= Σ_j P_ij·dP_ij);  dS = P ⊙ (dP − D)
@@ -230,13 +240,17 @@ private final class AttentionCounter: @unchecked Sendable {
 }
 
 // MARK: - Row kernels
+
+/// Whether the softmax rows (max, exp, sum) run on the AVX-512F kernels of CKernels/softmax_rows.c (16 lanes; the Swift
+/// code below is compiled for AVX2). Same arithmetic, so the two agree to rounding (tested).
+let attentionRowKernelsAVX512 = hg_cpu_has_avx512f() != 0
 // Plain scalar loops with no calls or loop-carried float dependences, which LLVM vectorises in release builds
 // (checked in the assembly: 4-wide SSE, the baseline x86-64 target). Hand-written SIMD16<Float> code ran no faster
 // in release and about 12× slower in debug builds, where `swift test` runs.
 
 /// max_j x[j], n ≥ 1 (eight running maxima so the loop is not one serial chain).
 @inline(__always)
-private func rowMax(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+func rowMax(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
     var m0 = -Float.infinity, m1 = m0, m2 = m0, m3 = m0, m4 = m0, m5 = m0, m6 = m0, m7 = m0
     var j = 0
     while j + 8 <= n {
@@ -251,7 +265,7 @@ private func rowMax(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
 
 /// Σ_j x[j] with eight partial sums.
 @inline(__always)
-private func rowSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+func rowSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
     var a0: Float = 0, a1: Float = 0, a2: Float = 0, a3: Float = 0, a4: Float = 0, a5: Float = 0, a6: Float = 0
     var a7: Float = 0
     var j = 0
@@ -267,7 +281,7 @@ private func rowSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
 
 /// x[j] ← exp(x[j] − shift) for j < n.
 @inline(__always)
-private func expShiftedInPlace(_ x: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) {
+func expShiftedInPlace(_ x: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) {
     for j in 0..<n { x[j] = fastExp(x[j] - shift) }
 }
 

@@ -1,4 +1,5 @@
 // Attention forward/backward against a naive Double implementation, finite differences and the accumulate contract.
+import CKernels
 import XCTest
 import TestSupport
 @testable import Layers
@@ -179,6 +180,31 @@ final class AttentionTests: XCTestCase {
         XCTAssertEqual(fastExp(0), 1)
         XCTAssertEqual(fastExp(88.5), fastExp(88))
         XCTAssertEqual(Double(fastExp(1)), Foundation.exp(1.0), accuracy: 3e-7)
+    }
+
+    /// The AVX-512F softmax row kernels (CKernels/softmax_rows.c) against the Swift ones (AVX2): row max exact, exp
+    /// and sum within rounding, −∞ gives 0, NaN stays NaN. Skipped on CPUs without AVX-512F (then only Swift runs).
+    func testAVX512RowKernelsMatchSwift() throws {
+        guard hg_cpu_has_avx512f() != 0 else { throw XCTSkip("no AVX-512F on this CPU") }
+        XCTAssertTrue(attentionRowKernelsAVX512)
+        for n in [1, 7, 15, 16, 17, 31, 32, 33, 77, 1000, 1024] {
+            var x = Self.random(n, seed: UInt64(60 + n)).map { $0 * 30 }
+            if n > 3 { x[2] = -.infinity }
+            var y = x
+            let mx = x.withUnsafeBufferPointer { hg_row_max_avx512($0.baseAddress!, Int32(n)) }
+            XCTAssertEqual(mx, x.withUnsafeBufferPointer { rowMax($0.baseAddress!, n) }, "max n \(n)")
+            let sum = x.withUnsafeMutableBufferPointer { hg_row_exp_sum_avx512($0.baseAddress!, Int32(n), mx) }
+            let ref = y.withUnsafeMutableBufferPointer { p -> Float in
+                expShiftedInPlace(p.baseAddress!, n, shift: mx)
+                return rowSum(p.baseAddress!, n)
+            }
+            XCTAssertEqual(Double(sum), Double(ref), accuracy: 1e-6 * Double(ref), "sum n \(n)")
+            for j in 0..<n { XCTAssertEqual(Double(x[j]), Double(y[j]), accuracy: 2.4e-7 * Double(y[j]), "exp n \(n) j \(j)") }
+            if n > 3 { XCTAssertEqual(x[2], 0, "exp(−∞) n \(n)") }
+        }
+        var z: [Float] = [0, .nan, -1, 2] + [Float](repeating: 1, count: 20)
+        let s = z.withUnsafeMutableBufferPointer { hg_row_exp_sum_avx512($0.baseAddress!, Int32($0.count), 0) }
+        XCTAssertTrue(z[1].isNaN && s.isNaN, "NaN must propagate")
     }
 
     func testForwardMatchesNaive() {

@@ -19,6 +19,12 @@ extern "C" {
 int hg_cpu_has_avx512bf16(void);
 /// 1 when the CPU runs the haswell-level code the Swift modules are compiled to (AVX2, FMA, BMI2).
 int hg_cpu_has_avx2_fma(void);
+/// 1 if the CPU has AVX-512F (the softmax row kernels below need it).
+int hg_cpu_has_avx512f(void);
+/// max_j x[j], j < n (n ≥ 1). AVX-512F only.
+float hg_row_max_avx512(const float *x, int n);
+/// x[j] ← exp(x[j] − shift) for j < n (0 below −87.3, as Attention.swift's fastExp); returns Σ_j x[j]. AVX-512F only.
+float hg_row_exp_sum_avx512(float *x, int n, float shift);
 /// glibc malloc: keep freed memory for reuse (Tensors/Memory.swift).
 void hg_keep_freed_memory(void);
 
