@@ -1,5 +1,6 @@
 #include "ckernels.h"
 int hg_cpu_has_avx512bf16(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx512bf16"); }
+int hg_cpu_has_avx512f(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx512f"); }
 // The Swift modules are compiled for x86-64 with AVX2 and FMA (Package.swift: -target-cpu haswell).
 int hg_cpu_has_avx2_fma(void) {
     __builtin_cpu_init();

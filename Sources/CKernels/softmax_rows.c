@@ -8,8 +8,6 @@
 
 #define HG_AVX512F __attribute__((target("avx512f")))
 
-int hg_cpu_has_avx512f(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx512f"); }
-
 HG_AVX512F static inline __m512 exp16(__m512 x) {
     const __m512 lo = _mm512_set1_ps(-87.33654f), hi = _mm512_set1_ps(88.0f);
     const __m512 xc = _mm512_min_ps(hi, _mm512_max_ps(lo, x));   // NaN stays NaN (max/min return the 2nd operand)

@@ -109,15 +109,8 @@ func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointe
         // S ← exp(S − rowmax) in place; the 1/Σ is applied to the d outputs instead of the Nk probabilities.
         for i in 0..<m {
             let row = S + i * ldS
-            let mx: Float, sum: Float
-            if attentionRowKernelsAVX512 {
-                mx = hg_row_max_avx512(row, Int32(Nk))
-                sum = hg_row_exp_sum_avx512(row, Int32(Nk), mx)
-            } else {
-                mx = rowMax(row, Nk)
-                expShiftedInPlace(row, Nk, shift: mx)
-                sum = rowSum(row, Nk)
-            }
+            let mx = softmaxRowMax(row, Nk)
+            let sum = softmaxRowExp(row, Nk, shift: mx, sum: true)
             lseBlk[i] = mx + logf(sum)
             invSum[i] = 1 / sum
         }
@@ -178,10 +171,7 @@ func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer
             BLAS.sgemm(transB: true, m: m, n: Nk, k: d, alpha: scale, a: qBlk, lda: C, b: kHead, ldb: C,
                        beta: 0, c: P, ldc: ldS)
             if causal { maskFuture(P, ldS: ldS, rows: m, firstRow: i0, Nk: Nk) }
-            for i in 0..<m {
-                if attentionRowKernelsAVX512 { _ = hg_row_exp_sum_avx512(P + i * ldS, Int32(Nk), lseBlk[i]) }
-                else { expShiftedInPlace(P + i * ldS, Nk, shift: lseBlk[i]) }
-            }
+            for i in 0..<m { _ = softmaxRowExp(P + i * ldS, Nk, shift: lseBlk[i], sum: false) }
             // dP = dO_blk·Vᵀ
             BLAS.sgemm(transB: true, m: m, n: Nk, k: d, a: doBlk, lda: C, b: vHead, ldb: C, beta: 0, c: dS, ldc: ldS)
             // D_i = Σ_c dO_ic·O_ic (= Σ_j P_ij·dP_ij);  dS = P ⊙ (dP − D)
@@ -244,6 +234,21 @@ private final class AttentionCounter: @unchecked Sendable {
 /// Whether the softmax rows (max, exp, sum) run on the AVX-512F kernels of CKernels/softmax_rows.c (16 lanes; the Swift
 /// code below is compiled for AVX2). Same arithmetic, so the two agree to rounding (tested).
 let attentionRowKernelsAVX512 = hg_cpu_has_avx512f() != 0
+
+/// max_j row[j], j < n: the AVX-512F kernel where the CPU has it, else `rowMax`.
+@inline(__always)
+private func softmaxRowMax(_ row: UnsafePointer<Float>, _ n: Int) -> Float {
+    attentionRowKernelsAVX512 ? hg_row_max_avx512(row, Int32(n)) : rowMax(row, n)
+}
+
+/// row[j] ← exp(row[j] − shift), j < n; returns Σ_j row[j] when `sum` (the AVX-512F kernel sums in the same pass
+/// anyway; the Swift path adds a pass only when asked), else 0.
+@inline(__always)
+private func softmaxRowExp(_ row: UnsafeMutablePointer<Float>, _ n: Int, shift: Float, sum: Bool) -> Float {
+    if attentionRowKernelsAVX512 { return hg_row_exp_sum_avx512(row, Int32(n), shift) }
+    expShiftedInPlace(row, n, shift: shift)
+    return sum ? rowSum(row, n) : 0
+}
 // Plain scalar loops with no calls or loop-carried float dependences, which LLVM vectorises in release builds
 // (checked in the assembly: 4-wide SSE, the baseline x86-64 target). Hand-written SIMD16<Float> code ran no faster
 // in release and about 12× slower in debug builds, where `swift test` runs.
