@@ -16,8 +16,9 @@ py="$root/.venv-fixtures/bin/python"
 if ! [[ -x "$py" ]] || ! "$py" -c "import torch, diffusers, peft" 2>/dev/null; then
   bash "$root/Tests/parity/setup_venv.sh"
 fi
-if grep -qw avx512f /proc/cpuinfo && [[ -z "${OPENBLAS_CORETYPE:-}" ]]; then export OPENBLAS_CORETYPE=SkylakeX; fi
-export OPENBLAS_THREAD_TIMEOUT="${OPENBLAS_THREAD_TIMEOUT:-4}"   # as launch/env.sh: idle OpenBLAS threads sleep at once
+# The launchers' OpenBLAS settings (OPENBLAS_CORETYPE on AVX-512 CPUs, OPENBLAS_THREAD_TIMEOUT); threads are set below.
+# shellcheck source=launch/env.sh
+source "$root/launch/env.sh"
 (cd "$root" && swift build -c release >/dev/null)
 ours=$(HGDPO_THREADS=$threads OPENBLAS_NUM_THREADS=$threads "$root/.build/release/hgdpo" bench step --config "$config" \
   --latent "$latent" --pairs "$pairs" --steps "$steps" --threads "$threads" ${ours_bf16[@]+"${ours_bf16[@]}"})

@@ -12,8 +12,9 @@ steps=${1:-5}; size=${2:-512}; threads=${3:-$(nproc)}
 model=${HGDPO_BENCH_MODEL:-/tmp/hgdpo-bench-sd15}
 py="$root/.venv-fixtures/bin/python"
 [[ -x "$py" ]] || { bash "$root/Tests/parity/setup_venv.sh"; py="$root/.venv-fixtures/bin/python"; }
-if grep -qw avx512f /proc/cpuinfo && [[ -z "${OPENBLAS_CORETYPE:-}" ]]; then export OPENBLAS_CORETYPE=SkylakeX; fi
-export OPENBLAS_THREAD_TIMEOUT="${OPENBLAS_THREAD_TIMEOUT:-4}"   # as launch/env.sh: idle OpenBLAS threads sleep at once
+# The launchers' OpenBLAS settings (OPENBLAS_CORETYPE on AVX-512 CPUs, OPENBLAS_THREAD_TIMEOUT); threads are set below.
+# shellcheck source=launch/env.sh
+source "$root/launch/env.sh"
 [[ -f "$model/model_index.json" ]] || "$py" "$root/bench/sample_torch.py" --model "$model" --make
 (cd "$root" && swift build -c release --product hgdpo >/dev/null)
 out=$(mktemp -d)
