@@ -140,14 +140,21 @@ else
 fi
 
 # --- 3. preemption: SIGUSR1 to the batch shell, requeue, resume --------------------------------------------------
-t_job 30 sbatch --parsable "${sbatch_opts[@]}" --output="$T/job2-%j.out" "$T_ROOT/launch/slurm/train.sbatch" \
-  "${train[@]}" --output "$T/job2" >"$T/sbatch2.log" 2>&1
-job="$(head -n1 "$T/sbatch2.log" | cut -d';' -f1)"
-out="$T/job2-$job.out"
-if ((T_RC != 0)) || ! t_wait_for 120 t_has_lines "$T/job2/metrics.jsonl" 2; then
-  t_fail "preemption: job did not start" "sbatch exit $T_RC: $(tail -n 5 "$T/sbatch2.log" "$out" 2>&1)"
-  t_finish
-fi
+# submit_running NAME LABEL: sbatch train.sbatch (output in $T/NAME) without waiting, then wait until it has logged
+# 2 steps; sets job and out. On failure: FAIL "LABEL: job did not start" and the test ends.
+submit_running() {
+  local name="$1" label="$2"
+  t_job 30 sbatch --parsable "${sbatch_opts[@]}" --output="$T/$name-%j.out" "$T_ROOT/launch/slurm/train.sbatch" \
+    "${train[@]}" --output "$T/$name" >"$T/sbatch-$name.log" 2>&1
+  job="$(head -n1 "$T/sbatch-$name.log" | cut -d';' -f1)"
+  out="$T/$name-$job.out"
+  if ((T_RC != 0)) || ! t_wait_for 120 t_has_lines "$T/$name/metrics.jsonl" 2; then
+    t_fail "$label: job did not start" "sbatch exit $T_RC: $(tail -n 5 "$T/sbatch-$name.log" "$out" 2>&1)"
+    t_finish
+  fi
+}
+
+submit_running job2 preemption
 scancel --signal=USR1 --batch "$job"
 # Done: a final state (a requeued job goes REQUEUED -> PENDING -> RUNNING again).
 job_state() { scontrol show job "$job" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | head -n1 | cut -d= -f2; }
@@ -183,14 +190,7 @@ logged="$(grep -o '"step":[0-9]*' "$T/job2/metrics.jsonl" | cut -d: -f2 | tr '\n
   t_fail "preemption: metrics.jsonl steps" "$logged"
 
 # --- 4. preemption by Slurm: `scontrol requeue` (as PreemptMode=REQUEUE does: SIGTERM to every task, requeue) ------
-t_job 30 sbatch --parsable "${sbatch_opts[@]}" --output="$T/job3-%j.out" "$T_ROOT/launch/slurm/train.sbatch" \
-  "${train[@]}" --output "$T/job3" >"$T/sbatch3.log" 2>&1
-job="$(head -n1 "$T/sbatch3.log" | cut -d';' -f1)"
-out="$T/job3-$job.out"
-if ((T_RC != 0)) || ! t_wait_for 120 t_has_lines "$T/job3/metrics.jsonl" 2; then
-  t_fail "scontrol requeue: job did not start" "sbatch exit $T_RC: $(tail -n 5 "$T/sbatch3.log" "$out" 2>&1)"
-  t_finish
-fi
+submit_running job3 "scontrol requeue"
 scontrol requeue "$job"
 if t_wait_for 240 job_done && [[ "$(job_state)" == COMPLETED ]]; then
   stopped="$(grep -o 'stop signal received: checkpoint at step [0-9]*' "$out" | grep -o '[0-9]*$' | head -n1 || true)"
