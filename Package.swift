@@ -42,7 +42,7 @@ let package = Package(
         .target(name: "Training", dependencies: ["Tensors", "IO", "UNet", "Schedulers", "Distributed", "Datasets", "Sampling", "TextEncoder", "VAE"], swiftSettings: optimize),
         .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: optimize),
         .target(name: "LatentEncoding", dependencies: ["Tensors", "IO", "Datasets", "VAE", "TextEncoder", "Distributed"], swiftSettings: optimize),
-        .target(name: "Commands", dependencies: ["Tensors", "IO", "Distributed", "UNet", "Schedulers", "Training", "Datasets",
+        .target(name: "Commands", dependencies: ["Tensors", "IO", "Layers", "Distributed", "UNet", "Schedulers", "Training", "Datasets",
                                                   "TextEncoder", "VAE", "LatentEncoding", "Sampling"],
                 swiftSettings: optimize),
         .executableTarget(name: "hgdpo", dependencies: ["Commands", "CKernels", "Tensors"], swiftSettings: optimizeBaseline),

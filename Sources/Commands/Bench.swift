@@ -5,6 +5,7 @@
 import Distributed
 import Foundation
 import IO
+import Layers
 import Schedulers
 import Tensors
 import Training
@@ -160,5 +161,56 @@ extension Commands {
             ]).serialized())
         }
         if wrong != 0 { throw CLIError.invalid("all-reduce gave \(wrong) wrong values (checked every 997th element)") }
+    }
+}
+
+// `hgdpo bench attention`: times the attention kernels alone (forward, and backward with its recomputation) on the
+// U-Net's layout, q (B, Nq, H·d), k and v (B, Nk, H·d); bench/attention_torch.py times F.scaled_dot_product_attention
+// on the same shapes, so a slow level of the U-Net can be looked at by itself.
+extension Commands {
+    static let benchAttention = CommandSpec(
+        ["bench", "attention"],
+        summary: "Time the attention forward and backward kernels on one shape and print JSON",
+        details: "Example: hgdpo bench attention --batch 2 --tokens 1024 --keys 1024 --heads 8 --head-dim 8 --threads 2",
+        options: [
+            .value("--batch", "B", "Samples", default: "2"),
+            .value("--tokens", "N", "Query tokens (latent height × width at that level)", default: "1024"),
+            .value("--keys", "N", "Key tokens (= --tokens for self-attention, 77 for cross-attention)", default: "1024"),
+            .value("--heads", "H", "Heads", default: "8"),
+            .value("--head-dim", "D", "Channels per head", default: "8"),
+            .value("--iters", "K", "Timed iterations (after one warm-up)", default: "10"),
+            .value("--threads", "N", "Compute threads (default: HGDPO_THREADS or all cores)"),
+        ]
+    ) { args in
+        try applyThreads(args)
+        let B = try args.int("--batch", in: 1...256)!, Nq = try args.int("--tokens", in: 1...65536)!
+        let Nk = try args.int("--keys", in: 1...65536)!, H = try args.int("--heads", in: 1...256)!
+        let d = try args.int("--head-dim", in: 1...1024)!, iters = try args.int("--iters", in: 1...10000)!
+        let rng = CounterRNG(seed: 7)
+        let q = Buffer(rng.substream(1).normals(B * Nq * H * d)), k = Buffer(rng.substream(2).normals(B * Nk * H * d))
+        let v = Buffer(rng.substream(3).normals(B * Nk * H * d)), dout = Buffer(rng.substream(4).normals(B * Nq * H * d))
+        let out = Buffer(zeros: B * Nq * H * d), lse = Buffer(zeros: B * H * Nq)
+        let dq = Buffer(zeros: B * Nq * H * d), dk = Buffer(zeros: B * Nk * H * d), dv = Buffer(zeros: B * Nk * H * d)
+        let ws = Buffer(zeros: attentionWorkspaceSize(B: B, Nq: Nq, Nk: Nk, heads: H, headDim: d))
+        var fwd: [Double] = [], bwd: [Double] = []
+        for it in 0...iters {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            attentionForward(out: out.ptr, lse: lse.ptr, q: q.ptr, k: k.ptr, v: v.ptr, B: B, Nq: Nq, Nk: Nk, heads: H,
+                             headDim: d, workspace: ws.ptr)
+            let t1 = DispatchTime.now().uptimeNanoseconds
+            attentionBackward(dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, dout: dout.ptr, q: q.ptr, k: k.ptr, v: v.ptr, out: out.ptr,
+                              lse: lse.ptr, B: B, Nq: Nq, Nk: Nk, heads: H, headDim: d, workspace: ws.ptr)
+            let t2 = DispatchTime.now().uptimeNanoseconds
+            if it > 0 { fwd.append(Double(t1 - t0) / 1e9); bwd.append(Double(t2 - t1) / 1e9) }
+        }
+        fwd.sort(); bwd.sort()
+        let flops = 4.0 * Double(B * H * Nq * Nk * d)       // Q·Kᵀ and P·V
+        let f = fwd[fwd.count / 2], b = bwd[bwd.count / 2]
+        print(JSONValue.object([
+            ("impl", .string("hgdpo-\(version)")), ("batch", .int(B)), ("tokens", .int(Nq)), ("keys", .int(Nk)),
+            ("heads", .int(H)), ("head_dim", .int(d)), ("threads", .int(Parallel.threads)),
+            ("forward_ms", .double(f * 1e3)), ("backward_ms", .double(b * 1e3)),
+            ("forward_gflops", .double(flops / f / 1e9)), ("backward_gflops", .double(2.5 * flops / b / 1e9)),
+        ]).serialized())
     }
 }

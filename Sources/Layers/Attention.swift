@@ -44,27 +44,56 @@ func attentionScoreStride(Nk: Int) -> Int {
 /// Threads the attention kernels use by default: `Parallel.threads` (HGDPO_THREADS, else the core count).
 public var attentionDefaultThreads: Int { max(1, Parallel.threads) }
 
-/// Floats of scratch that `attentionForward` and `attentionBackward` need (one buffer serves both) for the same
-/// `threads`: workers · (2·rows·ldS + rows) with workers ≤ threads, rows ≤ 512 query rows per block (rows·ldS ≲ 2^20) and
-/// ldS ≈ Nk rounded up to 16, so it does not grow with Nq.
-public func attentionWorkspaceSize(B: Int, Nq: Int, Nk: Int, heads: Int, headDim: Int,
-                                   threads: Int = attentionDefaultThreads) -> Int {
-    AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, threads: threads).workspaceSize
+/// Which code computes one (batch, head): OpenBLAS GEMMs around the softmax rows, or CKernels/attention_avx512.c,
+/// whose register-tiled loops beat OpenBLAS where the head is small (every GEMM then has K or N = d, and OpenBLAS
+/// spends its time packing and zeroing; measured in BENCHMARKS.md).
+public enum AttentionKernel: String, Sendable {
+    case blas, avx512
+
+    /// Largest head size given to the AVX-512 kernels by default (measured: faster than OpenBLAS up to here).
+    public static let avx512MaxHeadDim = 64
+
+    /// The CPU runs the AVX-512 kernels.
+    public static let avx512Available = hg_cpu_has_avx512f() != 0
+
+    /// HGDPO_ATTENTION=blas|avx512 forces one (benchmarks); avx512 where the CPU lacks AVX-512F falls back to blas.
+    static let forced: AttentionKernel? = ProcessInfo.processInfo.environment["HGDPO_ATTENTION"].flatMap(AttentionKernel.init)
+
+    /// The default for a head size: avx512 where the CPU has it and d ≤ avx512MaxHeadDim, unless forced.
+    public static func choose(headDim: Int) -> AttentionKernel {
+        guard avx512Available else { return .blas }
+        if let f = forced { return f }
+        return headDim <= avx512MaxHeadDim ? .avx512 : .blas
+    }
 }
 
-/// How a call is cut up: query rows per block, score row stride, workers and each worker's workspace slice.
+/// Floats of scratch that `attentionForward` and `attentionBackward` need (one buffer serves both) for the same
+/// `threads`, per worker (workers ≤ threads): OpenBLAS path 2·rows·ldS + rows with rows ≤ 512 query rows per block
+/// (rows·ldS ≲ 2^20) and ldS ≈ Nk rounded up to 16; AVX-512 path (4·d + 64)·ldS + 48. It does not grow with Nq.
+public func attentionWorkspaceSize(B: Int, Nq: Int, Nk: Int, heads: Int, headDim: Int,
+                                   threads: Int = attentionDefaultThreads) -> Int {
+    AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim, threads: threads).workspaceSize
+}
+
+/// How a call is cut up: kernel, query rows per block, score row stride, workers and each worker's workspace slice.
 struct AttentionPlan {
-    let rows: Int, ldS: Int, blocks: Int, workers: Int
-    var perWorker: Int { 2 * rows * ldS + rows }             // P or S (rows, ldS), dS (rows, ldS), a row vector
+    let kernel: AttentionKernel
+    let rows: Int, ldS: Int, blocks: Int, workers: Int, perWorker: Int
     var workspaceSize: Int { workers * perWorker }
 
-    /// `rows` overrides the block height (tests use it to put block edges inside Nq).
-    init(B: Int, Nq: Int, Nk: Int, heads: Int, threads: Int, rows: Int? = nil) {
+    /// `rows` overrides the block height (tests use it to put block edges inside Nq), `kernel` the default choice.
+    init(B: Int, Nq: Int, Nk: Int, heads: Int, headDim: Int, threads: Int, rows: Int? = nil, kernel: AttentionKernel? = nil) {
+        self.kernel = kernel.map { $0 == .avx512 && !AttentionKernel.avx512Available ? .blas : $0 }
+            ?? AttentionKernel.choose(headDim: headDim)
         self.rows = max(1, min(Nq, rows ?? attentionBlockRows(Nq: Nq, Nk: Nk)))
         ldS = attentionScoreStride(Nk: Nk)
         blocks = (Nq + self.rows - 1) / self.rows
         // Forward splits (batch, head, query block) items, backward (batch, head) items; size for the larger.
         workers = max(1, min(threads, B * heads * blocks))
+        switch self.kernel {
+        case .blas: perWorker = 2 * self.rows * ldS + self.rows     // P or S (rows, ldS), dS (rows, ldS), a row vector
+        case .avx512: perWorker = hg_attention_avx512_workspace(Int32(Nk), Int32(headDim))
+        }
     }
 }
 
@@ -78,7 +107,8 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutabl
                              workspace: UnsafeMutablePointer<Float>, threads: Int = attentionDefaultThreads,
                              causal: Bool = false) {
     attentionForward(out: out, lse: lse, q: q, k: k, v: v, B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim,
-                     workspace: workspace, plan: AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, threads: threads),
+                     workspace: workspace,
+                     plan: AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim, threads: threads),
                      causal: causal)
 }
 
@@ -94,6 +124,12 @@ func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointe
     attentionParallel(items: B * H * blocks, workers: plan.workers) { item, worker in
         let bh = item / blocks, b = bh / H, h = bh % H
         let i0 = (item % blocks) * rows, m = min(rows, Nq - i0)
+        if plan.kernel == .avx512 {
+            let off = (b * Nq + i0) * C + h * d, kv = b * Nk * C + h * d
+            hg_attention_forward_avx512(q + off, k + kv, v + kv, Int32(C), out + off, lse + bh * Nq + i0, Int32(m),
+                                        Int32(Nk), Int32(d), scale, causal ? 1 : 0, Int32(i0), workspace + worker * perWorker)
+            return
+        }
         let S = workspace + worker * perWorker                     // (m, ldS)
         let invSum = S + 2 * rows * ldS                            // (m)
         let qBlk = q + (b * Nq + i0) * C + h * d                   // (m, d) stride C
@@ -136,7 +172,8 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                               causal: Bool = false) {
     attentionBackward(dq: dq, dk: dk, dv: dv, dout: dout, q: q, k: k, v: v, out: out, lse: lse,
                       B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim, workspace: workspace,
-                      plan: AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, threads: threads), causal: causal)
+                      plan: AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim, threads: threads),
+                      causal: causal)
 }
 
 func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
@@ -155,6 +192,13 @@ func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer
     // so no two workers write the same gradient element and the sum order does not depend on the thread count.
     attentionParallel(items: B * H, workers: workers) { bh, worker in
         let b = bh / H, h = bh % H
+        if plan.kernel == .avx512 {
+            let qo = b * Nq * C + h * d, kv = b * Nk * C + h * d
+            hg_attention_backward_avx512(q + qo, k + kv, v + kv, out + qo, dout + qo, Int32(C), lse + bh * Nq,
+                                         dq + qo, dk + kv, dv + kv, Int32(Nq), Int32(Nk), Int32(d), scale,
+                                         causal ? 1 : 0, workspace + worker * perWorker)
+            return
+        }
         let P = workspace + worker * perWorker                     // (rows, ldS)
         let dS = P + rows * ldS                                    // (rows, ldS)
         let D = dS + rows * ldS                                    // (rows)

@@ -163,7 +163,10 @@ final class AttentionTests: XCTestCase {
 
     static let oddShapes = [Shape(B: 2, Nq: 37, Nk: 5, H: 1, d: 8), Shape(B: 2, Nq: 37, Nk: 37, H: 3, d: 5),
                             Shape(B: 2, Nq: 37, Nk: 5, H: 3, d: 5), Shape(B: 2, Nq: 37, Nk: 37, H: 1, d: 8),
-                            Shape(B: 1, Nq: 19, Nk: 77, H: 2, d: 8)]
+                            Shape(B: 1, Nq: 19, Nk: 77, H: 2, d: 8), Shape(B: 1, Nq: 70, Nk: 130, H: 2, d: 19)]
+
+    /// The kernels this CPU runs: OpenBLAS always, CKernels/attention_avx512.c where there is AVX-512F.
+    static let kernels: [AttentionKernel] = AttentionKernel.avx512Available ? [.blas, .avx512] : [.blas]
 
     // MARK: - Tests
 
@@ -211,16 +214,19 @@ final class AttentionTests: XCTestCase {
         for (n, s) in Self.oddShapes.enumerated() {
             let (q, k, v) = Self.inputs(s, seed: UInt64(10 + n))
             let ref = Self.naiveForward(s, q, k, v)
+            for kernel in Self.kernels {
             var first: [Float]?
             // Block heights that cut Nq unevenly (8: 37 = 4·8 + 5), a single block, and 1 or 2 threads.
             for (rows, threads) in [(8, 1), (8, 2), (16, 2), (nil, 1), (1, 2)] as [(Int?, Int)] {
-                let plan = AttentionPlan(B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, threads: threads, rows: rows)
+                let plan = AttentionPlan(B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, headDim: s.d, threads: threads, rows: rows,
+                                         kernel: kernel)
                 let (out, lse) = Self.forward(s, q, k, v, plan: plan)
-                let label = "\(s) rows \(rows.map(String.init) ?? "auto") threads \(threads)"
+                let label = "\(kernel) \(s) rows \(rows.map(String.init) ?? "auto") threads \(threads)"
                 assertClose(out.map(Double.init), ref.out, rtol: 2e-5, atol: 2e-6, label: "out \(label)")
                 assertClose(lse.map(Double.init), ref.lse, rtol: 2e-6, atol: 2e-6, label: "lse \(label)")
                 // Every row is computed the same way whatever the blocking and threading.
                 if rows == 8 { if let f = first { XCTAssertEqual(out, f, label) } else { first = out } }
+            }
             }
         }
     }
@@ -230,25 +236,30 @@ final class AttentionTests: XCTestCase {
             let (q, k, v) = Self.inputs(s, seed: UInt64(20 + n))
             let dout = Self.random(q.count, seed: UInt64(30 + n))
             let ref = Self.naiveBackward(s, q, k, v, dout)
+            for kernel in Self.kernels {
             for (rows, threads) in [(8, 1), (8, 2), (nil, 2), (1, 1)] as [(Int?, Int)] {
-                let plan = AttentionPlan(B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, threads: threads, rows: rows)
+                let plan = AttentionPlan(B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, headDim: s.d, threads: threads, rows: rows,
+                                         kernel: kernel)
                 var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count)
                 var dv = [Float](repeating: 0, count: v.count)
                 Self.backward(s, q, k, v, dout, plan: plan, dq: &dq, dk: &dk, dv: &dv)
-                let label = "\(s) rows \(rows.map(String.init) ?? "auto") threads \(threads)"
+                let label = "\(kernel) \(s) rows \(rows.map(String.init) ?? "auto") threads \(threads)"
                 assertClose(dq.map(Double.init), ref.dq, rtol: 1e-4, atol: 1e-5, label: "dq \(label)")
                 assertClose(dk.map(Double.init), ref.dk, rtol: 1e-4, atol: 1e-5, label: "dk \(label)")
                 assertClose(dv.map(Double.init), ref.dv, rtol: 1e-4, atol: 1e-5, label: "dv \(label)")
+            }
             }
         }
     }
 
     /// Central differences of L = Σ out·R through the Float forward, for every element of q, k and v.
-    func testBackwardMatchesFiniteDifferences() {
+    func testBackwardMatchesFiniteDifferences() { for kernel in Self.kernels { finiteDifferences(kernel) } }
+
+    private func finiteDifferences(_ kernel: AttentionKernel) {
         let s = Shape(B: 2, Nq: 7, Nk: 5, H: 2, d: 3)
         var (q, k, v) = Self.inputs(s, seed: 40)
         let R = Self.random(q.count, seed: 41)
-        let plan = AttentionPlan(B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, threads: 2, rows: 3)
+        let plan = AttentionPlan(B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, headDim: s.d, threads: 2, rows: 3, kernel: kernel)
         var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count)
         var dv = [Float](repeating: 0, count: v.count)
         Self.backward(s, q, k, v, R, plan: plan, dq: &dq, dk: &dk, dv: &dv)
@@ -277,11 +288,13 @@ final class AttentionTests: XCTestCase {
     }
 
     /// Backward adds into the gradients: a second call adds the same again, on top of what was there.
-    func testBackwardAccumulates() {
+    func testBackwardAccumulates() { for kernel in Self.kernels { accumulates(kernel) } }
+
+    private func accumulates(_ kernel: AttentionKernel) {
         let s = Shape(B: 2, Nq: 37, Nk: 37, H: 3, d: 5)
         let (q, k, v) = Self.inputs(s, seed: 50)
         let dout = Self.random(q.count, seed: 51)
-        let plan = AttentionPlan(B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, threads: 2, rows: 8)
+        let plan = AttentionPlan(B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, headDim: s.d, threads: 2, rows: 8, kernel: kernel)
         var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count)
         var dv = [Float](repeating: 0, count: v.count)
         Self.backward(s, q, k, v, dout, plan: plan, dq: &dq, dk: &dk, dv: &dv)
@@ -300,7 +313,9 @@ final class AttentionTests: XCTestCase {
 
     /// Causal self-attention (CLIP's text encoder): query i sees keys j ≤ i. Forward and backward against a naive
     /// Double reference with the mask, with block edges inside Nq (rows 3, 8) and 1 or 2 threads.
-    func testCausalMatchesNaive() {
+    func testCausalMatchesNaive() { for kernel in Self.kernels { causal(kernel) } }
+
+    private func causal(_ kernel: AttentionKernel) {
         let s = Shape(B: 2, Nq: 19, Nk: 19, H: 3, d: 5)
         let (q, k, v) = Self.inputs(s, seed: 60)
         let dout = Self.random(q.count, seed: 61)
@@ -334,12 +349,13 @@ final class AttentionTests: XCTestCase {
             }
         }
         for (rows, threads) in [(3, 1), (8, 2), (nil, 2)] as [(Int?, Int)] {
-            let plan = AttentionPlan(B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, threads: threads, rows: rows)
+            let plan = AttentionPlan(B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, headDim: s.d, threads: threads, rows: rows,
+                                     kernel: kernel)
             var out = [Float](repeating: .nan, count: q.count), lse = [Float](repeating: .nan, count: refLse.count)
             var ws = [Float](repeating: .nan, count: plan.workspaceSize)
             attentionForward(out: &out, lse: &lse, q: q, k: k, v: v, B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H,
                              headDim: s.d, workspace: &ws, plan: plan, causal: true)
-            let label = "causal rows \(rows.map(String.init) ?? "auto") threads \(threads)"
+            let label = "\(kernel) causal rows \(rows.map(String.init) ?? "auto") threads \(threads)"
             assertClose(out.map(Double.init), refOut, rtol: 2e-5, atol: 2e-6, label: "out \(label)")
             assertClose(lse.map(Double.init), refLse, rtol: 2e-6, atol: 2e-6, label: "lse \(label)")
             var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count)
@@ -359,14 +375,22 @@ final class AttentionTests: XCTestCase {
     }
 
     func testWorkspaceDoesNotGrowWithQueries() {
-        let a = attentionWorkspaceSize(B: 1, Nq: 4096, Nk: 4096, heads: 8, headDim: 40, threads: 2)
-        let b = attentionWorkspaceSize(B: 4, Nq: 65536, Nk: 4096, heads: 8, headDim: 40, threads: 2)
-        XCTAssertEqual(a, b)
-        XCTAssertEqual(a, 2 * (2 * 256 * (4096 + 16) + 256), "256 rows of 4112 floats, twice, per worker")
-        XCTAssertEqual(attentionWorkspaceSize(B: 1, Nq: 1, Nk: 77, heads: 1, headDim: 40, threads: 8),
-                       2 * 80 + 1, "one query row, one worker")
-        XCTAssertEqual(attentionWorkspaceSize(B: 2, Nq: 4096, Nk: 77, heads: 8, headDim: 40, threads: 2),
-                       2 * (2 * 512 * 80 + 512), "cross-attention: 512-row blocks")
+        for kernel in Self.kernels {
+            let size = { (B: Int, Nq: Int, Nk: Int, H: Int, threads: Int) in
+                AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: H, headDim: 40, threads: threads, kernel: kernel).workspaceSize
+            }
+            XCTAssertEqual(size(1, 4096, 4096, 8, 2), size(4, 65536, 4096, 8, 2), "\(kernel)")
+            switch kernel {
+            case .blas:
+                XCTAssertEqual(size(1, 4096, 4096, 8, 2), 2 * (2 * 256 * (4096 + 16) + 256), "256 rows of 4112 floats, twice, per worker")
+                XCTAssertEqual(size(1, 1, 77, 1, 8), 2 * 80 + 1, "one query row, one worker")
+                XCTAssertEqual(size(2, 4096, 77, 8, 2), 2 * (2 * 512 * 80 + 512), "cross-attention: 512-row blocks")
+            case .avx512:
+                // Kt, Vt, dKt, dVt (40, ld) and P, dS (32, ld) with ld = 4112 or 80, 32 floats of D, 16 to align.
+                XCTAssertEqual(size(1, 4096, 4096, 8, 2), 2 * ((4 * 40 + 64) * 4112 + 48))
+                XCTAssertEqual(size(1, 1, 77, 1, 8), (4 * 40 + 64) * 80 + 48, "one query row, one worker")
+            }
+        }
     }
 
     /// SD-sized self-attention (Nq = Nk = 1024, 8 heads, d = 40) through the public API with its default plan;

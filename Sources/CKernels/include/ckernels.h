@@ -25,6 +25,17 @@ int hg_cpu_has_avx512f(void);
 float hg_row_max_avx512(const float *x, int n);
 /// x[j] ← exp(x[j] − shift) for j < n (0 below −87.3, as Attention.swift's fastExp); returns Σ_j x[j]. AVX-512F only.
 float hg_row_exp_sum_avx512(float *x, int n, float shift);
+/// Attention of one (batch, head) for small head sizes, AVX-512F only (CKernels/attention_avx512.c; the maths of
+/// Layers/Attention.swift). q, k, v, out, dout and the gradients are rows of `ldx` floats (the tokens-major layout,
+/// pointers at the head's first channel); scale = 1/sqrt(d). `workspace`: hg_attention_avx512_workspace(Nk, d) floats.
+/// Forward: m query rows (query index row0 + i, for the causal mask: key j > query i is not seen) → out, lse (m).
+/// Backward: all Nq query rows of the head; dq, dk and dv are accumulated (+=).
+size_t hg_attention_avx512_workspace(int Nk, int d);
+void hg_attention_forward_avx512(const float *q, const float *k, const float *v, int ldx, float *out, float *lse,
+                                 int m, int Nk, int d, float scale, int causal, int row0, float *workspace);
+void hg_attention_backward_avx512(const float *q, const float *k, const float *v, const float *out,
+                                  const float *dout, int ldx, const float *lse, float *dq, float *dk, float *dv,
+                                  int Nq, int Nk, int d, float scale, int causal, float *workspace);
 /// glibc malloc: keep freed memory for reuse (Tensors/Memory.swift).
 void hg_keep_freed_memory(void);
 

@@ -1,0 +1,300 @@
+// Scaled-dot-product attention of one (batch, head) on AVX-512F, for the small head sizes where OpenBLAS is slow
+// (d = 8…64: every GEMM of the attention then has a tiny K or N, and OpenBLAS spends its time packing and zeroing).
+// Layers/Attention.swift calls these per (batch, head[, query block]) from its worker threads; the maths is the
+// same as its OpenBLAS path (FlashAttention-style recomputation, Dao et al. 2022 Alg. 2):
+//   forward   S = scale·Q·Kᵀ,  P = exp(S − rowmax),  lse = rowmax + log Σ P,  O = (P·V) / Σ P
+//   backward  P = exp(scale·Q·Kᵀ − lse),  dS = P ⊙ (dO·Vᵀ − D),  D_i = Σ_c dO_ic·O_ic,
+//             dV += Pᵀ·dO,  dQ += scale·dS·K,  dK += scale·dSᵀ·Q
+// K and V are packed transposed, Kt and Vt (d, ldN) with the keys along a row (ldN = Nk rounded up to 16, zero
+// padded), so every kernel below runs 16 keys to a vector:
+//   scores   S[i][j] = Σ_c A[i][c]·Bt[c][j]            4 query rows × 64 keys of accumulators, broadcast A
+//   rowdot   O[i][c] = Σ_j P[i][j]·Bt[c][j]            3 rows × 8 channels of accumulators, summed across lanes
+//   outer    Ct[c][j] += Σ_i A[i][c]·P[i][j]           4 channels × 64 keys of accumulators over the tile's rows
+// Query rows go in tiles of ATTN_ROWS whose score rows (ATTN_ROWS, ldN) stay in L2. Each output element is summed
+// in a fixed order that depends only on the shapes, so results do not depend on threads or blocking.
+// Padded key columns: S = −∞ there (so P = 0), causal masks the same way (key j > query i); masked P is exactly 0.
+#include "ckernels.h"
+#include "avx512_exp.h"
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define INL __attribute__((always_inline)) static inline
+
+enum { ATTN_ROWS = 32 };                         // query rows per tile
+
+/// Key stride of the packed rows: Nk rounded up to 16, and not a multiple of 256 floats (1 KB-aligned rows of
+/// Kt would all fall into the same L1 sets when the kernels walk down a column).
+static int attn_ld(int Nk) {
+    int ld = (Nk + 15) & ~15;
+    if (ld % 256 == 0) ld += 16;
+    return ld;
+}
+
+size_t hg_attention_avx512_workspace(int Nk, int d) {
+    const size_t ld = (size_t)attn_ld(Nk);
+    // backward: Kt, Vt, dKt, dVt (d, ld); P, dS (ATTN_ROWS, ld); D (ATTN_ROWS); +16 to align to 64 bytes.
+    // forward uses Kt, Vt, S, and a row vector: less.
+    return 4 * (size_t)d * ld + 2 * (size_t)ATTN_ROWS * ld + ATTN_ROWS + 16;
+}
+
+static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
+/// dst (d, ld) = srcᵀ for src (n, d) with row stride lds; columns n..<ld zero.
+static void pack_transposed(float *dst, int ld, const float *src, int lds, int n, int d) {
+    for (int j = 0; j < n; j++) {
+        const float *s = src + (size_t)j * lds;
+        for (int c = 0; c < d; c++) dst[(size_t)c * ld + j] = s[c];
+    }
+    for (int c = 0; c < d; c++) memset(dst + (size_t)c * ld + n, 0, (size_t)(ld - n) * sizeof(float));
+}
+
+/// dst (n, d) row stride ldd += srcᵀ for src (d, ld).
+static void add_transposed(float *dst, int ldd, const float *src, int ld, int n, int d) {
+    for (int j = 0; j < n; j++) {
+        float *o = dst + (size_t)j * ldd;
+        for (int c = 0; c < d; c++) o[c] += src[(size_t)c * ld + j];
+    }
+}
+
+// MARK: - scores: 4 rows × NV vectors of 16 keys
+
+/// acc[r][u] = Σ_c a[r][c]·bt[c·ld + 16u] for r < 4, u < NV.
+HG_AVX512F INL void scores_tile(const float *const a[4], const float *bt, int ld, int d, const int NV,
+                                __m512 acc[4][4]) {
+    for (int r = 0; r < 4; r++)
+        for (int u = 0; u < NV; u++) acc[r][u] = _mm512_setzero_ps();
+    for (int c = 0; c < d; c++) {
+        __m512 b[4];
+        for (int u = 0; u < NV; u++) b[u] = _mm512_loadu_ps(bt + (size_t)c * ld + 16 * u);
+        for (int r = 0; r < 4; r++) {
+            const __m512 x = _mm512_set1_ps(a[r][c]);
+            for (int u = 0; u < NV; u++) acc[r][u] = _mm512_fmadd_ps(x, b[u], acc[r][u]);
+        }
+    }
+}
+
+enum { SCORES_MAX = 0, SCORES_PROBS = 1, SCORES_DS = 2 };
+
+/// For query rows r < rows of a tile (≤ 4; a[r] row r of A, the tile's first query index row0):
+///   SCORES_MAX    out = scale·A·Bt (−∞ where masked), rowMax[r] = max over the row
+///   SCORES_PROBS  out = exp(scale·A·Bt − shift[r]) (0 where masked)
+///   SCORES_DS     out = P ⊙ (A·Bt − shift[r]), P = `p` (same layout as out)
+/// out and p rows have stride ld; key j of row r is masked when j ≥ Nk or (causal) j > row0 + r.
+HG_AVX512F INL void scores_rows(const int mode, const float *const a[4], int rows, const float *bt, int ld, int d,
+                                int Nk, int causal, int row0, float scale, const float *shift, const float *p,
+                                float *out, float *rowMax) {
+    __m512 mx[4];
+    int lim[4];
+    for (int r = 0; r < 4; r++) {
+        mx[r] = _mm512_set1_ps(-INFINITY);
+        lim[r] = causal && row0 + r + 1 < Nk ? row0 + r + 1 : Nk;
+    }
+    int limMin = lim[0];                                    // the first row sees the fewest keys
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512 vscale = _mm512_set1_ps(scale);
+    int j0 = 0;
+    while (j0 < ld) {
+        const int NV = ld - j0 >= 64 ? 4 : 1;
+        __m512 acc[4][4];
+        if (NV == 4) scores_tile(a, bt + j0, ld, d, 4, acc); else scores_tile(a, bt + j0, ld, d, 1, acc);
+        const int masked = j0 + 16 * NV > limMin;
+        for (int r = 0; r < rows; r++) {
+            const __m512 sh = mode == SCORES_MAX ? _mm512_setzero_ps() : _mm512_set1_ps(shift[r]);
+            for (int u = 0; u < NV; u++) {
+                const int j = j0 + 16 * u;
+                const __mmask16 keep = masked
+                    ? _mm512_cmplt_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)), _mm512_set1_epi32(lim[r]))
+                    : (__mmask16)0xffff;
+                float *o = out + (size_t)r * ld + j;
+                if (mode == SCORES_MAX) {
+                    const __m512 s = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), keep, acc[r][u], vscale);
+                    mx[r] = _mm512_max_ps(mx[r], s);
+                    _mm512_storeu_ps(o, s);
+                } else if (mode == SCORES_PROBS) {
+                    const __m512 e = exp16(_mm512_fmsub_ps(acc[r][u], vscale, sh));
+                    _mm512_storeu_ps(o, _mm512_maskz_mov_ps(keep, e));
+                } else {
+                    const __m512 pv = _mm512_loadu_ps(p + (size_t)r * ld + j);
+                    _mm512_storeu_ps(o, _mm512_maskz_mul_ps(keep, pv, _mm512_sub_ps(acc[r][u], sh)));
+                }
+            }
+        }
+        j0 += 16 * NV;
+    }
+    if (mode == SCORES_MAX)
+        for (int r = 0; r < rows; r++) rowMax[r] = _mm512_reduce_max_ps(mx[r]);
+}
+
+/// scores_rows over `rows` query rows (any count) of A (row stride lda), out rows at stride ld.
+HG_AVX512F static void scores(const int mode, const float *A, int lda, int rows, const float *bt, int ld, int d, int Nk,
+                              int causal, int row0, float scale, const float *shift, const float *p, float *out,
+                              float *rowMax) {
+    for (int i = 0; i < rows; i += 4) {
+        const int n = rows - i < 4 ? rows - i : 4;
+        const float *a[4];
+        for (int r = 0; r < 4; r++) a[r] = A + (size_t)(i + (r < n ? r : n - 1)) * lda;   // spare rows repeat the last
+        const size_t o = (size_t)i * ld;
+        if (mode == SCORES_MAX)
+            scores_rows(SCORES_MAX, a, n, bt, ld, d, Nk, causal, row0 + i, scale, 0, 0, out + o, rowMax + i);
+        else if (mode == SCORES_PROBS)
+            scores_rows(SCORES_PROBS, a, n, bt, ld, d, Nk, causal, row0 + i, scale, shift + i, 0, out + o, 0);
+        else
+            scores_rows(SCORES_DS, a, n, bt, ld, d, Nk, causal, row0 + i, 1, shift + i, p + o, out + o, 0);
+    }
+}
+
+// MARK: - rowdot: 3 rows × 8 channels
+
+/// Σ over the 16 lanes of each of a[0..7], as 8 floats.
+HG_AVX512F INL __m256 sum_lanes8(const __m512 a[8]) {
+    __m256 s[8];
+    for (int i = 0; i < 8; i++)
+        s[i] = _mm256_add_ps(_mm512_castps512_ps256(a[i]),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[i]), 1)));
+    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(s[4], s[5]), _mm256_hadd_ps(s[6], s[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/// out[r][c] (= or +=) alpha[r]·Σ_j p[r][j]·bt[c·ld + j] for r < rows (≤ 3), c < nc (≤ 8), j < ld.
+HG_AVX512F INL void rowdot_tile(const float *const p[3], int rows, const float *bt, int ld, int nc,
+                                float *const out[3], const float *alpha, int accumulate) {
+    __m512 acc[3][8];
+    for (int r = 0; r < 3; r++)
+        for (int c = 0; c < 8; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int j = 0; j < ld; j += 16) {
+        const __m512 x0 = _mm512_loadu_ps(p[0] + j), x1 = _mm512_loadu_ps(p[1] + j), x2 = _mm512_loadu_ps(p[2] + j);
+        for (int c = 0; c < 8; c++) {
+            if (c >= nc) break;
+            const __m512 b = _mm512_loadu_ps(bt + (size_t)c * ld + j);
+            acc[0][c] = _mm512_fmadd_ps(x0, b, acc[0][c]);
+            acc[1][c] = _mm512_fmadd_ps(x1, b, acc[1][c]);
+            acc[2][c] = _mm512_fmadd_ps(x2, b, acc[2][c]);
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        float s[8];
+        _mm256_storeu_ps(s, sum_lanes8(acc[r]));
+        for (int c = 0; c < nc; c++) out[r][c] = accumulate ? out[r][c] + alpha[r] * s[c] : alpha[r] * s[c];
+    }
+}
+
+/// out (rows, d) row stride ldo (= or +=) diag(alpha)·P·Btᵀ, P (rows, ld) row stride ld, Bt (d, ld).
+HG_AVX512F static void rowdot(const float *P, int rows, const float *bt, int ld, int d, float *out, int ldo,
+                              const float *alpha, int accumulate) {
+    for (int i = 0; i < rows; i += 3) {
+        const int n = rows - i < 3 ? rows - i : 3;
+        const float *p[3];
+        float *o[3];
+        for (int r = 0; r < 3; r++) {
+            const int ri = i + (r < n ? r : n - 1);
+            p[r] = P + (size_t)ri * ld;
+            o[r] = out + (size_t)ri * ldo;
+        }
+        for (int c0 = 0; c0 < d; c0 += 8) {
+            float *oc[3] = {o[0] + c0, o[1] + c0, o[2] + c0};
+            const int nc = d - c0 < 8 ? d - c0 : 8;
+            if (nc == 8) rowdot_tile(p, n, bt + (size_t)c0 * ld, ld, 8, oc, alpha + i, accumulate);
+            else rowdot_tile(p, n, bt + (size_t)c0 * ld, ld, nc, oc, alpha + i, accumulate);
+        }
+    }
+}
+
+// MARK: - outer: 4 channels × NV vectors of 16 keys
+
+/// ct[c·ld + 16u] += alpha·Σ_{i<m} a[i·lda + c]·p[i·ld + 16u] for c < NC, u < NV.
+HG_AVX512F INL void outer_tile(const float *a, int lda, const float *p, int ld, int m, const int NC, const int NV,
+                               float *ct, float alpha) {
+    __m512 acc[4][4];
+    for (int c = 0; c < NC; c++)
+        for (int u = 0; u < NV; u++) acc[c][u] = _mm512_setzero_ps();
+    for (int i = 0; i < m; i++) {
+        __m512 x[4];
+        for (int u = 0; u < NV; u++) x[u] = _mm512_loadu_ps(p + (size_t)i * ld + 16 * u);
+        for (int c = 0; c < NC; c++) {
+            const __m512 b = _mm512_set1_ps(a[(size_t)i * lda + c]);
+            for (int u = 0; u < NV; u++) acc[c][u] = _mm512_fmadd_ps(b, x[u], acc[c][u]);
+        }
+    }
+    const __m512 va = _mm512_set1_ps(alpha);
+    for (int c = 0; c < NC; c++)
+        for (int u = 0; u < NV; u++) {
+            float *o = ct + (size_t)c * ld + 16 * u;
+            _mm512_storeu_ps(o, _mm512_fmadd_ps(va, acc[c][u], _mm512_loadu_ps(o)));
+        }
+}
+
+HG_AVX512F static void outer_cols(const float *a, int lda, const float *p, int ld, int m, const int NC, float *ct,
+                                  float alpha) {
+    int j = 0;
+    for (; j + 64 <= ld; j += 64) outer_tile(a, lda, p + j, ld, m, NC, 4, ct + j, alpha);
+    for (; j < ld; j += 16) outer_tile(a, lda, p + j, ld, m, NC, 1, ct + j, alpha);
+}
+
+/// Ct (d, ld) += alpha·Aᵀ·P for A (m, d) row stride lda, P (m, ld).
+HG_AVX512F static void outer(const float *A, int lda, const float *P, int ld, int m, int d, float *ct, float alpha) {
+    int c = 0;
+    for (; c + 4 <= d; c += 4) outer_cols(A + c, lda, P, ld, m, 4, ct + (size_t)c * ld, alpha);
+    switch (d - c) {
+    case 3: outer_cols(A + c, lda, P, ld, m, 3, ct + (size_t)c * ld, alpha); break;
+    case 2: outer_cols(A + c, lda, P, ld, m, 2, ct + (size_t)c * ld, alpha); break;
+    case 1: outer_cols(A + c, lda, P, ld, m, 1, ct + (size_t)c * ld, alpha); break;
+    default: break;
+    }
+}
+
+// MARK: - Entry points
+
+HG_AVX512F void hg_attention_forward_avx512(const float *q, const float *k, const float *v, int ldx, float *out,
+                                            float *lse, int m, int Nk, int d, float scale, int causal, int row0,
+                                            float *workspace) {
+    const int ld = attn_ld(Nk);
+    float *Kt = align64(workspace), *Vt = Kt + (size_t)d * ld, *S = Vt + (size_t)d * ld;
+    float *inv = S + (size_t)ATTN_ROWS * ld;
+    pack_transposed(Kt, ld, k, ldx, Nk, d);
+    pack_transposed(Vt, ld, v, ldx, Nk, d);
+    for (int i0 = 0; i0 < m; i0 += ATTN_ROWS) {
+        const int rows = m - i0 < ATTN_ROWS ? m - i0 : ATTN_ROWS;
+        float mx[ATTN_ROWS];
+        scores(SCORES_MAX, q + (size_t)i0 * ldx, ldx, rows, Kt, ld, d, Nk, causal, row0 + i0, scale, 0, 0, S, mx);
+        for (int r = 0; r < rows; r++) {
+            // Masked and padded columns hold −∞: exp gives 0 there, so the whole padded row can be summed.
+            const float sum = hg_row_exp_sum_avx512(S + (size_t)r * ld, ld, mx[r]);
+            lse[i0 + r] = mx[r] + logf(sum);
+            inv[r] = 1 / sum;
+        }
+        rowdot(S, rows, Vt, ld, d, out + (size_t)i0 * ldx, ldx, inv, 0);
+    }
+}
+
+HG_AVX512F void hg_attention_backward_avx512(const float *q, const float *k, const float *v, const float *out,
+                                             const float *dout, int ldx, const float *lse, float *dq, float *dk,
+                                             float *dv, int Nq, int Nk, int d, float scale, int causal,
+                                             float *workspace) {
+    const int ld = attn_ld(Nk);
+    float *Kt = align64(workspace), *Vt = Kt + (size_t)d * ld, *dKt = Vt + (size_t)d * ld, *dVt = dKt + (size_t)d * ld;
+    float *P = dVt + (size_t)d * ld, *dS = P + (size_t)ATTN_ROWS * ld, *D = dS + (size_t)ATTN_ROWS * ld;
+    pack_transposed(Kt, ld, k, ldx, Nk, d);
+    pack_transposed(Vt, ld, v, ldx, Nk, d);
+    memset(dKt, 0, 2 * (size_t)d * ld * sizeof(float));
+    float alpha[ATTN_ROWS];
+    for (int r = 0; r < ATTN_ROWS; r++) alpha[r] = scale;
+    for (int i0 = 0; i0 < Nq; i0 += ATTN_ROWS) {
+        const int rows = Nq - i0 < ATTN_ROWS ? Nq - i0 : ATTN_ROWS;
+        const float *qb = q + (size_t)i0 * ldx, *ob = out + (size_t)i0 * ldx, *gb = dout + (size_t)i0 * ldx;
+        for (int r = 0; r < rows; r++) {
+            const float *o = ob + (size_t)r * ldx, *g = gb + (size_t)r * ldx;
+            float acc = 0;
+            for (int c = 0; c < d; c++) acc += o[c] * g[c];
+            D[r] = acc;
+        }
+        scores(SCORES_PROBS, qb, ldx, rows, Kt, ld, d, Nk, causal, i0, scale, lse + i0, 0, P, 0);
+        scores(SCORES_DS, gb, ldx, rows, Vt, ld, d, Nk, causal, i0, 1, D, P, dS, 0);
+        outer(gb, ldx, P, ld, rows, d, dVt, 1);
+        outer(qb, ldx, dS, ld, rows, d, dKt, scale);
+        rowdot(dS, rows, Kt, ld, d, dq + (size_t)i0 * ldx, ldx, alpha, 1);
+    }
+    add_transposed(dk, ldx, dKt, ld, Nk, d);
+    add_transposed(dv, ldx, dVt, ld, Nk, d);
+}
