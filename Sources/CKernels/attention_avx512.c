@@ -7,8 +7,9 @@
 //             dV += Pᵀ·dO,  dQ += scale·dS·K,  dK += scale·dSᵀ·Q
 // K and V are packed transposed, Kt and Vt (d, ldN) with the keys along a row (ldN = Nk rounded up to 16, zero
 // padded), so every kernel below runs 16 keys to a vector:
-//   scores   S[i][j] = Σ_c A[i][c]·Bt[c][j]            4 query rows × 64 keys of accumulators, broadcast A
+//   scores   S[i][j] = Σ_c A[i][c]·Bt[c][j]            8 query rows × 48 keys of accumulators, broadcast A
 //   rowdot   O[i][c] = Σ_j P[i][j]·Bt[c][j]            3 rows × 8 channels of accumulators, summed across lanes
+//            (heads of 16 and more: O[i][c] = Σ_j P[i][j]·V[j][c], up to 12 rows × 64 channels, broadcast P)
 //   outer    Ct[c][j] += Σ_i A[i][c]·P[i][j]           4 channels × 64 keys of accumulators over the tile's rows
 // Query rows go in tiles of ATTN_ROWS whose score rows (ATTN_ROWS, ldN) stay in L2. Each output element is summed
 // in a fixed order that depends only on the shapes, so results do not depend on threads or blocking.
@@ -21,7 +22,7 @@
 
 #define INL __attribute__((always_inline)) static inline
 
-enum { ATTN_ROWS = 32 };                         // query rows per tile
+enum { ATTN_ROWS = 32 };                         // query rows per tile                         // query rows per tile
 
 /// Key stride of the packed rows: Nk rounded up to 16, and not a multiple of 256 floats (1 KB-aligned rows of
 /// Kt would all fall into the same L1 sets when the kernels walk down a column).
@@ -57,17 +58,22 @@ static void add_transposed(float *dst, int ldd, const float *src, int ld, int n,
     }
 }
 
-// MARK: - scores: 4 rows × NV vectors of 16 keys
+// MARK: - scores: SR rows × NV vectors of 16 keys
 
-/// acc[r][u] = Σ_c a[r][c]·bt[c·ld + 16u] for r < 4, u < NV.
-HG_AVX512F INL void scores_tile(const float *const a[4], const float *bt, int ld, int d, const int NV,
-                                __m512 acc[4][4]) {
-    for (int r = 0; r < 4; r++)
+#ifndef SR
+#define SR 8
+#define SNV 2
+#endif
+
+/// acc[r][u] = Σ_c a[r][c]·bt[c·ld + 16u] for r < SR, u < NV.
+HG_AVX512F INL void scores_tile(const float *const a[SR], const float *bt, int ld, int d, const int NV,
+                                __m512 acc[SR][SNV]) {
+    for (int r = 0; r < SR; r++)
         for (int u = 0; u < NV; u++) acc[r][u] = _mm512_setzero_ps();
     for (int c = 0; c < d; c++) {
-        __m512 b[4];
+        __m512 b[SNV];
         for (int u = 0; u < NV; u++) b[u] = _mm512_loadu_ps(bt + (size_t)c * ld + 16 * u);
-        for (int r = 0; r < 4; r++) {
+        for (int r = 0; r < SR; r++) {
             const __m512 x = _mm512_set1_ps(a[r][c]);
             for (int u = 0; u < NV; u++) acc[r][u] = _mm512_fmadd_ps(x, b[u], acc[r][u]);
         }
@@ -76,64 +82,81 @@ HG_AVX512F INL void scores_tile(const float *const a[4], const float *bt, int ld
 
 enum { SCORES_MAX = 0, SCORES_PROBS = 1, SCORES_DS = 2 };
 
-/// For query rows r < rows of a tile (≤ 4; a[r] row r of A, the tile's first query index row0):
+/// For query rows r < rows of a tile (≤ SR; a[r] row r of A, the tile's first query index row0):
 ///   SCORES_MAX    out = scale·A·Bt (−∞ where masked), rowMax[r] = max over the row
 ///   SCORES_PROBS  out = exp(scale·A·Bt − shift[r]) (0 where masked)
 ///   SCORES_DS     out = P ⊙ (A·Bt − shift[r]), P = `p` (same layout as out)
 /// out and p rows have stride ld; key j of row r is masked when j ≥ Nk or (causal) j > row0 + r.
-HG_AVX512F INL void scores_rows(const int mode, const float *const a[4], int rows, const float *bt, int ld, int d,
+/// Stores one tile of scores_rows (r < rows ≤ SR rows, NV vectors from key j0); loops have constant bounds so the
+/// accumulators stay in registers.
+HG_AVX512F INL void scores_store(const int mode, __m512 acc[SR][SNV], const int NV, int rows, int j0, int ld,
+                                 const int lim[SR], int masked, __m512 vscale, const float *shift, const float *p,
+                                 float *out, __m512 mx[SR]) {
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    for (int r = 0; r < SR; r++) {
+        if (r >= rows) break;
+        const __m512 sh = mode == SCORES_MAX ? _mm512_setzero_ps() : _mm512_set1_ps(shift[r]);
+        for (int u = 0; u < NV; u++) {
+            const int j = j0 + 16 * u;
+            const __mmask16 keep = masked
+                ? _mm512_cmplt_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)), _mm512_set1_epi32(lim[r]))
+                : (__mmask16)0xffff;
+            float *o = out + (size_t)r * ld + j;
+            if (mode == SCORES_MAX) {
+                const __m512 sv = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), keep, acc[r][u], vscale);
+                mx[r] = _mm512_max_ps(mx[r], sv);
+                _mm512_storeu_ps(o, sv);
+            } else if (mode == SCORES_PROBS) {
+                const __m512 e = exp16(_mm512_fmsub_ps(acc[r][u], vscale, sh));
+                _mm512_storeu_ps(o, _mm512_maskz_mov_ps(keep, e));
+            } else {
+                const __m512 pv = _mm512_loadu_ps(p + (size_t)r * ld + j);
+                _mm512_storeu_ps(o, _mm512_maskz_mul_ps(keep, pv, _mm512_sub_ps(acc[r][u], sh)));
+            }
+        }
+    }
+}
+
+/// For query rows r < rows of a tile (≤ SR; a[r] row r of A, the tile's first query index row0):
+///   SCORES_MAX    out = scale·A·Bt (−∞ where masked), rowMax[r] = max over the row
+///   SCORES_PROBS  out = exp(scale·A·Bt − shift[r]) (0 where masked)
+///   SCORES_DS     out = P ⊙ (A·Bt − shift[r]), P = `p` (same layout as out)
+/// out and p rows have stride ld; key j of row r is masked when j ≥ Nk or (causal) j > row0 + r.
+HG_AVX512F INL void scores_rows(const int mode, const float *const a[SR], int rows, const float *bt, int ld, int d,
                                 int Nk, int causal, int row0, float scale, const float *shift, const float *p,
                                 float *out, float *rowMax) {
-    __m512 mx[4];
-    int lim[4];
-    for (int r = 0; r < 4; r++) {
+    __m512 mx[SR];
+    int lim[SR];
+    for (int r = 0; r < SR; r++) {
         mx[r] = _mm512_set1_ps(-INFINITY);
         lim[r] = causal && row0 + r + 1 < Nk ? row0 + r + 1 : Nk;
     }
-    int limMin = lim[0];                                    // the first row sees the fewest keys
-    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const int limMin = lim[0];                              // the first row sees the fewest keys
     const __m512 vscale = _mm512_set1_ps(scale);
     int j0 = 0;
-    while (j0 < ld) {
-        const int NV = ld - j0 >= 64 ? 4 : 1;
-        __m512 acc[4][4];
-        if (NV == 4) scores_tile(a, bt + j0, ld, d, 4, acc); else scores_tile(a, bt + j0, ld, d, 1, acc);
-        const int masked = j0 + 16 * NV > limMin;
-        for (int r = 0; r < rows; r++) {
-            const __m512 sh = mode == SCORES_MAX ? _mm512_setzero_ps() : _mm512_set1_ps(shift[r]);
-            for (int u = 0; u < NV; u++) {
-                const int j = j0 + 16 * u;
-                const __mmask16 keep = masked
-                    ? _mm512_cmplt_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)), _mm512_set1_epi32(lim[r]))
-                    : (__mmask16)0xffff;
-                float *o = out + (size_t)r * ld + j;
-                if (mode == SCORES_MAX) {
-                    const __m512 s = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), keep, acc[r][u], vscale);
-                    mx[r] = _mm512_max_ps(mx[r], s);
-                    _mm512_storeu_ps(o, s);
-                } else if (mode == SCORES_PROBS) {
-                    const __m512 e = exp16(_mm512_fmsub_ps(acc[r][u], vscale, sh));
-                    _mm512_storeu_ps(o, _mm512_maskz_mov_ps(keep, e));
-                } else {
-                    const __m512 pv = _mm512_loadu_ps(p + (size_t)r * ld + j);
-                    _mm512_storeu_ps(o, _mm512_maskz_mul_ps(keep, pv, _mm512_sub_ps(acc[r][u], sh)));
-                }
-            }
-        }
-        j0 += 16 * NV;
+    for (; j0 + 16 * SNV <= ld; j0 += 16 * SNV) {
+        __m512 acc[SR][SNV];
+        scores_tile(a, bt + j0, ld, d, SNV, acc);
+        scores_store(mode, acc, SNV, rows, j0, ld, lim, j0 + 16 * SNV > limMin, vscale, shift, p, out, mx);
+    }
+    for (; j0 < ld; j0 += 16) {
+        __m512 acc[SR][SNV];
+        scores_tile(a, bt + j0, ld, d, 1, acc);
+        scores_store(mode, acc, 1, rows, j0, ld, lim, j0 + 16 > limMin, vscale, shift, p, out, mx);
     }
     if (mode == SCORES_MAX)
-        for (int r = 0; r < rows; r++) rowMax[r] = _mm512_reduce_max_ps(mx[r]);
+        for (int r = 0; r < SR; r++)
+            if (r < rows) rowMax[r] = _mm512_reduce_max_ps(mx[r]);
 }
 
 /// scores_rows over `rows` query rows (any count) of A (row stride lda), out rows at stride ld.
 HG_AVX512F static void scores(const int mode, const float *A, int lda, int rows, const float *bt, int ld, int d, int Nk,
                               int causal, int row0, float scale, const float *shift, const float *p, float *out,
                               float *rowMax) {
-    for (int i = 0; i < rows; i += 4) {
-        const int n = rows - i < 4 ? rows - i : 4;
-        const float *a[4];
-        for (int r = 0; r < 4; r++) a[r] = A + (size_t)(i + (r < n ? r : n - 1)) * lda;   // spare rows repeat the last
+    for (int i = 0; i < rows; i += SR) {
+        const int n = rows - i < SR ? rows - i : SR;
+        const float *a[SR];
+        for (int r = 0; r < SR; r++) a[r] = A + (size_t)(i + (r < n ? r : n - 1)) * lda;   // spare rows repeat the last
         const size_t o = (size_t)i * ld;
         if (mode == SCORES_MAX)
             scores_rows(SCORES_MAX, a, n, bt, ld, d, Nk, causal, row0 + i, scale, 0, 0, out + o, rowMax + i);
@@ -173,7 +196,8 @@ HG_AVX512F INL void rowdot_tile(const float *const p[3], int rows, const float *
             acc[2][c] = _mm512_fmadd_ps(x2, b, acc[2][c]);
         }
     }
-    for (int r = 0; r < rows; r++) {
+    for (int r = 0; r < 3; r++) {
+        if (r >= rows) break;
         float s[8];
         _mm256_storeu_ps(s, sum_lanes8(acc[r]));
         for (int c = 0; c < nc; c++) out[r][c] = accumulate ? out[r][c] + alpha[r] * s[c] : alpha[r] * s[c];
@@ -201,6 +225,63 @@ HG_AVX512F static void rowdot(const float *P, int rows, const float *bt, int ld,
     }
 }
 
+// MARK: - rowdot for wider heads: channels along the vector, P broadcast
+
+/// out[r][c] (= or +=) alpha[r]·Σ_{j<n} P[r·ld + j]·b[j·ldb + c] for r < rows (≤ R ≤ 12), c < 16·NVC (NVC ≤ 4) (the last vector
+/// masked by `last`): no lane sums, so short key rows cost nothing extra. b is V or K in its own layout.
+HG_AVX512F INL void pvb_tile(const float *P, int ld, int rows, const int R, const float *b, int ldb, int n,
+                             const int NVC, __mmask16 last, float *out, int ldo, const float *alpha, int accumulate) {
+    __m512 acc[12][4];
+    const float *p[12];
+    for (int r = 0; r < R; r++) {
+        p[r] = P + (size_t)(r < rows ? r : rows - 1) * ld;
+        for (int u = 0; u < NVC; u++) acc[r][u] = _mm512_setzero_ps();
+    }
+    for (int j = 0; j < n; j++) {
+        __m512 bv[4];
+        const float *bj = b + (size_t)j * ldb;
+        for (int u = 0; u < NVC; u++) bv[u] = _mm512_maskz_loadu_ps(u == NVC - 1 ? last : (__mmask16)0xffff, bj + 16 * u);
+        for (int r = 0; r < R; r++) {
+            const __m512 x = _mm512_set1_ps(p[r][j]);
+            for (int u = 0; u < NVC; u++) acc[r][u] = _mm512_fmadd_ps(x, bv[u], acc[r][u]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        if (r >= rows) break;
+        const __m512 a = _mm512_set1_ps(alpha[r]);
+        for (int u = 0; u < NVC; u++) {
+            const __mmask16 k = u == NVC - 1 ? last : (__mmask16)0xffff;
+            float *o = out + (size_t)r * ldo + 16 * u;
+            __m512 y = _mm512_mul_ps(a, acc[r][u]);
+            if (accumulate) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, o));
+            _mm512_mask_storeu_ps(o, k, y);
+        }
+    }
+}
+
+/// Rows of one channel chunk (NVC vectors) in tiles of R rows, R·NVC ≤ 24 accumulators.
+#define PVB_ROWS(NVC, R)                                                                                         \
+    for (int i = 0; i < rows; i += R) {                                                                          \
+        const int n_ = rows - i < R ? rows - i : R;                                                              \
+        pvb_tile(P + (size_t)i * ld, ld, n_, R, b, ldb, n, NVC, last, out + (size_t)i * ldo, ldo, alpha + i, accumulate); \
+    }
+
+/// out (rows, d) (= or +=) diag(alpha)·P·B for P (rows, ld) over its first n columns, B (n, d) row stride ldb.
+HG_AVX512F static void rowdot_bcast(const float *P, int rows, int ld, int n, const float *b, int ldb, int d,
+                                    float *out, int ldo, const float *alpha, int accumulate) {
+    for (int c0 = 0; c0 < d; c0 += 64) {                     // chunks of at most 4 vectors
+        const int nc = d - c0 < 64 ? d - c0 : 64, nv = (nc + 15) / 16;
+        const __mmask16 last = (__mmask16)(nc % 16 ? (1u << (nc % 16)) - 1 : 0xffff);
+        switch (nv) {
+        case 1: PVB_ROWS(1, 12) break;
+        case 2: PVB_ROWS(2, 12) break;
+        case 3: PVB_ROWS(3, 8) break;
+        default: PVB_ROWS(4, 6) break;
+        }
+        b += 64; out += 64;
+    }
+}
+
 // MARK: - outer: 4 channels × NV vectors of 16 keys
 
 /// ct[c·ld + 16u] += alpha·Σ_{i<m} a[i·lda + c]·p[i·ld + 16u] for c < NC, u < NV.
@@ -225,7 +306,7 @@ HG_AVX512F INL void outer_tile(const float *a, int lda, const float *p, int ld, 
         }
 }
 
-HG_AVX512F static void outer_cols(const float *a, int lda, const float *p, int ld, int m, const int NC, float *ct,
+HG_AVX512F INL void outer_cols(const float *a, int lda, const float *p, int ld, int m, const int NC, float *ct,
                                   float alpha) {
     int j = 0;
     for (; j + 64 <= ld; j += 64) outer_tile(a, lda, p + j, ld, m, NC, 4, ct + j, alpha);
@@ -246,6 +327,10 @@ HG_AVX512F static void outer(const float *A, int lda, const float *P, int ld, in
 
 // MARK: - Entry points
 
+/// P·V and dS·K with channels along the vectors (rowdot_bcast) from 16 channels up; for smaller heads the lanes
+/// run along the keys (rowdot), as half-empty vectors would waste more than the lane sums cost. Measured on 2 cores.
+static int attn_bcast(int d) { return d >= 16; }
+
 HG_AVX512F void hg_attention_forward_avx512(const float *q, const float *k, const float *v, int ldx, float *out,
                                             float *lse, int m, int Nk, int d, float scale, int causal, int row0,
                                             float *workspace) {
@@ -264,7 +349,8 @@ HG_AVX512F void hg_attention_forward_avx512(const float *q, const float *k, cons
             lse[i0 + r] = mx[r] + logf(sum);
             inv[r] = 1 / sum;
         }
-        rowdot(S, rows, Vt, ld, d, out + (size_t)i0 * ldx, ldx, inv, 0);
+        if (attn_bcast(d)) rowdot_bcast(S, rows, ld, Nk, v, ldx, d, out + (size_t)i0 * ldx, ldx, inv, 0);
+        else rowdot(S, rows, Vt, ld, d, out + (size_t)i0 * ldx, ldx, inv, 0);
     }
 }
 
@@ -293,7 +379,8 @@ HG_AVX512F void hg_attention_backward_avx512(const float *q, const float *k, con
         scores(SCORES_DS, gb, ldx, rows, Vt, ld, d, Nk, causal, i0, 1, D, P, dS, 0);
         outer(gb, ldx, P, ld, rows, d, dVt, 1);
         outer(qb, ldx, dS, ld, rows, d, dKt, scale);
-        rowdot(dS, rows, Kt, ld, d, dq + (size_t)i0 * ldx, ldx, alpha, 1);
+        if (attn_bcast(d)) rowdot_bcast(dS, rows, ld, Nk, k, ldx, d, dq + (size_t)i0 * ldx, ldx, alpha, 1);
+        else rowdot(dS, rows, Kt, ld, d, dq + (size_t)i0 * ldx, ldx, alpha, 1);
     }
     add_transposed(dk, ldx, dKt, ld, Nk, d);
     add_transposed(dv, ldx, dVt, ld, Nk, d);

@@ -205,11 +205,12 @@ extension Commands {
         }
         fwd.sort(); bwd.sort()
         let flops = 4.0 * Double(B * H * Nq * Nk * d)       // Q·Kᵀ and P·V
-        let f = fwd[fwd.count / 2], b = bwd[bwd.count / 2]
+        let f = fwd[fwd.count / 2], b = bwd[bwd.count / 2]     // medians
         print(JSONValue.object([
             ("impl", .string("hgdpo-\(version)")), ("batch", .int(B)), ("tokens", .int(Nq)), ("keys", .int(Nk)),
             ("heads", .int(H)), ("head_dim", .int(d)), ("threads", .int(Parallel.threads)),
             ("forward_ms", .double(f * 1e3)), ("backward_ms", .double(b * 1e3)),
+            ("forward_min_ms", .double(fwd[0] * 1e3)), ("backward_min_ms", .double(bwd[0] * 1e3)),
             ("forward_gflops", .double(flops / f / 1e9)), ("backward_gflops", .double(2.5 * flops / b / 1e9)),
         ]).serialized())
     }
