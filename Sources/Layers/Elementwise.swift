@@ -91,13 +91,22 @@ func geluDerivativeScalar(_ x: Float) -> Float {
     return cdf + x * pdf
 }
 
+// In-place calls (out == inp) go through one pointer: LLVM's vectoriser guards two-pointer loops with an overlap
+// check, and exact aliasing fails it into the scalar loop (in-place SiLU ran ~4× slower per element than the
+// vectorised backward). The loops are spelled out in each kernel: a shared helper taking the activation as a
+// closure is not specialised through `parallelRanges`, and the activation then costs a call per element.
+
 // MARK: - SiLU
 
 /// out = silu(inp). Overwrites out (may alias inp). Ref: torch.nn.SiLU (diffusers resnet nonlinearity, time embedding).
 public func siluForward(out: UnsafeMutablePointer<Float>,   // (n)
                         inp: UnsafePointer<Float>,          // (n)
                         n: Int) {
-    parallelRanges(n) { r in for i in r { out[i] = siluScalar(inp[i]) } }
+    if UnsafePointer(out) == inp {
+        parallelRanges(n) { r in for i in r { out[i] = siluScalar(out[i]) } }
+    } else {
+        parallelRanges(n) { r in for i in r { out[i] = siluScalar(inp[i]) } }
+    }
 }
 
 /// dinp += dout · silu'(inp). Accumulates.
@@ -114,7 +123,11 @@ public func siluBackward(dinp: UnsafeMutablePointer<Float>,  // (n)
 public func geluForward(out: UnsafeMutablePointer<Float>,   // (n)
                         inp: UnsafePointer<Float>,          // (n)
                         n: Int) {
-    parallelRanges(n) { r in for i in r { out[i] = geluScalar(inp[i]) } }
+    if UnsafePointer(out) == inp {
+        parallelRanges(n) { r in for i in r { out[i] = geluScalar(out[i]) } }
+    } else {
+        parallelRanges(n) { r in for i in r { out[i] = geluScalar(inp[i]) } }
+    }
 }
 
 /// dinp += dout · gelu'(inp). Accumulates.
@@ -132,7 +145,11 @@ public func geluBackward(dinp: UnsafeMutablePointer<Float>,  // (n)
 public func quickGeluForward(out: UnsafeMutablePointer<Float>,   // (n)
                              inp: UnsafePointer<Float>,          // (n)
                              n: Int) {
-    parallelRanges(n) { r in for i in r { let x = inp[i]; out[i] = x * sigmoidFloat(1.702 * x) } }
+    if UnsafePointer(out) == inp {
+        parallelRanges(n) { r in for i in r { let x = out[i]; out[i] = x * sigmoidFloat(1.702 * x) } }
+    } else {
+        parallelRanges(n) { r in for i in r { let x = inp[i]; out[i] = x * sigmoidFloat(1.702 * x) } }
+    }
 }
 
 // MARK: - GEGLU
