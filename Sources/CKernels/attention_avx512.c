@@ -60,10 +60,8 @@ static void add_transposed(float *dst, int ldd, const float *src, int ld, int n,
 
 // MARK: - scores: SR rows × NV vectors of 16 keys
 
-#ifndef SR
-#define SR 8
-#define SNV 2
-#endif
+enum { SR = 8, SNV = 3 };        // query rows × key vectors of a scores tile (24 accumulators)
+enum { SCORES_KEYS = 960 };      // keys per block (20 tiles): Bt's block, d × 960 floats, stays in L2 across rows
 
 /// acc[r][u] = Σ_c a[r][c]·bt[c·ld + 16u] for r < SR, u < NV.
 HG_AVX512F INL void scores_tile(const float *const a[SR], const float *bt, int ld, int d, const int NV,
@@ -80,32 +78,25 @@ HG_AVX512F INL void scores_tile(const float *const a[SR], const float *bt, int l
     }
 }
 
-enum { SCORES_MAX = 0, SCORES_PROBS = 1, SCORES_DS = 2 };
+enum { SCORES_S = 0, SCORES_PROBS = 1, SCORES_DS = 2 };
 
-/// For query rows r < rows of a tile (≤ SR; a[r] row r of A, the tile's first query index row0):
-///   SCORES_MAX    out = scale·A·Bt (−∞ where masked), rowMax[r] = max over the row
-///   SCORES_PROBS  out = exp(scale·A·Bt − shift[r]) (0 where masked)
-///   SCORES_DS     out = P ⊙ (A·Bt − shift[r]), P = `p` (same layout as out)
-/// out and p rows have stride ld; key j of row r is masked when j ≥ Nk or (causal) j > row0 + r.
-/// Stores one tile of scores_rows (r < rows ≤ SR rows, NV vectors from key j0); loops have constant bounds so the
-/// accumulators stay in registers.
+/// Stores one tile (rows r < rows ≤ SR, NV vectors from key j0) for the modes of `scores`; loops have constant
+/// bounds so the accumulators stay in registers.
 HG_AVX512F INL void scores_store(const int mode, __m512 acc[SR][SNV], const int NV, int rows, int j0, int ld,
                                  const int lim[SR], int masked, __m512 vscale, const float *shift, const float *p,
-                                 float *out, __m512 mx[SR]) {
+                                 float *out) {
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     for (int r = 0; r < SR; r++) {
         if (r >= rows) break;
-        const __m512 sh = mode == SCORES_MAX ? _mm512_setzero_ps() : _mm512_set1_ps(shift[r]);
+        const __m512 sh = mode == SCORES_S ? _mm512_setzero_ps() : _mm512_set1_ps(shift[r]);
         for (int u = 0; u < NV; u++) {
             const int j = j0 + 16 * u;
             const __mmask16 keep = masked
                 ? _mm512_cmplt_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)), _mm512_set1_epi32(lim[r]))
                 : (__mmask16)0xffff;
             float *o = out + (size_t)r * ld + j;
-            if (mode == SCORES_MAX) {
-                const __m512 sv = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), keep, acc[r][u], vscale);
-                mx[r] = _mm512_max_ps(mx[r], sv);
-                _mm512_storeu_ps(o, sv);
+            if (mode == SCORES_S) {
+                _mm512_storeu_ps(o, _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), keep, acc[r][u], vscale));
             } else if (mode == SCORES_PROBS) {
                 const __m512 e = exp16(_mm512_fmsub_ps(acc[r][u], vscale, sh));
                 _mm512_storeu_ps(o, _mm512_maskz_mov_ps(keep, e));
@@ -117,53 +108,47 @@ HG_AVX512F INL void scores_store(const int mode, __m512 acc[SR][SNV], const int 
     }
 }
 
-/// For query rows r < rows of a tile (≤ SR; a[r] row r of A, the tile's first query index row0):
-///   SCORES_MAX    out = scale·A·Bt (−∞ where masked), rowMax[r] = max over the row
-///   SCORES_PROBS  out = exp(scale·A·Bt − shift[r]) (0 where masked)
-///   SCORES_DS     out = P ⊙ (A·Bt − shift[r]), P = `p` (same layout as out)
-/// out and p rows have stride ld; key j of row r is masked when j ≥ Nk or (causal) j > row0 + r.
+/// Keys [j0, j1) of query rows r < rows (≤ SR; a[r] row r of A, query index row0 + r); see `scores`.
 HG_AVX512F INL void scores_rows(const int mode, const float *const a[SR], int rows, const float *bt, int ld, int d,
                                 int Nk, int causal, int row0, float scale, const float *shift, const float *p,
-                                float *out, float *rowMax) {
-    __m512 mx[SR];
+                                float *out, int j0, int j1) {
     int lim[SR];
-    for (int r = 0; r < SR; r++) {
-        mx[r] = _mm512_set1_ps(-INFINITY);
-        lim[r] = causal && row0 + r + 1 < Nk ? row0 + r + 1 : Nk;
-    }
+    for (int r = 0; r < SR; r++) lim[r] = causal && row0 + r + 1 < Nk ? row0 + r + 1 : Nk;
     const int limMin = lim[0];                              // the first row sees the fewest keys
     const __m512 vscale = _mm512_set1_ps(scale);
-    int j0 = 0;
-    for (; j0 + 16 * SNV <= ld; j0 += 16 * SNV) {
+    for (; j0 + 16 * SNV <= j1; j0 += 16 * SNV) {
         __m512 acc[SR][SNV];
         scores_tile(a, bt + j0, ld, d, SNV, acc);
-        scores_store(mode, acc, SNV, rows, j0, ld, lim, j0 + 16 * SNV > limMin, vscale, shift, p, out, mx);
+        scores_store(mode, acc, SNV, rows, j0, ld, lim, j0 + 16 * SNV > limMin, vscale, shift, p, out);
     }
-    for (; j0 < ld; j0 += 16) {
+    for (; j0 < j1; j0 += 16) {
         __m512 acc[SR][SNV];
         scores_tile(a, bt + j0, ld, d, 1, acc);
-        scores_store(mode, acc, 1, rows, j0, ld, lim, j0 + 16 > limMin, vscale, shift, p, out, mx);
+        scores_store(mode, acc, 1, rows, j0, ld, lim, j0 + 16 > limMin, vscale, shift, p, out);
     }
-    if (mode == SCORES_MAX)
-        for (int r = 0; r < SR; r++)
-            if (r < rows) rowMax[r] = _mm512_reduce_max_ps(mx[r]);
 }
 
-/// scores_rows over `rows` query rows (any count) of A (row stride lda), out rows at stride ld.
+/// For `rows` query rows of A (row stride lda; query index row0 + i), all ld columns, out and p rows at stride ld:
+///   SCORES_S      out = scale·A·Bt (−∞ where masked)
+///   SCORES_PROBS  out = exp(scale·A·Bt − shift[i]) (0 where masked)
+///   SCORES_DS     out = P ⊙ (A·Bt − shift[i]), P = `p`
+/// Key j of row i is masked when j ≥ Nk or (causal) j > row0 + i. Keys go in blocks of SCORES_KEYS, rows inside.
 HG_AVX512F static void scores(const int mode, const float *A, int lda, int rows, const float *bt, int ld, int d, int Nk,
-                              int causal, int row0, float scale, const float *shift, const float *p, float *out,
-                              float *rowMax) {
-    for (int i = 0; i < rows; i += SR) {
-        const int n = rows - i < SR ? rows - i : SR;
-        const float *a[SR];
-        for (int r = 0; r < SR; r++) a[r] = A + (size_t)(i + (r < n ? r : n - 1)) * lda;   // spare rows repeat the last
-        const size_t o = (size_t)i * ld;
-        if (mode == SCORES_MAX)
-            scores_rows(SCORES_MAX, a, n, bt, ld, d, Nk, causal, row0 + i, scale, 0, 0, out + o, rowMax + i);
-        else if (mode == SCORES_PROBS)
-            scores_rows(SCORES_PROBS, a, n, bt, ld, d, Nk, causal, row0 + i, scale, shift + i, 0, out + o, 0);
-        else
-            scores_rows(SCORES_DS, a, n, bt, ld, d, Nk, causal, row0 + i, 1, shift + i, p + o, out + o, 0);
+                              int causal, int row0, float scale, const float *shift, const float *p, float *out) {
+    for (int jb = 0; jb < ld; jb += SCORES_KEYS) {
+        const int je = ld - jb < SCORES_KEYS ? ld : jb + SCORES_KEYS;
+        for (int i = 0; i < rows; i += SR) {
+            const int n = rows - i < SR ? rows - i : SR;
+            const float *a[SR];
+            for (int r = 0; r < SR; r++) a[r] = A + (size_t)(i + (r < n ? r : n - 1)) * lda;   // spare rows repeat the last
+            const size_t o = (size_t)i * ld;
+            if (mode == SCORES_S)
+                scores_rows(SCORES_S, a, n, bt, ld, d, Nk, causal, row0 + i, scale, 0, 0, out + o, jb, je);
+            else if (mode == SCORES_PROBS)
+                scores_rows(SCORES_PROBS, a, n, bt, ld, d, Nk, causal, row0 + i, scale, shift + i, 0, out + o, jb, je);
+            else
+                scores_rows(SCORES_DS, a, n, bt, ld, d, Nk, causal, row0 + i, 1, shift + i, p + o, out + o, jb, je);
+        }
     }
 }
 
@@ -259,24 +244,31 @@ HG_AVX512F INL void pvb_tile(const float *P, int ld, int rows, const int R, cons
     }
 }
 
-/// Rows of one channel chunk (NVC vectors) in tiles of R rows, R·NVC ≤ 24 accumulators.
+/// Rows of one channel chunk (NVC vectors) in tiles of R rows, R·NVC ≤ 24 accumulators, over keys [j0, j1).
 #define PVB_ROWS(NVC, R)                                                                                         \
     for (int i = 0; i < rows; i += R) {                                                                          \
         const int n_ = rows - i < R ? rows - i : R;                                                              \
-        pvb_tile(P + (size_t)i * ld, ld, n_, R, b, ldb, n, NVC, last, out + (size_t)i * ldo, ldo, alpha + i, accumulate); \
+        pvb_tile(P + (size_t)i * ld + j0, ld, n_, R, b + (size_t)j0 * ldb, ldb, j1 - j0, NVC, last,               \
+                 out + (size_t)i * ldo, ldo, alpha + i, acc);                                                     \
     }
 
+enum { PVB_KEYS = 512 };         // keys per block: the block of V (or K) is reused from L2 by every row tile
+
 /// out (rows, d) (= or +=) diag(alpha)·P·B for P (rows, ld) over its first n columns, B (n, d) row stride ldb.
+/// Keys go in blocks of PVB_KEYS (each block's partial sum is added into out), channels in chunks of 64.
 HG_AVX512F static void rowdot_bcast(const float *P, int rows, int ld, int n, const float *b, int ldb, int d,
                                     float *out, int ldo, const float *alpha, int accumulate) {
     for (int c0 = 0; c0 < d; c0 += 64) {                     // chunks of at most 4 vectors
         const int nc = d - c0 < 64 ? d - c0 : 64, nv = (nc + 15) / 16;
         const __mmask16 last = (__mmask16)(nc % 16 ? (1u << (nc % 16)) - 1 : 0xffff);
-        switch (nv) {
-        case 1: PVB_ROWS(1, 12) break;
-        case 2: PVB_ROWS(2, 12) break;
-        case 3: PVB_ROWS(3, 8) break;
-        default: PVB_ROWS(4, 6) break;
+        for (int j0 = 0; j0 < n; j0 += PVB_KEYS) {
+            const int j1 = n - j0 < PVB_KEYS ? n : j0 + PVB_KEYS, acc = accumulate || j0 > 0;
+            switch (nv) {
+            case 1: PVB_ROWS(1, 12) break;
+            case 2: PVB_ROWS(2, 12) break;
+            case 3: PVB_ROWS(3, 8) break;
+            default: PVB_ROWS(4, 6) break;
+            }
         }
         b += 64; out += 64;
     }
@@ -341,12 +333,12 @@ HG_AVX512F void hg_attention_forward_avx512(const float *q, const float *k, cons
     pack_transposed(Vt, ld, v, ldx, Nk, d);
     for (int i0 = 0; i0 < m; i0 += ATTN_ROWS) {
         const int rows = m - i0 < ATTN_ROWS ? m - i0 : ATTN_ROWS;
-        float mx[ATTN_ROWS];
-        scores(SCORES_MAX, q + (size_t)i0 * ldx, ldx, rows, Kt, ld, d, Nk, causal, row0 + i0, scale, 0, 0, S, mx);
+        scores(SCORES_S, q + (size_t)i0 * ldx, ldx, rows, Kt, ld, d, Nk, causal, row0 + i0, scale, 0, 0, S);
         for (int r = 0; r < rows; r++) {
             // Masked and padded columns hold −∞: exp gives 0 there, so the whole padded row can be summed.
-            const float sum = hg_row_exp_sum_avx512(S + (size_t)r * ld, ld, mx[r]);
-            lse[i0 + r] = mx[r] + logf(sum);
+            const float mx = hg_row_max_avx512(S + (size_t)r * ld, ld);
+            const float sum = hg_row_exp_sum_avx512(S + (size_t)r * ld, ld, mx);
+            lse[i0 + r] = mx + logf(sum);
             inv[r] = 1 / sum;
         }
         if (attn_bcast(d)) rowdot_bcast(S, rows, ld, Nk, v, ldx, d, out + (size_t)i0 * ldx, ldx, inv, 0);
@@ -375,8 +367,8 @@ HG_AVX512F void hg_attention_backward_avx512(const float *q, const float *k, con
             for (int c = 0; c < d; c++) acc += o[c] * g[c];
             D[r] = acc;
         }
-        scores(SCORES_PROBS, qb, ldx, rows, Kt, ld, d, Nk, causal, i0, scale, lse + i0, 0, P, 0);
-        scores(SCORES_DS, gb, ldx, rows, Vt, ld, d, Nk, causal, i0, 1, D, P, dS, 0);
+        scores(SCORES_PROBS, qb, ldx, rows, Kt, ld, d, Nk, causal, i0, scale, lse + i0, 0, P);
+        scores(SCORES_DS, gb, ldx, rows, Vt, ld, d, Nk, causal, i0, 1, D, P, dS);
         outer(gb, ldx, P, ld, rows, d, dVt, 1);
         outer(qb, ldx, dS, ld, rows, d, dKt, scale);
         if (attn_bcast(d)) rowdot_bcast(dS, rows, ld, Nk, k, ldx, d, dq + (size_t)i0 * ldx, ldx, alpha, 1);
