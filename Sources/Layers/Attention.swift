@@ -121,7 +121,7 @@ func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointe
     let scale = 1 / Float(d).squareRoot()
     let rows = plan.rows, ldS = plan.ldS, blocks = plan.blocks, perWorker = plan.perWorker
 
-    attentionParallel(items: B * H * blocks, workers: plan.workers) { item, worker in
+    parallelItems(B * H * blocks, workers: plan.workers) { item, worker in
         let bh = item / blocks, b = bh / H, h = bh % H
         let i0 = (item % blocks) * rows, m = min(rows, Nq - i0)
         if plan.kernel == .avx512 {
@@ -190,7 +190,7 @@ func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer
 
     // One item per (batch, head): dK and dV of a head are summed over all its query blocks by one worker,
     // so no two workers write the same gradient element and the sum order does not depend on the thread count.
-    attentionParallel(items: B * H, workers: workers) { bh, worker in
+    parallelItems(B * H, workers: workers) { bh, worker in
         let b = bh / H, h = bh % H
         if plan.kernel == .avx512 {
             let qo = b * Nq * C + h * d, kv = b * Nk * C + h * d
@@ -237,41 +237,6 @@ func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer
 }
 
 // MARK: - Threads
-
-/// Runs body(item, worker) for every item, `workers` at a time; worker ∈ 0..<workers picks its workspace slice.
-/// Items are handed out in order from a shared counter, so a worker slowed by another process takes fewer.
-/// With more than one worker OpenBLAS runs single-threaded inside (restored afterwards); with one, OpenBLAS
-/// keeps its threads.
-@inline(__always)
-private func attentionParallel(items: Int, workers: Int, _ body: (Int, Int) -> Void) {
-    guard workers > 1 else {
-        for item in 0..<items { body(item, 0) }
-        return
-    }
-    let blasThreads = BLAS.threads
-    if blasThreads > 1 { BLAS.setThreads(1) }
-    defer { if blasThreads > 1 { BLAS.setThreads(blasThreads) } }
-    let next = AttentionCounter()
-    DispatchQueue.concurrentPerform(iterations: workers) { worker in
-        while true {
-            let item = next.take()
-            if item >= items { break }
-            body(item, worker)
-        }
-    }
-}
-
-/// A shared item counter (a lock is plenty: one take per query block of hundreds of microseconds).
-private final class AttentionCounter: @unchecked Sendable {
-    private var value = 0
-    private let lock = NSLock()
-    func take() -> Int {
-        lock.lock(); defer { lock.unlock() }
-        let v = value
-        value += 1
-        return v
-    }
-}
 
 // MARK: - Row kernels
 
