@@ -319,11 +319,11 @@ HG_AVX512F static void outer(const float *A, int lda, const float *P, int ld, in
 
 // MARK: - Entry points
 
-/// P·V and dS·K with channels along the vectors (rowdot_bcast) for heads of 16 and more over fewer than 1024 keys
-/// (cross-attention's 77, the inner levels); otherwise the lanes run along the keys (rowdot): half-empty vectors
-/// waste more than its lane sums cost on small heads, and on long key rows its full vectors win (4096 keys, d 40:
-/// forward 258 against 293 ms, one thread). Measured on 2 cores.
-static int attn_bcast(int d, int Nk) { return d >= 16 && Nk < 1024; }
+/// P·V and dS·K with channels along the vectors (rowdot_bcast) for short key rows: heads of 16 over fewer than 128
+/// keys (cross-attention's 77), heads of 32 and more over fewer than 1024. Otherwise the lanes run along the keys
+/// (rowdot): on small heads half-empty or single vectors are load-bound, and on long key rows full vectors win
+/// (4096 keys, d 40: forward 258 against 293 ms, one thread). Measured on 2 cores (bench/attention-compare.sh).
+static int attn_bcast(int d, int Nk) { return Nk < 1024 && (d >= 32 || (d >= 16 && Nk < 128)); }
 
 HG_AVX512F void hg_attention_forward_avx512(const float *q, const float *k, const float *v, int ldx, float *out,
                                             float *lse, int m, int Nk, int d, float scale, int causal, int row0,
