@@ -8,6 +8,8 @@
 // is the transpose: dcol = Wᵀ · dout (or dcolᵀ = doutᵀ · W for small images), then col2im accumulates into dinp.
 // The weight may be bf16 (mixed precision, `WeightMatrix`): the same GEMMs then run through BF16.gemm (fp32 sums);
 // im2col / col2im and all activations stay fp32.
+import CKernels
+import Foundation
 import Tensors
 
 // MARK: - Geometry
@@ -90,6 +92,41 @@ public func conv2dWorkspaceSize(Cin: Int, H: Int, W: Int, kernel: Int, stride: I
     let (Ho, Wo) = padding.outputSize(H: H, W: W, kernel: kernel, stride: stride)
     let rows = conv2dTileRows(Cin: Cin, kernel: kernel, Ho: Ho, Wo: Wo)
     return Cin * kernel * kernel * rows * Wo
+}
+
+// MARK: - Implicit GEMM (AVX-512F)
+
+/// Whether a convolution runs on CKernels/conv_avx512.c: fp32 weights (checked by the callers), stride 1, output
+/// width a multiple of 16 (for the input gradient: the input's width), a CPU with AVX-512F. Any padding: the input
+/// gradient of a stride-1 convolution is a stride-1 correlation with padding k − 1 − p (negative is fine).
+/// HGDPO_CONV=blas keeps im2col + OpenBLAS everywhere (benchmarks).
+@inline(__always)
+func conv2dImplicitGEMM(stride: Int, Wo: Int) -> Bool {
+    conv2dImplicitAvailable && stride == 1 && Wo % 16 == 0
+}
+
+let conv2dImplicitAvailable = hg_cpu_has_avx512f() != 0 && ProcessInfo.processInfo.environment["HGDPO_CONV"] != "blas"
+
+/// out (B, M, Ho, Wo) += the correlation of inp (B, C, H, W) with the weights (see hg_conv_s1_avx512), the output
+/// pixels of every image cut into chunks of whole 48-pixel panels, the chunks spread over the threads.
+private func conv2dImplicit(w: UnsafePointer<Float>, gradInput: Bool, inp: UnsafePointer<Float>,
+                            out: UnsafeMutablePointer<Float>, B: Int, C: Int, H: Int, W: Int, M: Int, kernel: Int,
+                            pt: Int, pl: Int, Ho: Int, Wo: Int) {
+    let L = Ho * Wo, threads = max(1, Parallel.threads)
+    // About two chunks per thread over the batch, whole panels, at least one panel.
+    let chunk = max(48, (L * B / (2 * threads) + 47) / 48 * 48)
+    let perImage = (L + chunk - 1) / chunk, items = B * perImage
+    let scratchSize = hg_conv_avx512_scratch(Int32(C * kernel * kernel))
+    parallelRanges(items, grain: (M * C * kernel * kernel * chunk) >= (1 << 20) ? 1 : items) { r in
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: scratchSize)
+        defer { scratch.deallocate() }
+        for item in r {
+            let b = item / perImage, n0 = (item % perImage) * chunk, n1 = min(L, n0 + chunk)
+            hg_conv_s1_avx512(w, gradInput ? 1 : 0, inp + b * C * H * W, out + b * M * L, Int32(C), Int32(H), Int32(W),
+                              Int32(M), Int32(kernel), Int32(pt), Int32(pl), Int32(Ho), Int32(Wo), Int32(n0), Int32(n1),
+                              scratch)
+        }
+    }
 }
 
 // MARK: - im2col / col2im
@@ -222,6 +259,11 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho
     parallelFor(B * Cout, work: B * Cout * L) { bo in
         (out + bo * L).update(repeating: bias?[bo % Cout] ?? 0, count: L)
     }
+    if case .f32(let w) = weight, conv2dImplicitGEMM(stride: stride, Wo: Wo) {
+        conv2dImplicit(w: w, gradInput: false, inp: inp, out: out, B: B, C: Cin, H: H, W: W, M: Cout, kernel: kernel,
+                       pt: padding.top, pl: padding.left, Ho: Ho, Wo: Wo)
+        return
+    }
     let pointwise = isPointwise(kernel: kernel, stride: stride, padding: padding)
     let group = conv2dBatchGroup(B: B, L: L, rowsK: rowsK)
     if group > 1 {
@@ -288,6 +330,12 @@ public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin,
                                 workspace: UnsafeMutablePointer<Float>) {
     let (Ho, Wo) = padding.outputSize(H: H, W: W, kernel: kernel, stride: stride)
     let L = Ho * Wo, rowsK = Cin * kernel * kernel
+    if case .f32(let w) = weight, conv2dImplicitGEMM(stride: stride, Wo: W) {
+        // dinp = dout correlated with the flipped, transposed kernel, padded k − 1 − p (stride 1 only).
+        conv2dImplicit(w: w, gradInput: true, inp: dout, out: dinp, B: B, C: Cout, H: Ho, W: Wo, M: Cin, kernel: kernel,
+                       pt: kernel - 1 - padding.top, pl: kernel - 1 - padding.left, Ho: H, Wo: W)
+        return
+    }
     let pointwise = isPointwise(kernel: kernel, stride: stride, padding: padding)
     let group = conv2dBatchGroup(B: B, L: L, rowsK: rowsK)
     if group > 1 {

@@ -8,7 +8,7 @@
 // (inputs O(1), so these are a few hundred Float ulps at most). PyTorch parity itself is checked by fixtures elsewhere.
 import Foundation
 import XCTest
-import Layers
+@testable import Layers
 import Tensors
 import TestSupport
 
@@ -231,6 +231,59 @@ final class KernelTests: XCTestCase {
             checkGradient(label + " dinp", expected: adjoint) {
                 conv2dBackwardInput(dinp: $0, dout: rb.c, weight: wb.c, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
                                     kernel: K, stride: s, padding: p, workspace: ws.p)
+            }
+        }
+    }
+
+    /// The implicit-GEMM path (CKernels/conv_avx512.c: stride 1, output width a multiple of 16, AVX-512F): output
+    /// channels not a multiple of 8, K = Cin·k·k above one 192-row block, several 48-pixel panels and a partial one,
+    /// 1x1, 5x5, no padding, and per-side padding; forward against the Double reference, the input gradient against
+    /// the exact adjoint. On CPUs without AVX-512F the im2col path runs the same checks.
+    func testConv2DImplicitGEMM() {
+        var rng = TestRNG(4)
+        let cases: [(B: Int, Cin: Int, H: Int, W: Int, Cout: Int, K: Int, pad: Conv2DPadding)] = [
+            (2, 30, 8, 16, 11, 3, Conv2DPadding(1)),
+            (1, 21, 4, 48, 17, 3, Conv2DPadding(1)),
+            (2, 40, 3, 32, 9, 1, Conv2DPadding(0)),
+            (1, 3, 6, 16, 2, 5, Conv2DPadding(2)),
+            (1, 2, 5, 18, 3, 3, Conv2DPadding(0)),                                  // forward only: dinp is 18 wide
+            (1, 2, 5, 14, 2, 3, Conv2DPadding(top: 2, bottom: 0, left: 1, right: 3)),      // forward only
+            (1, 2, 5, 16, 2, 3, Conv2DPadding(top: 0, bottom: 2, left: 2, right: 0)),
+            (3, 8, 2, 16, 1, 3, Conv2DPadding(1)),
+        ]
+        for (B, Cin, H, W, Cout, K, pad) in cases {
+            let label = "implicit conv B\(B) Cin\(Cin) \(H)x\(W) Cout\(Cout) K\(K) pad \(pad)"
+            let Hp = H + pad.top + pad.bottom, Wp = W + pad.left + pad.right
+            let (Ho, Wo) = pad.outputSize(H: H, W: W, kernel: K, stride: 1)
+            if conv2dImplicitAvailable {
+                XCTAssertTrue(conv2dImplicitGEMM(stride: 1, Wo: Wo), label)
+            }
+            func padded(_ x: [Double], C: Int) -> [Double] {
+                var out = [Double](repeating: 0, count: B * C * Hp * Wp)
+                for bc in 0..<(B * C) { for h in 0..<H { for w in 0..<W {
+                    out[(bc * Hp + h + pad.top) * Wp + w + pad.left] = x[(bc * H + h) * W + w]
+                } } }
+                return out
+            }
+            let x = rng.values(B * Cin * H * W), w = rng.values(Cout * Cin * K * K), bias = rng.values(Cout)
+            let r = rng.values(B * Cout * Ho * Wo)
+            let ws = Buf(zeros: conv2dWorkspaceSize(Cin: Cin, H: H, W: W, kernel: K, stride: 1, padding: pad))
+            let xb = Buf(x), wb = Buf(w), bb = Buf(bias), rb = Buf(r)
+            let out = Buf(Array(repeating: Float.nan, count: B * Cout * Ho * Wo))
+            conv2dForward(out: out.p, inp: xb.c, weight: .f32(wb.c), bias: bb.c, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
+                          kernel: K, stride: 1, padding: pad, workspace: ws.p)
+            let expected = conv2dReference(padded(x, C: Cin), w, bias, B: B, Cin: Cin, H: Hp, W: Wp, Cout: Cout, K: K,
+                                           s: 1, p: 0)
+            assertClose(out.doubles, expected, rtol: 1e-5, atol: 1e-5, label: label + " forward")
+            // The adjoint of "pad, then convolve": the transpose of the unpadded convolution, cropped.
+            let full = conv2dTransposeReference(r, w, B: B, Cin: Cin, H: Hp, W: Wp, Cout: Cout, K: K, s: 1, p: 0)
+            var adjoint = [Double](repeating: 0, count: B * Cin * H * W)
+            for bc in 0..<(B * Cin) { for h in 0..<H { for ww in 0..<W {
+                adjoint[(bc * H + h) * W + ww] = full[(bc * Hp + h + pad.top) * Wp + ww + pad.left]
+            } } }
+            checkGradient(label + " dinp", expected: adjoint) {
+                conv2dBackwardInput(dinp: $0, dout: rb.c, weight: .f32(wb.c), B: B, Cin: Cin, H: H, W: W, Cout: Cout,
+                                    kernel: K, stride: 1, padding: pad, workspace: ws.p)
             }
         }
     }

@@ -1,0 +1,108 @@
+// Stride-1 convolution as an implicit GEMM on AVX-512F, for images whose output width is a multiple of 16 (SD's
+// 16×16…64×64 latent levels). Layers/Conv2D.swift uses it for fp32 weights in place of im2col + OpenBLAS sgemm,
+// whose separate im2col pass and per-call threading cost about a third of the time at these sizes.
+//
+// One call computes, for one image, output pixels [n0, n1) (flattened y·Wo + x) of all output channels:
+//   out[o][y][x] += Σ_{c, kh, kw} A(o, (c, kh, kw)) · inp[c][y + kh − pt][x + kw − pl]   (zero outside the image)
+// with A the weights seen as a (M, K = C·k·k) matrix:
+//   forward          A(o, (c, t)) = w[o][c][t]                       (w: (M, C, k, k), t = kh·k + kw)
+//   input gradient   A(c, (o, t)) = w[o][c][k·k − 1 − t]             (w: (C, M, k, k): the forward's weight; the
+//                    correlation of dout with the flipped, transposed kernel, padding k − 1 − p)
+// Blocking (Goto-style, A never packed): per panel of 48 output pixels and block of KC rows of K, the panel's
+// im2col rows are packed once (masked loads: a 16-pixel vector lies in one image row because Wo % 16 == 0), then
+// every 8 output channels run an 8 × 48 register tile (24 accumulators, A broadcast from the weights).
+// Each output element is summed in a fixed order, whatever the split of pixels over calls.
+#include "ckernels.h"
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#define HG_AVX512F __attribute__((target("avx512f")))
+#define INL __attribute__((always_inline)) static inline
+
+enum { CMR = 8, CNV = 3, CNR = 48, CKC = 192 };
+
+size_t hg_conv_avx512_scratch(int K) {
+    // packed panel (CKC, CNR) + 16 to align, then the K offsets of A's columns (as floats' worth of int32)
+    return (size_t)CKC * CNR + 16 + (size_t)K;
+}
+
+/// c[r][0..nr) += Σ_k a_r[off[k]]·bp[k][·] for r < mr (≤ CMR), kc rows of the packed panel.
+HG_AVX512F INL void conv_tile(int kc, const float *const a[CMR], const int32_t *off, const float *bp, float *c, int ldc,
+                              int mr, int nr) {
+    __m512 acc[CMR][CNV];
+    for (int r = 0; r < CMR; r++)
+        for (int u = 0; u < CNV; u++) acc[r][u] = _mm512_setzero_ps();
+    for (int k = 0; k < kc; k++) {
+        const __m512 b0 = _mm512_load_ps(bp + (size_t)k * CNR), b1 = _mm512_load_ps(bp + (size_t)k * CNR + 16);
+        const __m512 b2 = _mm512_load_ps(bp + (size_t)k * CNR + 32);
+        const int32_t o = off[k];
+        for (int r = 0; r < CMR; r++) {
+            const __m512 x = _mm512_set1_ps(a[r][o]);
+            acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(x, b2, acc[r][2]);
+        }
+    }
+    for (int r = 0; r < CMR; r++) {
+        if (r >= mr) break;
+        for (int u = 0; u < CNV; u++) {
+            const int w = nr - 16 * u;
+            if (w <= 0) break;
+            const __mmask16 m = w >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << w) - 1);
+            float *o = c + (size_t)r * ldc + 16 * u;
+            _mm512_mask_storeu_ps(o, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), acc[r][u]));
+        }
+    }
+}
+
+HG_AVX512F void hg_conv_s1_avx512(const float *w, int gradInput, const float *inp, float *out, int C, int H, int W,
+                                  int M, int kernel, int pt, int pl, int Ho, int Wo, int n0, int n1,
+                                  float *scratch) {
+    const int kk = kernel * kernel, K = C * kk;
+    float *bp = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    int32_t *off = (int32_t *)(scratch + (size_t)CKC * CNR + 16);
+    // off[k]: where A(·, k) sits relative to its row's start; rowStride: from one row of A to the next.
+    size_t rowStride;
+    if (!gradInput) {
+        for (int k = 0; k < K; k++) off[k] = k;
+        rowStride = (size_t)K;
+    } else {
+        for (int o = 0; o < C; o++)
+            for (int t = 0; t < kk; t++) off[o * kk + t] = o * M * kk + (kk - 1 - t);
+        rowStride = (size_t)kk;
+    }
+    const size_t HW = (size_t)H * W, L = (size_t)Ho * Wo;
+    for (int j0 = n0; j0 < n1; j0 += CNR) {
+        const int nr = n1 - j0 < CNR ? n1 - j0 : CNR;
+        for (int k0 = 0; k0 < K; k0 += CKC) {
+            const int kc = K - k0 < CKC ? K - k0 : CKC;
+            // Pack the panel's im2col rows k0..<k0+kc: row k = (c, kh, kw), 16 pixels of one output row at a time.
+            for (int u = 0; u < CNV; u++) {
+                const int j = j0 + 16 * u, lanes = nr - 16 * u;
+                const int y = j / Wo, x0 = j % Wo;
+                for (int k = 0; k < kc; k++) {
+                    const int kg = k0 + k, c = kg / kk, t = kg % kk, kh = t / kernel, kw = t % kernel;
+                    const int yy = y + kh - pt, xs = x0 + kw - pl;
+                    __m512 v = _mm512_setzero_ps();
+                    if (lanes > 0 && yy >= 0 && yy < H) {
+                        // lane l reads column xs + l: valid for 0 <= xs + l < W and l < lanes
+                        int lo = -xs > 0 ? -xs : 0, hi = W - xs < 16 ? W - xs : 16;
+                        if (hi > lanes) hi = lanes;
+                        if (hi > lo) {
+                            const __mmask16 m = (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+                            v = _mm512_maskz_loadu_ps(m, inp + (size_t)c * HW + (size_t)yy * W + xs);
+                        }
+                    }
+                    _mm512_store_ps(bp + (size_t)k * CNR + 16 * u, v);
+                }
+            }
+            for (int i0 = 0; i0 < M; i0 += CMR) {
+                const int mr = M - i0 < CMR ? M - i0 : CMR;
+                const float *a[CMR];
+                for (int r = 0; r < CMR; r++) a[r] = w + (size_t)(i0 + (r < mr ? r : mr - 1)) * rowStride;
+                conv_tile(kc, a, off + k0, bp, out + (size_t)(i0) * L + j0, (int)L, mr, nr);
+            }
+        }
+    }
+}
