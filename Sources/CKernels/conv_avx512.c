@@ -8,7 +8,7 @@
 //   forward          A(o, (c, t)) = w[o][c][t]                       (w: (M, C, k, k), t = kh·k + kw)
 //   input gradient   A(c, (o, t)) = w[o][c][k·k − 1 − t]             (w: (C, M, k, k): the forward's weight; the
 //                    correlation of dout with the flipped, transposed kernel, padding k − 1 − p)
-// Blocking (Goto-style, A never packed): per panel of 48 output pixels and block of KC rows of K, the panel's
+// Blocking (Goto-style, A never packed): per block of KC rows of K and panel of 48 output pixels, the panel's
 // im2col rows are packed once (masked loads: a 16-pixel vector lies in one image row because Wo % 16 == 0), then
 // every 8 output channels run an 8 × 48 register tile (24 accumulators, A broadcast from the weights).
 // Each output element is summed in a fixed order, whatever the split of pixels over calls.
@@ -73,10 +73,11 @@ HG_AVX512F void hg_conv_s1_avx512(const float *w, int gradInput, const float *in
         rowStride = (size_t)kk;
     }
     const size_t HW = (size_t)H * W, L = (size_t)Ho * Wo;
-    for (int j0 = n0; j0 < n1; j0 += CNR) {
-        const int nr = n1 - j0 < CNR ? n1 - j0 : CNR;
-        for (int k0 = 0; k0 < K; k0 += CKC) {
-            const int kc = K - k0 < CKC ? K - k0 : CKC;
+    // Blocks of K outside, panels inside: the block of A (M × CKC) stays in L2 while the panels stream past it.
+    for (int k0 = 0; k0 < K; k0 += CKC) {
+        const int kc = K - k0 < CKC ? K - k0 : CKC;
+        for (int j0 = n0; j0 < n1; j0 += CNR) {
+            const int nr = n1 - j0 < CNR ? n1 - j0 : CNR;
             // Pack the panel's im2col rows k0..<k0+kc: row k = (c, kh, kw), 16 pixels of one output row at a time.
             for (int u = 0; u < CNV; u++) {
                 const int j = j0 + 16 * u, lanes = nr - 16 * u;

@@ -215,3 +215,55 @@ extension Commands {
         ]).serialized())
     }
 }
+
+// `hgdpo bench conv`: times one convolution's forward and input gradient (what the trainer's backward computes for
+// frozen convolutions) with random fp32 weights; HGDPO_CONV=blas forces im2col + OpenBLAS for comparison.
+extension Commands {
+    static let benchConv = CommandSpec(
+        ["bench", "conv"],
+        summary: "Time a convolution's forward and input gradient on one shape and print JSON",
+        details: "Example: hgdpo bench conv --batch 2 --in 64 --out 64 --size 32 --kernel 3 --threads 2",
+        options: [
+            .value("--batch", "B", "Images", default: "2"),
+            .value("--in", "C", "Input channels", default: "64"),
+            .value("--out", "C", "Output channels", default: "64"),
+            .value("--size", "N", "Input height and width", default: "32"),
+            .value("--kernel", "K", "Kernel size (padding K/2)", default: "3"),
+            .value("--stride", "S", "Stride", default: "1"),
+            .value("--iters", "K", "Timed iterations (after one warm-up)", default: "10"),
+            .value("--threads", "N", "Compute threads (default: HGDPO_THREADS or all cores)"),
+        ]
+    ) { args in
+        try applyThreads(args)
+        let B = try args.int("--batch", in: 1...256)!, cin = try args.int("--in", in: 1...8192)!
+        let cout = try args.int("--out", in: 1...8192)!, n = try args.int("--size", in: 1...4096)!
+        let k = try args.int("--kernel", in: 1...15)!, s = try args.int("--stride", in: 1...8)!
+        let iters = try args.int("--iters", in: 1...10000)!
+        let p = k / 2, no = (n + 2 * p - k) / s + 1
+        let rng = CounterRNG(seed: 9)
+        let x = Buffer(rng.substream(1).normals(B * cin * n * n)), w = Buffer(rng.substream(2).normals(cout * cin * k * k))
+        let bias = Buffer(zeros: cout), dout = Buffer(rng.substream(3).normals(B * cout * no * no))
+        let out = Buffer(zeros: B * cout * no * no), dinp = Buffer(zeros: B * cin * n * n)
+        let ws = Buffer(zeros: conv2dWorkspaceSize(Cin: cin, H: n, W: n, kernel: k, stride: s, padding: p))
+        var fwd: [Double] = [], bwd: [Double] = []
+        for it in 0...iters {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            conv2dForward(out: out.ptr, inp: x.ptr, weight: w.ptr, bias: bias.ptr, B: B, Cin: cin, H: n, W: n, Cout: cout,
+                          kernel: k, stride: s, padding: p, workspace: ws.ptr)
+            let t1 = DispatchTime.now().uptimeNanoseconds
+            conv2dBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: w.ptr, B: B, Cin: cin, H: n, W: n, Cout: cout,
+                                kernel: k, stride: s, padding: p, workspace: ws.ptr)
+            let t2 = DispatchTime.now().uptimeNanoseconds
+            if it > 0 { fwd.append(Double(t1 - t0) / 1e9); bwd.append(Double(t2 - t1) / 1e9) }
+        }
+        fwd.sort(); bwd.sort()
+        let flops = 2.0 * Double(B * cout * cin * k * k * no * no)
+        print(JSONValue.object([
+            ("impl", .string("hgdpo-\(version)")), ("batch", .int(B)), ("in", .int(cin)), ("out", .int(cout)),
+            ("size", .int(n)), ("kernel", .int(k)), ("stride", .int(s)), ("threads", .int(Parallel.threads)),
+            ("forward_ms", .double(fwd[fwd.count / 2] * 1e3)), ("backward_ms", .double(bwd[bwd.count / 2] * 1e3)),
+            ("forward_min_ms", .double(fwd[0] * 1e3)), ("backward_min_ms", .double(bwd[0] * 1e3)),
+            ("forward_gflops", .double(flops / fwd[0] / 1e9)), ("backward_gflops", .double(flops / bwd[0] / 1e9)),
+        ]).serialized())
+    }
+}
