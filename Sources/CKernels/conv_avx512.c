@@ -1,15 +1,17 @@
-// Stride-1 convolution as an implicit GEMM on AVX-512F, for images whose output width is a multiple of 16 (SD's
-// 16×16…64×64 latent levels). Layers/Conv2D.swift uses it for fp32 weights in place of im2col + OpenBLAS sgemm,
-// whose separate im2col pass and per-call threading cost about a third of the time at these sizes.
+// Stride-1 convolution as an implicit GEMM on AVX-512F, for output widths that are a multiple of 16 or divide 16
+// with Ho·Wo % 16 == 0 (SD's latent levels from 4×4 to 64×64). Layers/Conv2D.swift uses it for fp32 weights in
+// place of im2col + OpenBLAS sgemm, whose separate im2col pass, packing of the weights and per-call threading cost
+// up to half the time at these sizes.
 //
-// One call computes, for one image, output pixels [n0, n1) (flattened y·Wo + x) of all output channels:
+// One call computes output pixels [n0, n1) of the batch (flattened (b·Ho + y)·Wo + x), output channels [m0, m1):
 //   out[o][y][x] += Σ_{c, kh, kw} A(o, (c, kh, kw)) · inp[c][y + kh − pt][x + kw − pl]   (zero outside the image)
 // with A the weights seen as a (M, K = C·k·k) matrix:
 //   forward          A(o, (c, t)) = w[o][c][t]                       (w: (M, C, k, k), t = kh·k + kw)
 //   input gradient   A(c, (o, t)) = w[o][c][k·k − 1 − t]             (w: (C, M, k, k): the forward's weight; the
 //                    correlation of dout with the flipped, transposed kernel, padding k − 1 − p)
 // Blocking (Goto-style, A never packed): per block of KC rows of K and panel of 48 output pixels, the panel's
-// im2col rows are packed once (masked loads: a 16-pixel vector lies in one image row because Wo % 16 == 0), then
+// im2col rows are packed once (masked loads: a 16-pixel vector is a stretch of one output row, or whole short rows,
+// of one image), then
 // every 8 output channels run an 8 × 48 register tile (24 accumulators, A broadcast from the weights).
 // Each output element is summed in a fixed order, whatever the split of pixels over calls.
 #include "ckernels.h"
@@ -20,16 +22,17 @@
 #define HG_AVX512F __attribute__((target("avx512f")))
 #define INL __attribute__((always_inline)) static inline
 
-enum { CMR = 8, CNV = 3, CNR = 48, CKC = 192 };
+enum { CMR = 8, CNV = 3, CNR = 48, CKC = 384 };
 
 size_t hg_conv_avx512_scratch(int K) {
     // packed panel (CKC, CNR) + 16 to align, then the K offsets of A's columns (as floats' worth of int32)
     return (size_t)CKC * CNR + 16 + (size_t)K;
 }
 
-/// c[r][0..nr) += Σ_k a_r[off[k]]·bp[k][·] for r < mr (≤ CMR), kc rows of the packed panel.
-HG_AVX512F INL void conv_tile(int kc, const float *const a[CMR], const int32_t *off, const float *bp, float *c, int ldc,
-                              int mr, int nr) {
+/// c_u[r·ldc + l] += Σ_k a_r[off[k]]·bp[k][16u + l] for r < mr (≤ CMR), lanes 16u + l < nr, kc rows of the packed
+/// panel; c_u: where vector u's first pixel sits in output row 0 (vectors may belong to different images).
+HG_AVX512F INL void conv_tile(int kc, const float *const a[CMR], const int32_t *off, const float *bp,
+                              float *const c[CNV], size_t ldc, int mr, int nr) {
     __m512 acc[CMR][CNV];
     for (int r = 0; r < CMR; r++)
         for (int u = 0; u < CNV; u++) acc[r][u] = _mm512_setzero_ps();
@@ -50,15 +53,15 @@ HG_AVX512F INL void conv_tile(int kc, const float *const a[CMR], const int32_t *
             const int w = nr - 16 * u;
             if (w <= 0) break;
             const __mmask16 m = w >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << w) - 1);
-            float *o = c + (size_t)r * ldc + 16 * u;
+            float *o = c[u] + (size_t)r * ldc;
             _mm512_mask_storeu_ps(o, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), acc[r][u]));
         }
     }
 }
 
 HG_AVX512F void hg_conv_s1_avx512(const float *w, int gradInput, const float *inp, float *out, int C, int H, int W,
-                                  int M, int kernel, int pt, int pl, int Ho, int Wo, int n0, int n1,
-                                  float *scratch) {
+                                  int M, int kernel, int pt, int pl, int Ho, int Wo, int n0, int n1, int m0,
+                                  int m1, float *scratch) {
     const int kk = kernel * kernel, K = C * kk;
     float *bp = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     int32_t *off = (int32_t *)(scratch + (size_t)CKC * CNR + 16);
@@ -73,36 +76,46 @@ HG_AVX512F void hg_conv_s1_avx512(const float *w, int gradInput, const float *in
         rowStride = (size_t)kk;
     }
     const size_t HW = (size_t)H * W, L = (size_t)Ho * Wo;
+    // A vector of 16 pixels is one stretch of an output row (Wo % 16 == 0) or 16 / Wo whole rows (Wo | 16), always
+    // of one image (L % 16 == 0): segments of `seg` lanes, each one output row.
+    const int seg = Wo < 16 ? Wo : 16;
     // Blocks of K outside, panels inside: the block of A (M × CKC) stays in L2 while the panels stream past it.
     for (int k0 = 0; k0 < K; k0 += CKC) {
         const int kc = K - k0 < CKC ? K - k0 : CKC;
         for (int j0 = n0; j0 < n1; j0 += CNR) {
             const int nr = n1 - j0 < CNR ? n1 - j0 : CNR;
-            // Pack the panel's im2col rows k0..<k0+kc: row k = (c, kh, kw), 16 pixels of one output row at a time.
+            float *cu[CNV];
+            // Pack the panel's im2col rows k0..<k0+kc: row k = (c, kh, kw).
             for (int u = 0; u < CNV; u++) {
-                const int j = j0 + 16 * u, lanes = nr - 16 * u;
-                const int y = j / Wo, x0 = j % Wo;
+                const int lanes = nr - 16 * u;
+                const size_t g = (size_t)j0 + 16 * (size_t)(lanes > 0 ? u : 0);
+                const size_t b = g / L, p0 = g % L;
+                const int y0 = (int)(p0 / (size_t)Wo), x0 = (int)(p0 % (size_t)Wo);
+                cu[u] = out + b * (size_t)M * L + p0;
+                const float *img = inp + b * (size_t)C * HW;
                 for (int k = 0; k < kc; k++) {
                     const int kg = k0 + k, c = kg / kk, t = kg % kk, kh = t / kernel, kw = t % kernel;
-                    const int yy = y + kh - pt, xs = x0 + kw - pl;
+                    const float *plane = img + (size_t)c * HW;
                     __m512 v = _mm512_setzero_ps();
-                    if (lanes > 0 && yy >= 0 && yy < H) {
-                        // lane l reads column xs + l: valid for 0 <= xs + l < W and l < lanes
-                        int lo = -xs > 0 ? -xs : 0, hi = W - xs < 16 ? W - xs : 16;
-                        if (hi > lanes) hi = lanes;
-                        if (hi > lo) {
-                            const __mmask16 m = (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
-                            v = _mm512_maskz_loadu_ps(m, inp + (size_t)c * HW + (size_t)yy * W + xs);
-                        }
+                    for (int s0 = 0; s0 < 16 && s0 < lanes; s0 += seg) {
+                        const int yy = y0 + s0 / seg + kh - pt, xs = x0 + kw - pl;
+                        if (yy < 0 || yy >= H) continue;
+                        // lane s0 + l reads column xs + l: valid for 0 <= xs + l < W, l < seg, s0 + l < lanes
+                        int lo = -xs > 0 ? -xs : 0, hi = W - xs < seg ? W - xs : seg;
+                        if (hi > lanes - s0) hi = lanes - s0;
+                        if (hi <= lo) continue;
+                        const __mmask16 m = (__mmask16)((((1u << hi) - 1) & ~((1u << lo) - 1)) << s0);
+                        v = _mm512_mask_loadu_ps(v, m, plane + (ptrdiff_t)yy * W + xs - s0);
                     }
                     _mm512_store_ps(bp + (size_t)k * CNR + 16 * u, v);
                 }
             }
-            for (int i0 = 0; i0 < M; i0 += CMR) {
-                const int mr = M - i0 < CMR ? M - i0 : CMR;
+            for (int i0 = m0; i0 < m1; i0 += CMR) {
+                const int mr = m1 - i0 < CMR ? m1 - i0 : CMR;
                 const float *a[CMR];
                 for (int r = 0; r < CMR; r++) a[r] = w + (size_t)(i0 + (r < mr ? r : mr - 1)) * rowStride;
-                conv_tile(kc, a, off + k0, bp, out + (size_t)(i0) * L + j0, (int)L, mr, nr);
+                float *ci[CNV] = {cu[0] + (size_t)i0 * L, cu[1] + (size_t)i0 * L, cu[2] + (size_t)i0 * L};
+                conv_tile(kc, a, off + k0, bp, ci, L, mr, nr);
             }
         }
     }

@@ -97,34 +97,39 @@ public func conv2dWorkspaceSize(Cin: Int, H: Int, W: Int, kernel: Int, stride: I
 // MARK: - Implicit GEMM (AVX-512F)
 
 /// Whether a convolution runs on CKernels/conv_avx512.c: fp32 weights (checked by the callers), stride 1, output
-/// width a multiple of 16 (for the input gradient: the input's width), a CPU with AVX-512F. Any padding: the input
+/// width a multiple of 16, or 1, 2, 4 or 8 with Ho·Wo a multiple of 16 (for the input gradient: the input's size),
+/// a CPU with AVX-512F. Any padding: the input
 /// gradient of a stride-1 convolution is a stride-1 correlation with padding k − 1 − p (negative is fine).
 /// HGDPO_CONV=blas keeps im2col + OpenBLAS everywhere (benchmarks).
 @inline(__always)
-func conv2dImplicitGEMM(stride: Int, Wo: Int) -> Bool {
-    conv2dImplicitAvailable && stride == 1 && Wo % 16 == 0
+func conv2dImplicitGEMM(stride: Int, Ho: Int, Wo: Int) -> Bool {
+    conv2dImplicitAvailable && stride == 1 && (Wo % 16 == 0 || (16 % Wo == 0 && (Ho * Wo) % 16 == 0))
 }
 
 let conv2dImplicitAvailable = hg_cpu_has_avx512f() != 0 && ProcessInfo.processInfo.environment["HGDPO_CONV"] != "blas"
 
-/// out (B, M, Ho, Wo) += the correlation of inp (B, C, H, W) with the weights (see hg_conv_s1_avx512), the output
-/// pixels of every image cut into chunks of whole 48-pixel panels, the chunks spread over the threads.
+/// out (B, M, Ho, Wo) += the correlation of inp (B, C, H, W) with the weights (see hg_conv_s1_avx512), cut into
+/// items of whole 48-pixel panels × output channels, about two per thread, spread over the threads. Channels are
+/// split only when there are too few pixels to go round (SD1.5's 4×4 and 8×8 levels, 1280 channels): each item
+/// streams its rows of the weights once, so splitting pixels there would read the 59 MB of weights per item.
 private func conv2dImplicit(w: UnsafePointer<Float>, gradInput: Bool, inp: UnsafePointer<Float>,
                             out: UnsafeMutablePointer<Float>, B: Int, C: Int, H: Int, W: Int, M: Int, kernel: Int,
                             pt: Int, pl: Int, Ho: Int, Wo: Int) {
-    let L = Ho * Wo, threads = max(1, Parallel.threads)
-    // About two chunks per thread over the batch, whole panels, at least one panel.
-    let chunk = max(48, (L * B / (2 * threads) + 47) / 48 * 48)
-    let perImage = (L + chunk - 1) / chunk, items = B * perImage
-    let scratchSize = hg_conv_avx512_scratch(Int32(C * kernel * kernel))
-    parallelRanges(items, grain: (M * C * kernel * kernel * chunk) >= (1 << 20) ? 1 : items) { r in
+    let N = B * Ho * Wo, K = C * kernel * kernel, threads = max(1, Parallel.threads), want = 2 * threads
+    let chunk = max(48, (N / want + 47) / 48 * 48)
+    let pixelItems = (N + chunk - 1) / chunk
+    let channelParts = pixelItems >= want ? 1 : min((M + 7) / 8, (want + pixelItems - 1) / pixelItems)
+    let rows = ((M + channelParts - 1) / channelParts + 7) / 8 * 8
+    let items = pixelItems * ((M + rows - 1) / rows)
+    let scratchSize = hg_conv_avx512_scratch(Int32(K))
+    parallelRanges(items, grain: rows * K * min(N, chunk) >= 1 << 20 ? 1 : items) { r in
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: scratchSize)
         defer { scratch.deallocate() }
         for item in r {
-            let b = item / perImage, n0 = (item % perImage) * chunk, n1 = min(L, n0 + chunk)
-            hg_conv_s1_avx512(w, gradInput ? 1 : 0, inp + b * C * H * W, out + b * M * L, Int32(C), Int32(H), Int32(W),
-                              Int32(M), Int32(kernel), Int32(pt), Int32(pl), Int32(Ho), Int32(Wo), Int32(n0), Int32(n1),
-                              scratch)
+            let n0 = (item % pixelItems) * chunk, m0 = (item / pixelItems) * rows
+            hg_conv_s1_avx512(w, gradInput ? 1 : 0, inp, out, Int32(C), Int32(H), Int32(W), Int32(M), Int32(kernel),
+                              Int32(pt), Int32(pl), Int32(Ho), Int32(Wo), Int32(n0), Int32(min(N, n0 + chunk)),
+                              Int32(m0), Int32(min(M, m0 + rows)), scratch)
         }
     }
 }
@@ -259,7 +264,7 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho
     parallelFor(B * Cout, work: B * Cout * L) { bo in
         (out + bo * L).update(repeating: bias?[bo % Cout] ?? 0, count: L)
     }
-    if case .f32(let w) = weight, conv2dImplicitGEMM(stride: stride, Wo: Wo) {
+    if case .f32(let w) = weight, conv2dImplicitGEMM(stride: stride, Ho: Ho, Wo: Wo) {
         conv2dImplicit(w: w, gradInput: false, inp: inp, out: out, B: B, C: Cin, H: H, W: W, M: Cout, kernel: kernel,
                        pt: padding.top, pl: padding.left, Ho: Ho, Wo: Wo)
         return
@@ -330,7 +335,7 @@ public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin,
                                 workspace: UnsafeMutablePointer<Float>) {
     let (Ho, Wo) = padding.outputSize(H: H, W: W, kernel: kernel, stride: stride)
     let L = Ho * Wo, rowsK = Cin * kernel * kernel
-    if case .f32(let w) = weight, conv2dImplicitGEMM(stride: stride, Wo: W) {
+    if case .f32(let w) = weight, conv2dImplicitGEMM(stride: stride, Ho: H, Wo: W) {
         // dinp = dout correlated with the flipped, transposed kernel, padded k − 1 − p (stride 1 only).
         conv2dImplicit(w: w, gradInput: true, inp: dout, out: dinp, B: B, C: Cout, H: Ho, W: Wo, M: Cin, kernel: kernel,
                        pt: kernel - 1 - padding.top, pl: kernel - 1 - padding.left, Ho: H, Wo: W)

@@ -235,9 +235,9 @@ final class KernelTests: XCTestCase {
         }
     }
 
-    /// The implicit-GEMM path (CKernels/conv_avx512.c: stride 1, output width a multiple of 16, AVX-512F): output
-    /// channels not a multiple of 8, K = Cin·k·k above one 192-row block, several 48-pixel panels and a partial one,
-    /// 1x1, 5x5, no padding, and per-side padding; forward against the Double reference, the input gradient against
+    /// The implicit-GEMM path (CKernels/conv_avx512.c: stride 1, output width a multiple of 16 or 4 and 8 with whole
+    /// vectors per image, AVX-512F): output channels not a multiple of 8, K = Cin·k·k above one 192-row block,
+    /// several 48-pixel panels and a partial one, panels across images, 1x1, 5x5, no padding, per-side padding; forward against the Double reference, the input gradient against
     /// the exact adjoint. On CPUs without AVX-512F the im2col path runs the same checks.
     func testConv2DImplicitGEMM() {
         var rng = TestRNG(4)
@@ -250,13 +250,16 @@ final class KernelTests: XCTestCase {
             (1, 2, 5, 14, 2, 3, Conv2DPadding(top: 2, bottom: 0, left: 1, right: 3)),      // forward only
             (1, 2, 5, 16, 2, 3, Conv2DPadding(top: 0, bottom: 2, left: 2, right: 0)),
             (3, 8, 2, 16, 1, 3, Conv2DPadding(1)),
+            (5, 20, 4, 4, 10, 3, Conv2DPadding(1)),     // 4x4 images: a vector is 4 rows, panels span images
+            (3, 23, 8, 8, 9, 3, Conv2DPadding(1)),      // 8x8: 2 rows per vector, 192 pixels, K = 207 (two blocks)
+            (2, 6, 2, 8, 5, 1, Conv2DPadding(0)),
         ]
         for (B, Cin, H, W, Cout, K, pad) in cases {
             let label = "implicit conv B\(B) Cin\(Cin) \(H)x\(W) Cout\(Cout) K\(K) pad \(pad)"
             let Hp = H + pad.top + pad.bottom, Wp = W + pad.left + pad.right
             let (Ho, Wo) = pad.outputSize(H: H, W: W, kernel: K, stride: 1)
             if conv2dImplicitAvailable {
-                XCTAssertTrue(conv2dImplicitGEMM(stride: 1, Wo: Wo), label)
+                XCTAssertTrue(conv2dImplicitGEMM(stride: 1, Ho: Ho, Wo: Wo), label)
             }
             func padded(_ x: [Double], C: Int) -> [Double] {
                 var out = [Double](repeating: 0, count: B * C * Hp * Wp)
