@@ -9,7 +9,8 @@
 // padded), so every kernel below runs 16 keys to a vector:
 //   scores   S[i][j] = Σ_c A[i][c]·Bt[c][j]            8 query rows × 48 keys of accumulators, broadcast A
 //   rowdot   O[i][c] = Σ_j P[i][j]·Bt[c][j]            3 rows × 8 channels of accumulators, summed across lanes
-//            (heads of 16 and more: O[i][c] = Σ_j P[i][j]·V[j][c], up to 12 rows × 64 channels, broadcast P)
+//            (short key rows, see attn_bcast: O[i][c] = Σ_j P[i][j]·V[j][c], up to 12 rows × 64 channels,
+//            broadcast P, V read in place)
 //   outer    Ct[c][j] += Σ_i A[i][c]·P[i][j]           4 channels × 64 keys of accumulators over the tile's rows
 // Query rows go in tiles of ATTN_ROWS whose score rows (ATTN_ROWS, ldN) stay in L2. Each output element is summed
 // in a fixed order that depends only on the shapes, so results do not depend on threads or blocking.
@@ -22,7 +23,7 @@
 
 #define INL __attribute__((always_inline)) static inline
 
-enum { ATTN_ROWS = 32 };                         // query rows per tile                         // query rows per tile
+enum { ATTN_ROWS = 32 };                         // query rows per tile
 
 /// Key stride of the packed rows: Nk rounded up to 16, and not a multiple of 256 floats (1 KB-aligned rows of
 /// Kt would all fall into the same L1 sets when the kernels walk down a column).
@@ -212,8 +213,8 @@ HG_AVX512F static void rowdot(const float *P, int rows, const float *bt, int ld,
 
 // MARK: - rowdot for wider heads: channels along the vector, P broadcast
 
-/// out[r][c] (= or +=) alpha[r]·Σ_{j<n} P[r·ld + j]·b[j·ldb + c] for r < rows (≤ R ≤ 12), c < 16·NVC (NVC ≤ 4) (the last vector
-/// masked by `last`): no lane sums, so short key rows cost nothing extra. b is V or K in its own layout.
+/// out[r][c] (= or +=) alpha[r]·Σ_{j<n} P[r·ld + j]·b[j·ldb + c] for r < rows (≤ R ≤ 12), c < 16·NVC (NVC ≤ 4,
+/// the last vector masked by `last`): no lane sums, so short key rows cost nothing extra. b is V or K in place.
 HG_AVX512F INL void pvb_tile(const float *P, int ld, int rows, const int R, const float *b, int ldb, int n,
                              const int NVC, __mmask16 last, float *out, int ldo, const float *alpha, int accumulate) {
     __m512 acc[12][4];
@@ -331,8 +332,9 @@ HG_AVX512F void hg_attention_forward_avx512(const float *q, const float *k, cons
     const int ld = attn_ld(Nk);
     float *Kt = align64(workspace), *Vt = Kt + (size_t)d * ld, *S = Vt + (size_t)d * ld;
     float *inv = S + (size_t)ATTN_ROWS * ld;
+    const int bcast = attn_bcast(d, Nk);
     pack_transposed(Kt, ld, k, ldx, Nk, d);
-    pack_transposed(Vt, ld, v, ldx, Nk, d);
+    if (!bcast) pack_transposed(Vt, ld, v, ldx, Nk, d);                 // rowdot_bcast reads V in place
     for (int i0 = 0; i0 < m; i0 += ATTN_ROWS) {
         const int rows = m - i0 < ATTN_ROWS ? m - i0 : ATTN_ROWS;
         scores(SCORES_S, q + (size_t)i0 * ldx, ldx, rows, Kt, ld, d, Nk, causal, row0 + i0, scale, 0, 0, S);
@@ -343,7 +345,7 @@ HG_AVX512F void hg_attention_forward_avx512(const float *q, const float *k, cons
             lse[i0 + r] = mx + logf(sum);
             inv[r] = 1 / sum;
         }
-        if (attn_bcast(d, Nk)) rowdot_bcast(S, rows, ld, Nk, v, ldx, d, out + (size_t)i0 * ldx, ldx, inv, 0);
+        if (bcast) rowdot_bcast(S, rows, ld, Nk, v, ldx, d, out + (size_t)i0 * ldx, ldx, inv, 0);
         else rowdot(S, rows, Vt, ld, d, out + (size_t)i0 * ldx, ldx, inv, 0);
     }
 }

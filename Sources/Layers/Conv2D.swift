@@ -8,6 +8,9 @@
 // is the transpose: dcol = Wᵀ · dout (or dcolᵀ = doutᵀ · W for small images), then col2im accumulates into dinp.
 // The weight may be bf16 (mixed precision, `WeightMatrix`): the same GEMMs then run through BF16.gemm (fp32 sums);
 // im2col / col2im and all activations stay fp32.
+// On CPUs with AVX-512F, fp32 stride-1 convolutions whose output rows pack into 16-pixel vectors (widths a multiple
+// of 16, or 4 and 8: every U-Net and VAE convolution but the downsamplers) skip all that: CKernels/conv_avx512.c
+// runs them as an implicit GEMM, forward and input gradient alike (`conv2dImplicit`).
 import CKernels
 import Foundation
 import Tensors
@@ -98,8 +101,8 @@ public func conv2dWorkspaceSize(Cin: Int, H: Int, W: Int, kernel: Int, stride: I
 
 /// Whether a convolution runs on CKernels/conv_avx512.c: fp32 weights (checked by the callers), stride 1, output
 /// width a multiple of 16, or 1, 2, 4 or 8 with Ho·Wo a multiple of 16 (for the input gradient: the input's size),
-/// a CPU with AVX-512F. Any padding: the input
-/// gradient of a stride-1 convolution is a stride-1 correlation with padding k − 1 − p (negative is fine).
+/// a CPU with AVX-512F. Any padding: the input gradient of a stride-1 convolution is a stride-1 correlation with
+/// padding k − 1 − p (negative is fine).
 /// HGDPO_CONV=blas keeps im2col + OpenBLAS everywhere (benchmarks).
 @inline(__always)
 func conv2dImplicitGEMM(stride: Int, Ho: Int, Wo: Int) -> Bool {
