@@ -79,43 +79,51 @@ HG_AVX512F void hg_conv_s1_avx512(const float *w, int gradInput, const float *in
     // A vector of 16 pixels is one stretch of an output row (Wo % 16 == 0) or 16 / Wo whole rows (Wo | 16), always
     // of one image (L % 16 == 0): segments of `seg` lanes, each one output row.
     const int seg = Wo < 16 ? Wo : 16;
-    // Blocks of K outside, panels inside: the block of A (M × CKC) stays in L2 while the panels stream past it.
-    for (int k0 = 0; k0 < K; k0 += CKC) {
-        const int kc = K - k0 < CKC ? K - k0 : CKC;
-        for (int j0 = n0; j0 < n1; j0 += CNR) {
-            const int nr = n1 - j0 < CNR ? n1 - j0 : CNR;
-            float *cu[CNV];
-            // Pack the panel's im2col rows k0..<k0+kc: row k = (c, kh, kw).
-            for (int u = 0; u < CNV; u++) {
-                const int lanes = nr - 16 * u;
-                const size_t g = (size_t)j0 + 16 * (size_t)(lanes > 0 ? u : 0);
-                const size_t b = g / L, p0 = g % L;
-                const int y0 = (int)(p0 / (size_t)Wo), x0 = (int)(p0 % (size_t)Wo);
-                cu[u] = out + b * (size_t)M * L + p0;
-                const float *img = inp + b * (size_t)C * HW;
-                for (int k = 0; k < kc; k++) {
-                    const int kg = k0 + k, c = kg / kk, t = kg % kk, kh = t / kernel, kw = t % kernel;
-                    const float *plane = img + (size_t)c * HW;
-                    __m512 v = _mm512_setzero_ps();
-                    for (int s0 = 0; s0 < 16 && s0 < lanes; s0 += seg) {
-                        const int yy = y0 + s0 / seg + kh - pt, xs = x0 + kw - pl;
-                        if (yy < 0 || yy >= H) continue;
-                        // lane s0 + l reads column xs + l: valid for 0 <= xs + l < W, l < seg, s0 + l < lanes
-                        int lo = -xs > 0 ? -xs : 0, hi = W - xs < seg ? W - xs : seg;
-                        if (hi > lanes - s0) hi = lanes - s0;
-                        if (hi <= lo) continue;
-                        const __mmask16 m = (__mmask16)((((1u << hi) - 1) & ~((1u << lo) - 1)) << s0);
-                        v = _mm512_mask_loadu_ps(v, m, plane + (ptrdiff_t)yy * W + xs - s0);
+    // Pixels in blocks whose output (m1 − m0 channels) is about 1 MB; inside, blocks of K outside and panels inside:
+    // the block of A (channels × CKC) stays in L2 while the panels stream past it, and so does the output block
+    // that every block of K adds into.
+    const int rowsM = m1 - m0 > 0 ? m1 - m0 : 1;
+    int nb = ((1 << 18) / rowsM) / CNR * CNR;
+    if (nb < CNR) nb = CNR;
+    for (int b0 = n0; b0 < n1; b0 += nb) {
+        const int b1 = n1 - b0 < nb ? n1 : b0 + nb;
+        for (int k0 = 0; k0 < K; k0 += CKC) {
+            const int kc = K - k0 < CKC ? K - k0 : CKC;
+            for (int j0 = b0; j0 < b1; j0 += CNR) {
+                const int nr = b1 - j0 < CNR ? b1 - j0 : CNR;
+                float *cu[CNV];
+                // Pack the panel's im2col rows k0..<k0+kc: row k = (c, kh, kw).
+                for (int u = 0; u < CNV; u++) {
+                    const int lanes = nr - 16 * u;
+                    const size_t g = (size_t)j0 + 16 * (size_t)(lanes > 0 ? u : 0);
+                    const size_t b = g / L, p0 = g % L;
+                    const int y0 = (int)(p0 / (size_t)Wo), x0 = (int)(p0 % (size_t)Wo);
+                    cu[u] = out + b * (size_t)M * L + p0;
+                    const float *img = inp + b * (size_t)C * HW;
+                    for (int k = 0; k < kc; k++) {
+                        const int kg = k0 + k, c = kg / kk, t = kg % kk, kh = t / kernel, kw = t % kernel;
+                        const float *plane = img + (size_t)c * HW;
+                        __m512 v = _mm512_setzero_ps();
+                        for (int s0 = 0; s0 < 16 && s0 < lanes; s0 += seg) {
+                            const int yy = y0 + s0 / seg + kh - pt, xs = x0 + kw - pl;
+                            if (yy < 0 || yy >= H) continue;
+                            // lane s0 + l reads column xs + l: valid for 0 <= xs + l < W, l < seg, s0 + l < lanes
+                            int lo = -xs > 0 ? -xs : 0, hi = W - xs < seg ? W - xs : seg;
+                            if (hi > lanes - s0) hi = lanes - s0;
+                            if (hi <= lo) continue;
+                            const __mmask16 m = (__mmask16)((((1u << hi) - 1) & ~((1u << lo) - 1)) << s0);
+                            v = _mm512_mask_loadu_ps(v, m, plane + (ptrdiff_t)yy * W + xs - s0);
+                        }
+                        _mm512_store_ps(bp + (size_t)k * CNR + 16 * u, v);
                     }
-                    _mm512_store_ps(bp + (size_t)k * CNR + 16 * u, v);
                 }
-            }
-            for (int i0 = m0; i0 < m1; i0 += CMR) {
-                const int mr = m1 - i0 < CMR ? m1 - i0 : CMR;
-                const float *a[CMR];
-                for (int r = 0; r < CMR; r++) a[r] = w + (size_t)(i0 + (r < mr ? r : mr - 1)) * rowStride;
-                float *ci[CNV] = {cu[0] + (size_t)i0 * L, cu[1] + (size_t)i0 * L, cu[2] + (size_t)i0 * L};
-                conv_tile(kc, a, off + k0, bp, ci, L, mr, nr);
+                for (int i0 = m0; i0 < m1; i0 += CMR) {
+                    const int mr = m1 - i0 < CMR ? m1 - i0 : CMR;
+                    const float *a[CMR];
+                    for (int r = 0; r < CMR; r++) a[r] = w + (size_t)(i0 + (r < mr ? r : mr - 1)) * rowStride;
+                    float *ci[CNV] = {cu[0] + (size_t)i0 * L, cu[1] + (size_t)i0 * L, cu[2] + (size_t)i0 * L};
+                    conv_tile(kc, a, off + k0, bp, ci, L, mr, nr);
+                }
             }
         }
     }

@@ -253,6 +253,7 @@ final class KernelTests: XCTestCase {
             (5, 20, 4, 4, 10, 3, Conv2DPadding(1)),     // 4x4 images: a vector is 4 rows, panels span images
             (3, 23, 8, 8, 9, 3, Conv2DPadding(1)),      // 8x8: 2 rows per vector, 192 pixels, K = 207 (two blocks)
             (2, 6, 2, 8, 5, 1, Conv2DPadding(0)),
+            (1, 2, 32, 32, 1100, 1, Conv2DPadding(0)),  // 1100 channels: several pixel blocks of ~1 MB per item
         ]
         for (B, Cin, H, W, Cout, K, pad) in cases {
             let label = "implicit conv B\(B) Cin\(Cin) \(H)x\(W) Cout\(Cout) K\(K) pad \(pad)"
