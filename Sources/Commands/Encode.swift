@@ -41,6 +41,7 @@ extension Commands {
             .value("--variant", "NAME", "Weight variant of the VAE and text encoder, e.g. fp16"),
             .value("--tile", "N", "Encode in VAE tiles of N px (`auto`: the VAE config's sample_size), for large images"),
             .value("--threads", "N", "Compute threads per rank (default: HGDPO_THREADS or all cores)"),
+            .value("--collective-timeout", "S", "Seconds a collective may take before the job is aborted (lost rank, cut network)", default: "600"),
         ]
     ) { args in
         try applyThreads(args)
@@ -74,7 +75,8 @@ extension Commands {
             s.tile = t == "auto" ? 0 : Int(t)!
         }
         let comm = try Communicator.world()
-        let encoder = try CacheEncoder(settings: s, comm: comm) { fputs($0 + "\n", stderr) }
+        let timeout = try args.double("--collective-timeout", in: 0...1e7)!
+        let encoder = try CacheEncoder(settings: s, comm: comm, collectiveTimeout: timeout) { fputs($0 + "\n", stderr) }
         let summary = try encoder.run()
         if comm.isRoot {
             print(JSONValue.object([

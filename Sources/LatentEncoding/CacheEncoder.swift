@@ -113,8 +113,13 @@ public final class CacheEncoder {
     var worldSize: Int { comm?.size ?? 1 }
     /// Progress lines (rank 0 only).
     let progress: (String) -> Void
+    /// Bounds every collective (a lost rank or a cut network otherwise leaves the others waiting forever).
+    let watchdog: Watchdog?
 
-    public init(settings: EncodeSettings, comm: Communicator?, progress: @escaping (String) -> Void = { _ in }) throws {
+    /// `collectiveTimeout`: seconds a collective may take before the process exits naming rank, host and operation
+    /// (0: no bound; only used with more than one rank).
+    public init(settings: EncodeSettings, comm: Communicator?, collectiveTimeout: Double = 0,
+                progress: @escaping (String) -> Void = { _ in }) throws {
         guard settings.width > 0, settings.height > 0 else {
             throw EncodeError.badSetting("training size \(settings.width)x\(settings.height) must be positive")
         }
@@ -127,6 +132,14 @@ public final class CacheEncoder {
         self.settings = settings
         self.comm = comm
         self.progress = comm.map { $0.isRoot } ?? true ? progress : { _ in }
+        watchdog = comm.flatMap { $0.size > 1 && collectiveTimeout > 0
+            ? Watchdog(timeout: collectiveTimeout, rank: $0.rank, host: $0.host) : nil }
+    }
+
+    /// Runs a collective under the watchdog.
+    func collective<T>(_ operation: String, _ body: () throws -> T) rethrows -> T {
+        if let watchdog { return try watchdog.guarded(operation, body) }
+        return try body()
     }
 
     public func run() throws -> EncodeSummary {
@@ -181,7 +194,8 @@ public final class CacheEncoder {
             Self.shardIsComplete(path: shardPath(k), ids: triplets[rows(k)].map(\.id), latentShape: latentShape,
                                  contextShape: contextShape, dtype: s.dtype) ? Float(1) : 0
         }
-        try comm?.allreduce(&done, op: .min)   // every rank agrees on what is left
+        // Every rank agrees on what is left.
+        try collective("MPI_Allreduce of the finished shards") { try comm?.allreduce(&done, op: .min) }
         let resumed = done.filter { $0 == 1 }.count
         if resumed > 0 { progress("encode: resuming: \(resumed) of \(shardCount) shards are already written") }
 
@@ -248,9 +262,11 @@ public final class CacheEncoder {
             for i in losers.indices where losers[i] == 0 { losers[i] = 0 }
             for i in contexts.indices where contexts[i] == 0 { contexts[i] = 0 }
             if let comm, comm.size > 1 {
-                try comm.allreduce(&winners)
-                try comm.allreduce(&losers)
-                try comm.allreduce(&contexts)
+                try collective("MPI_Allreduce of shard \(k)") {
+                    try comm.allreduce(&winners)
+                    try comm.allreduce(&losers)
+                    try comm.allreduce(&contexts)
+                }
             }
             if k % worldSize == rank {
                 try LatentCacheWriter.writeShard(path: shardPath(k), ids: triplets[r].map(\.id), latentShape: latentShape,
@@ -262,7 +278,7 @@ public final class CacheEncoder {
         }
 
         // Every shard is on disk (each writer finished before reaching the barrier): the index comes last.
-        try comm?.barrier()
+        try collective("MPI_Barrier before the index") { try comm?.barrier() }
         if rank == 0 {
             let source: JSONValue = .object([
                 ("generator", "hgdpo encode"), ("model", .string(s.model)), ("data", .string(s.data)),
@@ -281,7 +297,7 @@ public final class CacheEncoder {
                 try? FileManager.default.removeItem(atPath: (s.out as NSString).appendingPathComponent(name))
             }
         }
-        try comm?.barrier()
+        try collective("MPI_Barrier after the index") { try comm?.barrier() }
         return EncodeSummary(count: triplets.count, skipped: problems.count, shards: shardCount, resumedShards: resumed,
                              latentShape: latentShape, contextShape: contextShape)
     }
@@ -345,7 +361,9 @@ public final class CacheEncoder {
             }).serialized().utf8)
             problems = []
             for root in 0..<comm.size {
-                let bytes = try comm.broadcast(encoded, root: root)
+                let bytes = try collective("MPI_Bcast of rank \(root)'s unreadable triplets") {
+                    try comm.broadcast(encoded, root: root)
+                }
                 guard let items = try JSONSerialization.jsonObject(with: Foundation.Data(bytes)) as? [[String: Any]] else { continue }
                 for item in items {
                     problems.append(TripletProblem(line: item["line"] as? Int ?? 0, id: item["id"] as? String,
@@ -385,7 +403,7 @@ public final class CacheEncoder {
                 throw EncodeError.outputExists(path: out, reason: "cannot write: \(error.localizedDescription)")
             }
         }
-        try comm?.barrier()
+        try collective("MPI_Barrier after preparing the output folder") { try comm?.barrier() }
     }
 
     /// A shard written by an earlier run: present (files appear only complete) with the expected rows and ids.

@@ -10,6 +10,8 @@
 #   4. a node lost: two namespace hosts (launch/mpirun.sh), node b's veth cut mid-run;
 #      mpirun's TCP keepalive (HGDPO_OOB_KEEPALIVE=5,2,3: ~11 s) notices it        bound 45 s
 #   5. a node lost: every process of node b killed (orted, rank, sshd)              bound 30 s
+#   6. a hung rank during `hgdpo encode` (SIGSTOP of rank 1; --collective-timeout 10): bound 40 s, and the same
+#      command then resumes from the shards written and finishes the cache
 #
 # Usage: launch/tests/failures.sh      (root for cases 3-4; OpenMPI, iproute2, openssh-server; ~1-2 min)
 set -euo pipefail
@@ -97,6 +99,36 @@ if t_wait_for 100 t_has_lines "$run/metrics.jsonl" 2 && pid="$(t_rank_pid 1)"; t
   checkpoint_intact "hung rank 1 (SIGSTOP)" "$run" 2
 else
   t_fail "hung rank 1: the run did not start" "$(tail -n 5 "$run.log")"
+fi
+
+# --- 6. a hung rank during hgdpo encode --------------------------------------------------------------------------
+# Encode has the same watchdog: rank 0, waiting for the stopped rank 1 in the shard's all-reduce, ends the job; the
+# shards already written stay, and running the same command again resumes from them and finishes the cache.
+enc="$T/encode"
+encode=(hgdpo encode --model "$enc/model" --data "$enc/triplets" --out "$enc/cache" --resolution 64 --shard-size 4
+  --batch 1 --threads 1 --collective-timeout 10)
+if "$HGDPO_BIN" make-model --config tiny --out "$enc/model" >/dev/null &&
+  "$HGDPO_BIN" make-triplets --count 256 --width 64 --height 64 --out "$enc/triplets" >/dev/null; then
+  t_bg 150 "$enc.log" "$T_ROOT/launch/local.sh" --timeout 120 2 "${encode[@]}"
+  if t_wait_for 100 test -s "$enc/cache/shard-00001.safetensors" && pid="$(t_rank_pid 1)"; then
+    t_fault=$(date +%s.%N)
+    kill -STOP "$pid"
+    ended_in "encode, hung rank 1 (SIGSTOP)" 40
+    says "encode, hung rank 1 (SIGSTOP)" "$enc.log" "rank 0 on $host: MPI_.* did not finish within 10 s" \
+      "the waiting rank 0 and host $host"
+    if "$T_ROOT/launch/local.sh" --timeout 300 2 "${encode[@]}" >"$enc.resume.log" 2>&1 &&
+      grep -q "encode: resuming: [1-9][0-9]* of 64 shards are already written" "$enc.resume.log" &&
+      grep -q '"count":256' "$enc.resume.log"; then
+      t_pass "encode, hung rank 1: the same command resumes from the shards on disk and finishes the cache"
+    else
+      t_fail "encode, hung rank 1: resuming must finish the cache" "$(tail -n 5 "$enc.resume.log")"
+    fi
+  else
+    t_wait_bg
+    t_fail "encode, hung rank 1: the encode did not start" "$(tail -n 5 "$enc.log")"
+  fi
+else
+  t_fail "encode, hung rank 1: make the tiny pipeline and triplets"
 fi
 
 # --- 4./5. a node lost ------------------------------------------------------------------------------------------
