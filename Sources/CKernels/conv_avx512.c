@@ -100,8 +100,9 @@ HG_AVX512F void hg_conv_s1_avx512(const float *w, int gradInput, const float *in
                     const int y0 = (int)(p0 / (size_t)Wo), x0 = (int)(p0 % (size_t)Wo);
                     cu[u] = out + b * (size_t)M * L + p0;
                     const float *img = inp + b * (size_t)C * HW;
+                    // (c, kh, kw) of row k0, then stepped along (no divisions per row)
+                    int c = k0 / kk, kh = (k0 % kk) / kernel, kw = k0 % kernel;
                     for (int k = 0; k < kc; k++) {
-                        const int kg = k0 + k, c = kg / kk, t = kg % kk, kh = t / kernel, kw = t % kernel;
                         const float *plane = img + (size_t)c * HW;
                         __m512 v = _mm512_setzero_ps();
                         for (int s0 = 0; s0 < 16 && s0 < lanes; s0 += seg) {
@@ -115,6 +116,7 @@ HG_AVX512F void hg_conv_s1_avx512(const float *w, int gradInput, const float *in
                             v = _mm512_mask_loadu_ps(v, m, plane + (ptrdiff_t)yy * W + xs - s0);
                         }
                         _mm512_store_ps(bp + (size_t)k * CNR + 16 * u, v);
+                        if (++kw == kernel) { kw = 0; if (++kh == kernel) { kh = 0; c++; } }
                     }
                 }
                 for (int i0 = m0; i0 < m1; i0 += CMR) {
