@@ -22,7 +22,7 @@
 #define HG_AVX512F __attribute__((target("avx512f")))
 #define INL __attribute__((always_inline)) static inline
 
-enum { CMR = 8, CNV = 3, CNR = 48, CKC = 384 };
+enum { CMR = 8, CNV = 3, CNR = 48, CKC = 384, CONV_MAX_TAPS = 49 };   // taps: kernels up to 7×7
 
 size_t hg_conv_avx512_scratch(int K) {
     // packed panel (CKC, CNR) + 16 to align, then the K offsets of A's columns (as floats' worth of int32)
@@ -92,7 +92,9 @@ HG_AVX512F void hg_conv_s1_avx512(const float *w, int gradInput, const float *in
             for (int j0 = b0; j0 < b1; j0 += CNR) {
                 const int nr = b1 - j0 < CNR ? b1 - j0 : CNR;
                 float *cu[CNV];
-                // Pack the panel's im2col rows k0..<k0+kc: row k = (c, kh, kw).
+                // Pack the panel's im2col rows k0..<k0+kc: row k = (c, kh, kw). Per vector, the tap t = (kh, kw)
+                // fixes, for each output row the vector covers (segment), where its lanes read (relative to the
+                // channel's plane) and which lanes are inside the image; the rows then only add c·H·W.
                 for (int u = 0; u < CNV; u++) {
                     const int lanes = nr - 16 * u;
                     const size_t g = (size_t)j0 + 16 * (size_t)(lanes > 0 ? u : 0);
@@ -100,23 +102,28 @@ HG_AVX512F void hg_conv_s1_avx512(const float *w, int gradInput, const float *in
                     const int y0 = (int)(p0 / (size_t)Wo), x0 = (int)(p0 % (size_t)Wo);
                     cu[u] = out + b * (size_t)M * L + p0;
                     const float *img = inp + b * (size_t)C * HW;
-                    // (c, kh, kw) of row k0, then stepped along (no divisions per row)
-                    int c = k0 / kk, kh = (k0 % kk) / kernel, kw = k0 % kernel;
-                    for (int k = 0; k < kc; k++) {
-                        const float *plane = img + (size_t)c * HW;
-                        __m512 v = _mm512_setzero_ps();
-                        for (int s0 = 0; s0 < 16 && s0 < lanes; s0 += seg) {
-                            const int yy = y0 + s0 / seg + kh - pt, xs = x0 + kw - pl;
-                            if (yy < 0 || yy >= H) continue;
+                    ptrdiff_t segOff[CONV_MAX_TAPS][16];
+                    __mmask16 segMask[CONV_MAX_TAPS][16];
+                    for (int t = 0; t < kk; t++) {
+                        const int kh = t / kernel, kw = t % kernel;
+                        for (int s0 = 0, q = 0; s0 < 16; s0 += seg, q++) {
+                            const int yy = y0 + q + kh - pt, xs = x0 + kw - pl;
                             // lane s0 + l reads column xs + l: valid for 0 <= xs + l < W, l < seg, s0 + l < lanes
                             int lo = -xs > 0 ? -xs : 0, hi = W - xs < seg ? W - xs : seg;
                             if (hi > lanes - s0) hi = lanes - s0;
-                            if (hi <= lo) continue;
-                            const __mmask16 m = (__mmask16)((((1u << hi) - 1) & ~((1u << lo) - 1)) << s0);
-                            v = _mm512_mask_loadu_ps(v, m, plane + (ptrdiff_t)yy * W + xs - s0);
+                            const int inside = yy >= 0 && yy < H && hi > lo;
+                            segMask[t][q] = inside ? (__mmask16)((((1u << hi) - 1) & ~((1u << lo) - 1)) << s0) : 0;
+                            segOff[t][q] = inside ? (ptrdiff_t)yy * W + xs - s0 : 0;
                         }
+                    }
+                    const int nseg = 16 / seg;
+                    int c = k0 / kk, t = k0 % kk;              // (c, t) of row k0, then stepped along
+                    for (int k = 0; k < kc; k++) {
+                        const float *plane = img + (size_t)c * HW;
+                        __m512 v = _mm512_maskz_loadu_ps(segMask[t][0], plane + segOff[t][0]);
+                        for (int q = 1; q < nseg; q++) v = _mm512_mask_loadu_ps(v, segMask[t][q], plane + segOff[t][q]);
                         _mm512_store_ps(bp + (size_t)k * CNR + 16 * u, v);
-                        if (++kw == kernel) { kw = 0; if (++kh == kernel) { kh = 0; c++; } }
+                        if (++t == kk) { t = 0; c++; }
                     }
                 }
                 for (int i0 = m0; i0 < m1; i0 += CMR) {

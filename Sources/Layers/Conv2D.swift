@@ -99,14 +99,15 @@ public func conv2dWorkspaceSize(Cin: Int, H: Int, W: Int, kernel: Int, stride: I
 
 // MARK: - Implicit GEMM (AVX-512F)
 
-/// Whether a convolution runs on CKernels/conv_avx512.c: fp32 weights (checked by the callers), stride 1, output
+/// Whether a convolution runs on CKernels/conv_avx512.c: fp32 weights (checked by the callers), stride 1, kernel up
+/// to 7×7, output
 /// width a multiple of 16, or 1, 2, 4 or 8 with Ho·Wo a multiple of 16 (for the input gradient: the input's size),
 /// a CPU with AVX-512F. Any padding: the input gradient of a stride-1 convolution is a stride-1 correlation with
 /// padding k − 1 − p (negative is fine).
 /// HGDPO_CONV=blas keeps im2col + OpenBLAS everywhere (benchmarks).
 @inline(__always)
-func conv2dImplicitGEMM(stride: Int, Ho: Int, Wo: Int) -> Bool {
-    conv2dImplicitAvailable && stride == 1 && (Wo % 16 == 0 || (16 % Wo == 0 && (Ho * Wo) % 16 == 0))
+func conv2dImplicitGEMM(stride: Int, kernel: Int, Ho: Int, Wo: Int) -> Bool {
+    conv2dImplicitAvailable && stride == 1 && kernel <= 7 && (Wo % 16 == 0 || (16 % Wo == 0 && (Ho * Wo) % 16 == 0))
 }
 
 let conv2dImplicitAvailable = hg_cpu_has_avx512f() != 0 && ProcessInfo.processInfo.environment["HGDPO_CONV"] != "blas"
@@ -267,7 +268,7 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho
     parallelFor(B * Cout, work: B * Cout * L) { bo in
         (out + bo * L).update(repeating: bias?[bo % Cout] ?? 0, count: L)
     }
-    if case .f32(let w) = weight, conv2dImplicitGEMM(stride: stride, Ho: Ho, Wo: Wo) {
+    if case .f32(let w) = weight, conv2dImplicitGEMM(stride: stride, kernel: kernel, Ho: Ho, Wo: Wo) {
         conv2dImplicit(w: w, gradInput: false, inp: inp, out: out, B: B, C: Cin, H: H, W: W, M: Cout, kernel: kernel,
                        pt: padding.top, pl: padding.left, Ho: Ho, Wo: Wo)
         return
@@ -338,7 +339,7 @@ public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin,
                                 workspace: UnsafeMutablePointer<Float>) {
     let (Ho, Wo) = padding.outputSize(H: H, W: W, kernel: kernel, stride: stride)
     let L = Ho * Wo, rowsK = Cin * kernel * kernel
-    if case .f32(let w) = weight, conv2dImplicitGEMM(stride: stride, Ho: H, Wo: W) {
+    if case .f32(let w) = weight, conv2dImplicitGEMM(stride: stride, kernel: kernel, Ho: H, Wo: W) {
         // dinp = dout correlated with the flipped, transposed kernel, padded k − 1 − p (stride 1 only).
         conv2dImplicit(w: w, gradInput: true, inp: dout, out: dinp, B: B, C: Cout, H: Ho, W: Wo, M: Cin, kernel: kernel,
                        pt: kernel - 1 - padding.top, pl: kernel - 1 - padding.left, Ho: H, Wo: W)

@@ -260,7 +260,7 @@ final class KernelTests: XCTestCase {
             let Hp = H + pad.top + pad.bottom, Wp = W + pad.left + pad.right
             let (Ho, Wo) = pad.outputSize(H: H, W: W, kernel: K, stride: 1)
             if conv2dImplicitAvailable {
-                XCTAssertTrue(conv2dImplicitGEMM(stride: 1, Ho: Ho, Wo: Wo), label)
+                XCTAssertTrue(conv2dImplicitGEMM(stride: 1, kernel: K, Ho: Ho, Wo: Wo), label)
             }
             func padded(_ x: [Double], C: Int) -> [Double] {
                 var out = [Double](repeating: 0, count: B * C * Hp * Wp)

@@ -36,8 +36,8 @@ void hg_attention_forward_avx512(const float *q, const float *k, const float *v,
 void hg_attention_backward_avx512(const float *q, const float *k, const float *v, const float *out,
                                   const float *dout, int ldx, const float *lse, float *dq, float *dk, float *dv,
                                   int Nq, int Nk, int d, float scale, int causal, float *workspace);
-/// Stride-1 convolution as an implicit GEMM, AVX-512F only (CKernels/conv_avx512.c), for Wo % 16 == 0 or Wo | 16
-/// with Ho·Wo % 16 == 0, and n0 % 16 == 0: out (B, M, Ho, Wo) += correlation of inp (B, C, H, W) with A over the
+/// Stride-1 convolution as an implicit GEMM, AVX-512F only (CKernels/conv_avx512.c), for kernels up to 7×7,
+/// Wo % 16 == 0 or Wo | 16 with Ho·Wo % 16 == 0, and n0 % 16 == 0: out (B, M, Ho, Wo) += correlation of inp (B, C, H, W) with A over the
 /// batch's output pixels [n0, n1) (b·Ho·Wo + y·Wo + x) and output channels [m0, m1), zero outside the image,
 /// padding pt (top) and pl (left). gradInput == 0: A = w as (M, C, k, k) (forward);
 /// 1: A(c, (o, t)) = w[o][c][k·k − 1 − t] for w (C, M, k, k) (input gradient of a stride-1 conv with padding
