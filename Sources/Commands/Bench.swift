@@ -192,27 +192,18 @@ extension Commands {
         let out = Buffer(zeros: B * Nq * H * d), lse = Buffer(zeros: B * H * Nq)
         let dq = Buffer(zeros: B * Nq * H * d), dk = Buffer(zeros: B * Nk * H * d), dv = Buffer(zeros: B * Nk * H * d)
         let ws = Buffer(zeros: attentionWorkspaceSize(B: B, Nq: Nq, Nk: Nk, heads: H, headDim: d))
-        var fwd: [Double] = [], bwd: [Double] = []
-        for it in 0...iters {
-            let t0 = DispatchTime.now().uptimeNanoseconds
+        let t = timeKernelPair(iters: iters) {
             attentionForward(out: out.ptr, lse: lse.ptr, q: q.ptr, k: k.ptr, v: v.ptr, B: B, Nq: Nq, Nk: Nk, heads: H,
                              headDim: d, workspace: ws.ptr)
-            let t1 = DispatchTime.now().uptimeNanoseconds
+        } backward: {
             attentionBackward(dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, dout: dout.ptr, q: q.ptr, k: k.ptr, v: v.ptr, out: out.ptr,
                               lse: lse.ptr, B: B, Nq: Nq, Nk: Nk, heads: H, headDim: d, workspace: ws.ptr)
-            let t2 = DispatchTime.now().uptimeNanoseconds
-            if it > 0 { fwd.append(Double(t1 - t0) / 1e9); bwd.append(Double(t2 - t1) / 1e9) }
         }
-        fwd.sort(); bwd.sort()
-        let flops = 4.0 * Double(B * H * Nq * Nk * d)       // Q·Kᵀ and P·V
-        let f = fwd[fwd.count / 2], b = bwd[bwd.count / 2]     // medians
+        let flops = 4.0 * Double(B * H * Nq * Nk * d)       // Q·Kᵀ and P·V; the backward counts 2.5 times that
         print(JSONValue.object([
             ("impl", .string("hgdpo-\(version)")), ("batch", .int(B)), ("tokens", .int(Nq)), ("keys", .int(Nk)),
             ("heads", .int(H)), ("head_dim", .int(d)), ("threads", .int(Parallel.threads)),
-            ("forward_ms", .double(f * 1e3)), ("backward_ms", .double(b * 1e3)),
-            ("forward_min_ms", .double(fwd[0] * 1e3)), ("backward_min_ms", .double(bwd[0] * 1e3)),
-            ("forward_gflops", .double(flops / f / 1e9)), ("backward_gflops", .double(2.5 * flops / b / 1e9)),
-        ]).serialized())
+        ] + t.fields(forwardFlops: flops, backwardFlops: 2.5 * flops)).serialized())
     }
 }
 
@@ -245,25 +236,44 @@ extension Commands {
         let bias = Buffer(zeros: cout), dout = Buffer(rng.substream(3).normals(B * cout * no * no))
         let out = Buffer(zeros: B * cout * no * no), dinp = Buffer(zeros: B * cin * n * n)
         let ws = Buffer(zeros: conv2dWorkspaceSize(Cin: cin, H: n, W: n, kernel: k, stride: s, padding: p))
-        var fwd: [Double] = [], bwd: [Double] = []
-        for it in 0...iters {
-            let t0 = DispatchTime.now().uptimeNanoseconds
+        let t = timeKernelPair(iters: iters) {
             conv2dForward(out: out.ptr, inp: x.ptr, weight: w.ptr, bias: bias.ptr, B: B, Cin: cin, H: n, W: n, Cout: cout,
                           kernel: k, stride: s, padding: p, workspace: ws.ptr)
-            let t1 = DispatchTime.now().uptimeNanoseconds
+        } backward: {
             conv2dBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: w.ptr, B: B, Cin: cin, H: n, W: n, Cout: cout,
                                 kernel: k, stride: s, padding: p, workspace: ws.ptr)
-            let t2 = DispatchTime.now().uptimeNanoseconds
-            if it > 0 { fwd.append(Double(t1 - t0) / 1e9); bwd.append(Double(t2 - t1) / 1e9) }
         }
-        fwd.sort(); bwd.sort()
-        let flops = 2.0 * Double(B * cout * cin * k * k * no * no)
+        let flops = 2.0 * Double(B * cout * cin * k * k * no * no)   // the input gradient costs the same
         print(JSONValue.object([
             ("impl", .string("hgdpo-\(version)")), ("batch", .int(B)), ("in", .int(cin)), ("out", .int(cout)),
             ("size", .int(n)), ("kernel", .int(k)), ("stride", .int(s)), ("threads", .int(Parallel.threads)),
-            ("forward_ms", .double(fwd[fwd.count / 2] * 1e3)), ("backward_ms", .double(bwd[bwd.count / 2] * 1e3)),
-            ("forward_min_ms", .double(fwd[0] * 1e3)), ("backward_min_ms", .double(bwd[0] * 1e3)),
-            ("forward_gflops", .double(flops / fwd[0] / 1e9)), ("backward_gflops", .double(flops / bwd[0] / 1e9)),
-        ]).serialized())
+        ] + t.fields(forwardFlops: flops, backwardFlops: flops)).serialized())
     }
+}
+
+/// Seconds of a forward and a backward kernel, each run once untimed and then `iters` times, sorted.
+struct KernelPairTimes {
+    var forward: [Double] = [], backward: [Double] = []
+
+    /// Median and minimum milliseconds of both, and GFLOPS at the minimum.
+    func fields(forwardFlops: Double, backwardFlops: Double) -> [(String, JSONValue)] {
+        [("forward_ms", .double(forward[forward.count / 2] * 1e3)), ("backward_ms", .double(backward[backward.count / 2] * 1e3)),
+         ("forward_min_ms", .double(forward[0] * 1e3)), ("backward_min_ms", .double(backward[0] * 1e3)),
+         ("forward_gflops", .double(forwardFlops / forward[0] / 1e9)),
+         ("backward_gflops", .double(backwardFlops / backward[0] / 1e9))]
+    }
+}
+
+func timeKernelPair(iters: Int, forward: () -> Void, backward: () -> Void) -> KernelPairTimes {
+    var t = KernelPairTimes()
+    for it in 0...iters {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        forward()
+        let t1 = DispatchTime.now().uptimeNanoseconds
+        backward()
+        let t2 = DispatchTime.now().uptimeNanoseconds
+        if it > 0 { t.forward.append(Double(t1 - t0) / 1e9); t.backward.append(Double(t2 - t1) / 1e9) }
+    }
+    t.forward.sort(); t.backward.sort()
+    return t
 }
