@@ -53,7 +53,7 @@ public enum AttentionKernel: String, Sendable {
     /// Largest head size given to the AVX-512 kernels by default (measured: faster than OpenBLAS up to here).
     public static let avx512MaxHeadDim = 64
 
-    /// The CPU runs the AVX-512 kernels.
+    /// The CPU runs the AVX-512 kernels (these and the softmax rows of the OpenBLAS path).
     public static let avx512Available = hg_cpu_has_avx512f() != 0
 
     /// HGDPO_ATTENTION=blas|avx512 forces one (benchmarks); avx512 where the CPU lacks AVX-512F falls back to blas.
@@ -69,7 +69,8 @@ public enum AttentionKernel: String, Sendable {
 
 /// Floats of scratch that `attentionForward` and `attentionBackward` need (one buffer serves both) for the same
 /// `threads`, per worker (workers ≤ threads): OpenBLAS path 2·rows·ldS + rows with rows ≤ 512 query rows per block
-/// (rows·ldS ≲ 2^20) and ldS ≈ Nk rounded up to 16; AVX-512 path (4·d + 64)·ldS + 48. It does not grow with Nq.
+/// (rows·ldS ≲ 2^20) and ldS ≈ Nk rounded up to 16; AVX-512 path (4·d + 64)·ld + 48 with ld ≈ Nk rounded up to 16
+/// (hg_attention_avx512_workspace). It does not grow with Nq.
 public func attentionWorkspaceSize(B: Int, Nq: Int, Nk: Int, heads: Int, headDim: Int,
                                    threads: Int = attentionDefaultThreads) -> Int {
     AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim, threads: threads).workspaceSize
@@ -121,7 +122,7 @@ func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointe
     let scale = 1 / Float(d).squareRoot()
     let rows = plan.rows, ldS = plan.ldS, blocks = plan.blocks, perWorker = plan.perWorker
 
-    parallelItems(B * H * blocks, workers: plan.workers) { item, worker in
+    attentionParallel(items: B * H * blocks, workers: plan.workers) { item, worker in
         let bh = item / blocks, b = bh / H, h = bh % H
         let i0 = (item % blocks) * rows, m = min(rows, Nq - i0)
         if plan.kernel == .avx512 {
@@ -190,7 +191,7 @@ func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer
 
     // One item per (batch, head): dK and dV of a head are summed over all its query blocks by one worker,
     // so no two workers write the same gradient element and the sum order does not depend on the thread count.
-    parallelItems(B * H, workers: workers) { bh, worker in
+    attentionParallel(items: B * H, workers: workers) { bh, worker in
         let b = bh / H, h = bh % H
         if plan.kernel == .avx512 {
             let qo = b * Nq * C + h * d, kv = b * Nk * C + h * d
@@ -238,23 +239,58 @@ func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer
 
 // MARK: - Threads
 
+/// Runs body(item, worker) for every item, `workers` at a time; worker ∈ 0..<workers picks its workspace slice.
+/// Items are handed out in order from a shared counter, so a worker slowed by another process takes fewer.
+/// With more than one worker OpenBLAS runs single-threaded inside (restored afterwards); with one, OpenBLAS
+/// keeps its threads.
+@inline(__always)
+private func attentionParallel(items: Int, workers: Int, _ body: (Int, Int) -> Void) {
+    guard workers > 1 else {
+        for item in 0..<items { body(item, 0) }
+        return
+    }
+    let blasThreads = BLAS.threads
+    if blasThreads > 1 { BLAS.setThreads(1) }
+    defer { if blasThreads > 1 { BLAS.setThreads(blasThreads) } }
+    let next = AttentionCounter()
+    DispatchQueue.concurrentPerform(iterations: workers) { worker in
+        while true {
+            let item = next.take()
+            if item >= items { break }
+            body(item, worker)
+        }
+    }
+}
+
+/// A shared item counter (a lock is plenty: one take per query block of hundreds of microseconds).
+private final class AttentionCounter: @unchecked Sendable {
+    private var value = 0
+    private let lock = NSLock()
+    func take() -> Int {
+        lock.lock(); defer { lock.unlock() }
+        let v = value
+        value += 1
+        return v
+    }
+}
+
 // MARK: - Row kernels
 
-/// Whether the softmax rows (max, exp, sum) run on the AVX-512F kernels of CKernels/softmax_rows.c (16 lanes; the Swift
-/// code below is compiled for AVX2). Same arithmetic, so the two agree to rounding (tested).
-let attentionRowKernelsAVX512 = hg_cpu_has_avx512f() != 0
+// The softmax rows (max, exp, sum) run on the AVX-512F kernels of CKernels/softmax_rows.c where the CPU has them
+// (`AttentionKernel.avx512Available`; 16 lanes, the Swift code below is compiled for AVX2). Same arithmetic, so the
+// two agree to rounding (tested).
 
 /// max_j row[j], j < n: the AVX-512F kernel where the CPU has it, else `rowMax`.
 @inline(__always)
 private func softmaxRowMax(_ row: UnsafePointer<Float>, _ n: Int) -> Float {
-    attentionRowKernelsAVX512 ? hg_row_max_avx512(row, Int32(n)) : rowMax(row, n)
+    AttentionKernel.avx512Available ? hg_row_max_avx512(row, Int32(n)) : rowMax(row, n)
 }
 
 /// row[j] ← exp(row[j] − shift), j < n; returns Σ_j row[j] when `sum` (the AVX-512F kernel sums in the same pass
 /// anyway; the Swift path adds a pass only when asked), else 0.
 @inline(__always)
 private func softmaxRowExp(_ row: UnsafeMutablePointer<Float>, _ n: Int, shift: Float, sum: Bool) -> Float {
-    if attentionRowKernelsAVX512 { return hg_row_exp_sum_avx512(row, Int32(n), shift) }
+    if AttentionKernel.avx512Available { return hg_row_exp_sum_avx512(row, Int32(n), shift) }
     expShiftedInPlace(row, n, shift: shift)
     return sum ? rowSum(row, n) : 0
 }

@@ -1,7 +1,6 @@
 // Data parallelism for the non-GEMM kernels (norms, activations, im2col, transposes): a `parallelFor` over
 // independent items, typically batch × channels or a range of rows. GEMMs are threaded by OpenBLAS itself, so
-// never call BLAS from inside a `parallelFor` body; `parallelItems` is for work that does (attention heads,
-// convolution tiles): it runs OpenBLAS single-threaded inside and hands out items one at a time.
+// never call BLAS from inside a `parallelFor` body.
 import Dispatch
 import Foundation
 
@@ -49,42 +48,5 @@ public func parallelRanges(_ count: Int, grain: Int = Parallel.minimumParallelWo
         DispatchQueue.concurrentPerform(iterations: chunks) { t in
             body((t * count / chunks)..<((t + 1) * count / chunks))
         }
-    }
-}
-
-/// Runs body(item, worker) for every item in 0..<items, `workers` at a time; worker ∈ 0..<workers picks its scratch
-/// slice. Items are handed out in order from a shared counter, so a worker slowed by another process takes fewer.
-/// With more than one worker OpenBLAS runs single-threaded inside (restored afterwards), so bodies may call BLAS:
-/// on 2 cores that is faster than one thread driving multi-threaded OpenBLAS through many mid-sized GEMMs, whose
-/// threads idle between calls. With one worker everything runs here and OpenBLAS keeps its threads.
-public func parallelItems(_ items: Int, workers: Int, _ body: (Int, Int) -> Void) {
-    guard workers > 1, items > 1 else {
-        for item in 0..<items { body(item, 0) }
-        return
-    }
-    let blasThreads = BLAS.threads
-    if blasThreads > 1 { BLAS.setThreads(1) }
-    defer { if blasThreads > 1 { BLAS.setThreads(blasThreads) } }
-    let next = ItemCounter()
-    withoutActuallyEscaping(body) { body in
-        DispatchQueue.concurrentPerform(iterations: min(workers, items)) { worker in
-            while true {
-                let item = next.take()
-                if item >= items { break }
-                body(item, worker)
-            }
-        }
-    }
-}
-
-/// A shared item counter (a lock is plenty: one take per item of tens of microseconds or more).
-private final class ItemCounter: @unchecked Sendable {
-    private var value = 0
-    private let lock = NSLock()
-    func take() -> Int {
-        lock.lock(); defer { lock.unlock() }
-        let v = value
-        value += 1
-        return v
     }
 }
