@@ -15,13 +15,12 @@
 // Query rows go in tiles of ATTN_ROWS whose score rows (ATTN_ROWS, ldN) stay in L2. Each output element is summed
 // in a fixed order that depends only on the shapes, so results do not depend on threads or blocking.
 // Padded key columns: S = −∞ there (so P = 0), causal masks the same way (key j > query i); masked P is exactly 0.
-#include "ckernels.h"
+#include "internal.h"
 #include "avx512_exp.h"
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#define INL __attribute__((always_inline)) static inline
 
 enum { ATTN_ROWS = 32 };                         // query rows per tile
 
@@ -65,7 +64,7 @@ enum { SR = 8, SNV = 3 };        // query rows × key vectors of a scores tile (
 enum { SCORES_KEYS = 960 };      // keys per block (20 tiles): Bt's block, d × 960 floats, stays in L2 across rows
 
 /// acc[r][u] = Σ_c a[r][c]·bt[c·ld + 16u] for r < SR, u < NV.
-HG_AVX512F INL void scores_tile(const float *const a[SR], const float *bt, int ld, int d, const int NV,
+HG_AVX512F HG_INLINE void scores_tile(const float *const a[SR], const float *bt, int ld, int d, const int NV,
                                 __m512 acc[SR][SNV]) {
     for (int r = 0; r < SR; r++)
         for (int u = 0; u < NV; u++) acc[r][u] = _mm512_setzero_ps();
@@ -83,7 +82,7 @@ enum { SCORES_S = 0, SCORES_PROBS = 1, SCORES_DS = 2 };
 
 /// Stores one tile (rows r < rows ≤ SR, NV vectors from key j0) for the modes of `scores`; loops have constant
 /// bounds so the accumulators stay in registers.
-HG_AVX512F INL void scores_store(const int mode, __m512 acc[SR][SNV], const int NV, int rows, int j0, int ld,
+HG_AVX512F HG_INLINE void scores_store(const int mode, __m512 acc[SR][SNV], const int NV, int rows, int j0, int ld,
                                  const int lim[SR], int masked, __m512 vscale, const float *shift, const float *p,
                                  float *out) {
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -110,7 +109,7 @@ HG_AVX512F INL void scores_store(const int mode, __m512 acc[SR][SNV], const int 
 }
 
 /// Keys [j0, j1) of query rows r < rows (≤ SR; a[r] row r of A, query index row0 + r); see `scores`.
-HG_AVX512F INL void scores_rows(const int mode, const float *const a[SR], int rows, const float *bt, int ld, int d,
+HG_AVX512F HG_INLINE void scores_rows(const int mode, const float *const a[SR], int rows, const float *bt, int ld, int d,
                                 int Nk, int causal, int row0, float scale, const float *shift, const float *p,
                                 float *out, int j0, int j1) {
     int lim[SR];
@@ -156,7 +155,7 @@ HG_AVX512F static void scores(const int mode, const float *A, int lda, int rows,
 // MARK: - rowdot: 3 rows × 8 channels
 
 /// Σ over the 16 lanes of each of a[0..7], as 8 floats.
-HG_AVX512F INL __m256 sum_lanes8(const __m512 a[8]) {
+HG_AVX512F HG_INLINE __m256 sum_lanes8(const __m512 a[8]) {
     __m256 s[8];
     for (int i = 0; i < 8; i++)
         s[i] = _mm256_add_ps(_mm512_castps512_ps256(a[i]),
@@ -167,7 +166,7 @@ HG_AVX512F INL __m256 sum_lanes8(const __m512 a[8]) {
 }
 
 /// out[r][c] (= or +=) alpha[r]·Σ_j p[r][j]·bt[c·ld + j] for r < rows (≤ 3), c < nc (≤ 8), j < ld.
-HG_AVX512F INL void rowdot_tile(const float *const p[3], int rows, const float *bt, int ld, int nc,
+HG_AVX512F HG_INLINE void rowdot_tile(const float *const p[3], int rows, const float *bt, int ld, int nc,
                                 float *const out[3], const float *alpha, int accumulate) {
     __m512 acc[3][8];
     for (int r = 0; r < 3; r++)
@@ -215,7 +214,7 @@ HG_AVX512F static void rowdot(const float *P, int rows, const float *bt, int ld,
 
 /// out[r][c] (= or +=) alpha[r]·Σ_{j<n} P[r·ld + j]·b[j·ldb + c] for r < rows (≤ R ≤ 12), c < 16·NVC (NVC ≤ 4,
 /// the last vector masked by `last`): no lane sums, so short key rows cost nothing extra. b is V or K in place.
-HG_AVX512F INL void pvb_tile(const float *P, int ld, int rows, const int R, const float *b, int ldb, int n,
+HG_AVX512F HG_INLINE void pvb_tile(const float *P, int ld, int rows, const int R, const float *b, int ldb, int n,
                              const int NVC, __mmask16 last, float *out, int ldo, const float *alpha, int accumulate) {
     __m512 acc[12][4];
     const float *p[12];
@@ -278,7 +277,7 @@ HG_AVX512F static void rowdot_bcast(const float *P, int rows, int ld, int n, con
 // MARK: - outer: 4 channels × NV vectors of 16 keys
 
 /// ct[c·ld + 16u] += alpha·Σ_{i<m} a[i·lda + c]·p[i·ld + 16u] for c < NC, u < NV.
-HG_AVX512F INL void outer_tile(const float *a, int lda, const float *p, int ld, int m, const int NC, const int NV,
+HG_AVX512F HG_INLINE void outer_tile(const float *a, int lda, const float *p, int ld, int m, const int NC, const int NV,
                                float *ct, float alpha) {
     __m512 acc[4][4];
     for (int c = 0; c < NC; c++)
@@ -299,8 +298,8 @@ HG_AVX512F INL void outer_tile(const float *a, int lda, const float *p, int ld, 
         }
 }
 
-HG_AVX512F INL void outer_cols(const float *a, int lda, const float *p, int ld, int m, const int NC, float *ct,
-                                  float alpha) {
+HG_AVX512F HG_INLINE void outer_cols(const float *a, int lda, const float *p, int ld, int m, const int NC,
+                                     float *ct, float alpha) {
     int j = 0;
     for (; j + 64 <= ld; j += 64) outer_tile(a, lda, p + j, ld, m, NC, 4, ct + j, alpha);
     for (; j < ld; j += 16) outer_tile(a, lda, p + j, ld, m, NC, 1, ct + j, alpha);

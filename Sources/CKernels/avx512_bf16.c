@@ -23,7 +23,6 @@
 #define HG_NAME(x) x
 #define HG_AS_BH(x) ((__m512bh)(x))
 #endif
-#define HG_INLINE static inline __attribute__((always_inline))
 
 enum {
     MR = 8,           // rows of a micro-tile (broadcast side)

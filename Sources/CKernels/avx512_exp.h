@@ -4,8 +4,7 @@
 #ifndef HGDPO_AVX512_EXP_H
 #define HGDPO_AVX512_EXP_H
 #include <immintrin.h>
-
-#define HG_AVX512F __attribute__((target("avx512f")))
+#include "internal.h"
 
 HG_AVX512F static inline __m512 exp16(__m512 x) {
     const __m512 lo = _mm512_set1_ps(-87.33654f), hi = _mm512_set1_ps(88.0f);

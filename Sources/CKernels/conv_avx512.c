@@ -11,16 +11,14 @@
 //                    correlation of dout with the flipped, transposed kernel, padding k − 1 − p)
 // Blocking (Goto-style, A never packed): per block of KC rows of K and panel of 48 output pixels, the panel's
 // im2col rows are packed once (masked loads: a 16-pixel vector is a stretch of one output row, or whole short rows,
-// of one image), then
-// every 8 output channels run an 8 × 48 register tile (24 accumulators, A broadcast from the weights).
+// of one image), then every 8 output channels run an 8 × 48 register tile (24 accumulators, A broadcast from the
+// weights).
 // Each output element is summed in a fixed order, whatever the split of pixels over calls.
-#include "ckernels.h"
+#include "internal.h"
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
 
-#define HG_AVX512F __attribute__((target("avx512f")))
-#define INL __attribute__((always_inline)) static inline
 
 enum { CMR = 8, CNV = 3, CNR = 48, CKC = 384, CONV_MAX_TAPS = 49 };   // taps: kernels up to 7×7
 
@@ -31,7 +29,7 @@ size_t hg_conv_avx512_scratch(int K) {
 
 /// c_u[r·ldc + l] += Σ_k a_r[off[k]]·bp[k][16u + l] for r < mr (≤ CMR), lanes 16u + l < nr, kc rows of the packed
 /// panel; c_u: where vector u's first pixel sits in output row 0 (vectors may belong to different images).
-HG_AVX512F INL void conv_tile(int kc, const float *const a[CMR], const int32_t *off, const float *bp,
+HG_AVX512F HG_INLINE void conv_tile(int kc, const float *const a[CMR], const int32_t *off, const float *bp,
                               float *const c[CNV], size_t ldc, int mr, int nr) {
     __m512 acc[CMR][CNV];
     for (int r = 0; r < CMR; r++)

@@ -5,6 +5,11 @@
 #include <string.h>
 #include "ckernels.h"
 
+/// Kernels for AVX-512F only (callers check hg_cpu_has_avx512f()), compiled with a per-function target attribute.
+#define HG_AVX512F __attribute__((target("avx512f")))
+/// Micro-kernel pieces that must inline, so that their constant loop bounds keep accumulators in registers.
+#define HG_INLINE static inline __attribute__((always_inline))
+
 /// One GEMM call as the paths see it (see ckernels.h for the semantics). aBF16/bBF16: 1 if that operand is bf16
 /// bits (uint16_t), 0 if it is fp32 (which every path rounds to bf16 first).
 typedef struct {
