@@ -39,6 +39,7 @@ let package = Package(
         .target(name: "VAE", dependencies: ["Tensors", "IO", "Layers"], swiftSettings: optimize),
         .target(name: "Sampling", dependencies: ["Tensors", "IO", "UNet", "TextEncoder", "VAE", "Schedulers"], swiftSettings: optimize),
         .target(name: "Datasets", dependencies: ["Tensors", "IO"], swiftSettings: optimize),
+        .target(name: "Scoring", dependencies: ["Tensors", "IO"], swiftSettings: optimize),
         .target(name: "Training", dependencies: ["Tensors", "IO", "UNet", "Schedulers", "Distributed", "Datasets", "Sampling", "TextEncoder", "VAE"], swiftSettings: optimize),
         .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: optimize),
         .target(name: "LatentEncoding", dependencies: ["Tensors", "IO", "Datasets", "VAE", "TextEncoder", "Distributed"], swiftSettings: optimize),
