@@ -44,7 +44,7 @@ let package = Package(
         .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: optimize),
         .target(name: "LatentEncoding", dependencies: ["Tensors", "IO", "Datasets", "VAE", "TextEncoder", "Distributed"], swiftSettings: optimize),
         .target(name: "Commands", dependencies: ["Tensors", "IO", "Layers", "Distributed", "UNet", "Schedulers", "Training", "Datasets",
-                                                  "TextEncoder", "VAE", "LatentEncoding", "Sampling"],
+                                                  "TextEncoder", "VAE", "LatentEncoding", "Sampling", "Scoring"],
                 swiftSettings: optimize),
         .executableTarget(name: "hgdpo", dependencies: ["Commands", "CKernels", "Tensors"], swiftSettings: optimizeBaseline),
 
