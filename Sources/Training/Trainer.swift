@@ -93,7 +93,7 @@ public final class Trainer {
                              mixedPrecision: c.mixedPrecision)
         // Start: rank 0's LoRA everywhere (a resume loads it on every rank from the shared filesystem).
         model.lora!.initialize(seed: c.seed)
-        if let r = c.resume, let dir = try Checkpoint.resolve(r, runDir: c.output) { try restore(dir) }
+        if let r = c.resume, let dir = try Checkpoint.resolve(r, runDir: c.output, log: comm.isRoot ? log : { _ in }) { try restore(dir) }
         try watchdog.guarded("MPI_Bcast of the initial LoRA") { try comm.broadcast(model.lora!.params.buffer) }
     }
 
@@ -157,6 +157,7 @@ public final class Trainer {
         let metricsPath = (config.output as NSString).appendingPathComponent("metrics.jsonl")
         var metrics: FileHandle?
         if comm.isRoot {
+            try Checkpoint.trimMetrics(metricsPath, throughStep: state.step)
             if !FileManager.default.fileExists(atPath: metricsPath) { FileManager.default.createFile(atPath: metricsPath, contents: nil) }
             metrics = FileHandle(forWritingAtPath: metricsPath)
             metrics?.seekToEndOfFile()
