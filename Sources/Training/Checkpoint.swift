@@ -54,7 +54,10 @@ public enum Checkpoint {
         let fm = FileManager.default
         let final = (runDir as NSString).appendingPathComponent(name(step: state.step))
         let tmp = (runDir as NSString).appendingPathComponent(".tmp-\(name(step: state.step))-\(getpid())")
-        try? fm.removeItem(atPath: tmp)
+        // Half-written folders of jobs killed while saving (this job holds the run folder's lock: none is being written).
+        for entry in (try? fm.contentsOfDirectory(atPath: runDir)) ?? [] where entry.hasPrefix(".tmp-step-") {
+            try? fm.removeItem(atPath: (runDir as NSString).appendingPathComponent(entry))
+        }
         try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         do {
             try LoRAFile.write(lora, to: (tmp as NSString).appendingPathComponent(loraFile),
@@ -67,7 +70,7 @@ public enum Checkpoint {
                                 JSONEncoderSorted.encode(StoredState(state: state, files: files)))
             faultDelay()
             fsyncPath(tmp)
-            if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }   // re-saving the same step
+            if fm.fileExists(atPath: final) { try discard(final) }   // re-saving the same step
             guard rename(tmp, final) == 0 else { throw CheckpointError(path: final, message: "rename failed: \(String(cString: strerror(errno)))") }
             fsyncPath(runDir)
         } catch {
@@ -98,7 +101,18 @@ public enum Checkpoint {
         guard keep > 0 else { return }
         let all = list(runDir: runDir)
         let stale = all.filter { $0.step > step }, current = all.filter { $0.step <= step }
-        for (_, path) in stale + current.dropLast(keep) { try FileManager.default.removeItem(atPath: path) }
+        for (_, path) in stale + current.dropLast(keep) { try discard(path) }
+    }
+
+    /// Removes a checkpoint folder so that a kill at any moment leaves it whole or gone: first renamed out of the
+    /// step-NNNNNN names (atomic), then deleted; a leftover is removed by the next save.
+    static func discard(_ path: String) throws {
+        let aside = ((path as NSString).deletingLastPathComponent as NSString)
+            .appendingPathComponent(".tmp-step-discarded-\((path as NSString).lastPathComponent)-\(getpid())")
+        guard rename(path, aside) == 0 else {
+            throw CheckpointError(path: path, message: "cannot remove (rename failed: \(String(cString: strerror(errno))))")
+        }
+        try FileManager.default.removeItem(atPath: aside)
     }
 
     /// `--resume auto`: the newest intact checkpoint of RUN_DIR (nil when the run is new); a damaged newer one is
