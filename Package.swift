@@ -62,6 +62,8 @@ let package = Package(
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport", "hgdpo"]),
         .testTarget(name: "SamplingTests", dependencies: ["Sampling", "Training", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
         .testTarget(name: "CommandsTests", dependencies: ["Commands", "TestSupport", "hgdpo"]),
+        .testTarget(name: "FuzzTests", dependencies: ["IO", "Datasets", "Schedulers", "Tensors", "TextEncoder", "Training", "UNet", "VAE",
+                                                  "TestSupport"]),
         .testTarget(name: "LatentEncodingTests", dependencies: ["LatentEncoding", "UNet", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
     ]
 )

@@ -58,8 +58,8 @@ public final class Trainer {
         guard c.loraRank > 0 else { throw TrainError("--lora-rank must be positive") }
         let folder = try ModelFolder(path: c.model)
         let unetFolder = try folder.unet()
-        schedule = try NoiseSchedule(try ComponentFolder(path: (c.model as NSString).appendingPathComponent("scheduler"))
-            .config(SchedulerConfig.self))
+        let schedulerFolder = ComponentFolder(path: (c.model as NSString).appendingPathComponent("scheduler"))
+        schedule = try NoiseSchedule(try schedulerFolder.config(SchedulerConfig.self), source: schedulerFolder.configPath)
         // bf16: the frozen base weights in bf16 (half the memory, bf16 GEMMs where the CPU has them); the LoRA, its
         // gradients, their all-reduce and the optimizer stay fp32.
         model = try UNetModel.load(folder: unetFolder, variant: c.variant, lora: (c.loraRank, Float(c.loraAlpha)),

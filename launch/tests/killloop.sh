@@ -13,7 +13,7 @@
 # "kill K/N: MODE TARGET at +S s (latest step L)", so a failure replays with the same seed (timings on a loaded
 # machine can still move a kill by a few hundred ms; the seed fixes the mode, target and delay).
 #
-# Usage: launch/tests/killloop.sh                      (CI: 3 kills, ~50 s in a debug build)
+# Usage: launch/tests/killloop.sh                      (CI: 3 kills, ~1 min in a debug build)
 #        HGDPO_KILLS=24 launch/tests/killloop.sh       (the long loop; RELIABILITY.md records its last result)
 set -euo pipefail
 # shellcheck source=launch/tests/lib.sh
@@ -24,7 +24,7 @@ t_need_cmd mpirun
 kills="${HGDPO_KILLS:-3}"
 seed="${HGDPO_KILL_SEED:-1}"
 RANDOM="$seed"
-steps=$((kills + 6))
+steps=$((4 * kills + 6))   # more than the kills can get through: every kill hits a running job
 delay=0.4   # seconds the checkpoint writer pauses twice inside each checkpoint (kill window)
 
 t_make_world "$T" || { t_fail "make the tiny world"; t_finish; }
@@ -77,6 +77,9 @@ for ((k = 1; k <= kills; k++)); do
   esac
   t_log "kill $k/$kills: $mode, $victim at +$((wait_ms))ms (latest step $before, inside a checkpoint write: $during)"
   echo "kill $k/$kills: $mode $victim, +${wait_ms}ms, latest step $before, inside a checkpoint write: $during"
+  if [[ -z "${pids// /}" ]]; then
+    t_fail "kill $k ($mode, $victim)" "no such process: the job had ended or not started ($(tail -n 2 "$log" | tr '\n' ' '))"
+  fi
   # shellcheck disable=SC2086
   [[ -n "${pids// /}" ]] && kill -9 $pids 2>/dev/null || true
   t_wait_bg
