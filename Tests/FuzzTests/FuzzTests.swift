@@ -3,7 +3,8 @@
 // HGDPO_FUZZ_SEED (default 1). An input passes when the reader accepts it or throws an error whose message names
 // the file; a crash (a trap: overflow, out-of-bounds index, force unwrap) ends the test process, which fails the run
 // and names the target and input index in the last line printed. Replay one input: HGDPO_FUZZ_TARGET=NAME
-// HGDPO_FUZZ_FROM=I HGDPO_FUZZ_COUNT=1 swift test --filter FuzzTests (inputs depend only on seed, target and index).
+// HGDPO_FUZZ_FROM=I HGDPO_FUZZ_COUNT=1 swift test --filter FuzzTests (inputs depend only on seed, target and index);
+// launch/fuzz-long.sh runs every target with 10^5 inputs.
 import Foundation
 import XCTest
 import Datasets

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# run-long.sh — the long fuzz run: HGDPO_FUZZ_COUNT inputs (default 100000) per target, one target after the other,
+# fuzz-long.sh — the long fuzz run (Tests/FuzzTests): HGDPO_FUZZ_COUNT inputs (default 100000) per target, one target after the other,
 # each line of results appended to HGDPO_FUZZ_REPORT (default fuzz-report.jsonl). RELIABILITY.md records the last run.
 #
-# Usage: swift build --build-tests && Tests/FuzzTests/run-long.sh [TARGET...]      (default: every target)
+# Usage: swift build --build-tests && launch/fuzz-long.sh [TARGET...]      (default: every target)
 # Targets: safetensors lora png triplets.jsonl latent-cache-index config-json config-yaml model_index.json unet-config
 #          vae-config text-encoder-config scheduler-config tokenizer-vocab.json tokenizer-merges.txt
 #          tokenizer-tokenizer_config.json tokenizer-special_tokens_map.json
 # HGDPO_FUZZ_XCTEST: the test bundle to run (default: .build/debug/hgdpoPackageTests.xctest; a debug build keeps
 # Swift's overflow and bounds checks, which is what turns a parser bug into a caught crash).
 set -uo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bundle="${HGDPO_FUZZ_XCTEST:-$root/.build/debug/hgdpoPackageTests.xctest}"
 export HGDPO_FUZZ_COUNT="${HGDPO_FUZZ_COUNT:-100000}" HGDPO_FUZZ_REPORT="${HGDPO_FUZZ_REPORT:-$PWD/fuzz-report.jsonl}"
 targets=("$@")
