@@ -250,7 +250,10 @@ public final class Trainer {
                     ("lr", .double(Double(lr))), ("grad_norm", .double(gradNorm)), ("skipped", .bool(!finite)),
                     ("samples_per_s", .double(rate)), ("step_s", .double(now - stepStart)), ("allreduce_s", .double(commSeconds)), ("world_size", .int(comm.size)),
                 ])
-                metrics?.write((record.serialized() + "\n").data(using: .utf8)!)
+                // write(contentsOf:) throws where write(_:) traps (a full disk would crash the rank).
+                do { try metrics?.write(contentsOf: Data((record.serialized() + "\n").utf8)) } catch {
+                    throw TrainError("\(metricsPath): cannot append the step's record: \(error.localizedDescription)")
+                }
                 log(String(format: "step %d/%d  loss %.5f  dpo %.5f  stat %.3e  acc %.2f  %.2f samples/s  ETA %@",
                            state.step, totalSteps, packed[0], packed[1] / pairs, packed[2] / pairs, packed[3] / pairs, rate,
                            formatDuration(eta)))
