@@ -38,8 +38,8 @@ public func accumulatePairGradients(model: UNetModel, objective: Objective, sche
     context.ptr.update(from: batch.context, count: b * sd)
     (context.ptr + b * sd).update(from: batch.context, count: b * sd)
     let tt = (batch.timesteps + batch.timesteps).map(Float.init)
-    let policy = try model.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: batch.height,
-                                   width: batch.width, contextLength: batch.contextLength, loraScale: 1, training: true)
+    let (policy, saved) = try model.forwardTraining(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: batch.height,
+                                                    width: batch.width, contextLength: batch.contextLength, loraScale: 1)
     let reference: Buffer? = objective.kind == .sft ? nil
         : try model.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: batch.height, width: batch.width,
                             contextLength: batch.contextLength, loraScale: nil)
@@ -47,6 +47,6 @@ public func accumulatePairGradients(model: UNetModel, objective: Objective, sche
     let terms = objective.evaluate(policy: policy.ptr, reference: reference?.ptr, noise: batch.noise, timesteps: batch.timesteps,
                                    pairs: b, channels: batch.channels, spatial: batch.height * batch.width, schedule: schedule,
                                    normalizer: normalizer, dPolicy: dPolicy.ptr)
-    model.backward(dPolicy)
+    model.backward(dPolicy, saved)
     return terms
 }
