@@ -5,6 +5,7 @@
 import Distributed
 import Foundation
 import IO
+import NN
 import Layers
 import Schedulers
 import Tensors
