@@ -51,7 +51,7 @@ public struct RunFolderLockHolder: Codable, Sendable, Equatable {
     }
 }
 
-public enum RunFolderLockError: Error, CustomStringConvertible {
+public enum RunFolderLockError: Error, UserInputError, CustomStringConvertible {
     /// Another live job holds the folder.
     case held(folder: String, holder: RunFolderLockHolder)
     /// The lock file exists but is not one hgdpo wrote.

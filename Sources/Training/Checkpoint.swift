@@ -6,6 +6,7 @@
 // newest checkpoint and falls back to the newest intact one, saying why; `--resume DIR` never falls back.
 import Foundation
 import IO
+import NN
 import UNet
 #if canImport(Glibc)
 import Glibc
@@ -32,7 +33,7 @@ public struct TrainerState: Codable, Sendable, Equatable {
     }
 }
 
-public struct CheckpointError: Error, CustomStringConvertible {
+public struct CheckpointError: Error, UserInputError, CustomStringConvertible {
     public let path: String
     public let message: String
     public var description: String { "\(path): \(message)" }

@@ -21,14 +21,14 @@ train=(hgdpo train --model "$T/model" --data "$T/cache" "${T_TRAIN_OPTS[@]}" --m
   --keep-checkpoints 2 --collective-timeout 60)
 final() { echo "$1/step-$(printf %06d "$steps")/$2"; }
 
-t_job 150 "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" --output "$T/full" >"$T/full.log" 2>&1
+t_job 150 "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" --out "$T/full" >"$T/full.log" 2>&1
 ((T_RC == 0)) && t_pass "uninterrupted run: $steps steps (${T_SECONDS}s)" || { t_fail "uninterrupted run" "$(tail -n 5 "$T/full.log")"; t_finish; }
 
 mkdir -p "$T/small"
 mount -t tmpfs -o size=8m hgdpo-diskfull "$T/small"
 t_on_cleanup "umount -l '$T/small'"
 run="$T/small/run"
-HGDPO_FAULT_CHECKPOINT_DELAY=0.5 t_bg 150 "$T/full-disk.log" "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" --output "$run"
+HGDPO_FAULT_CHECKPOINT_DELAY=0.5 t_bg 150 "$T/full-disk.log" "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" --out "$run"
 if ! t_wait_for 100 test -s "$run/latest" || ! t_wait_for 60 grep -q step-000002 "$run/latest"; then
   t_fail "the run did not reach its second checkpoint" "$(tail -n 5 "$T/full-disk.log")"
   t_finish
@@ -55,7 +55,7 @@ else
 fi
 
 rm -f "$T/small/filler"
-t_job 150 "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" --output "$run" --resume auto >"$T/resume.log" 2>&1
+t_job 150 "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" --out "$run" --resume auto >"$T/resume.log" 2>&1
 if ((T_RC == 0)) && t_same_lora "$(final "$run" pytorch_lora_weights.safetensors)" "$(final "$T/full" pytorch_lora_weights.safetensors)" &&
   t_same_lora "$(final "$run" optimizer.safetensors)" "$(final "$T/full" optimizer.safetensors)"; then
   t_pass "space freed: --resume auto finished the run, LoRA and optimizer bit-identical to the uninterrupted run's"
@@ -68,7 +68,7 @@ logged="$(grep -o '"step":[0-9]*' "$run/metrics.jsonl" | cut -d: -f2 | tr '\n' '
 # Not one byte left: the next write (the step's metrics record, or the checkpoint) fails with an error, not a trap.
 rm -rf "$run"
 run2="$T/small/run2"
-HGDPO_FAULT_CHECKPOINT_DELAY=0.5 t_bg 150 "$T/no-space.log" "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" --output "$run2"
+HGDPO_FAULT_CHECKPOINT_DELAY=0.5 t_bg 150 "$T/no-space.log" "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" --out "$run2"
 if t_wait_for 100 test -s "$run2/latest"; then
   head -c "$(df -B1 --output=avail "$T/small" | tail -n 1)" /dev/zero >"$T/small/filler2" 2>/dev/null || true
   t_wait_bg

@@ -32,7 +32,7 @@ train=(hgdpo train --model "$T/model" --data "$T/cache" "${T_TRAIN_OPTS[@]}" --m
   --keep-checkpoints 2 --collective-timeout 60)
 final() { echo "$1/step-$(printf %06d "$steps")/$2"; }
 
-t_job 300 "$T_ROOT/launch/local.sh" --timeout 280 2 "${train[@]}" --output "$T/full" >"$T/full.log" 2>&1
+t_job 300 "$T_ROOT/launch/local.sh" --timeout 280 2 "${train[@]}" --out "$T/full" >"$T/full.log" 2>&1
 if ((T_RC == 0)) && [[ -s "$(final "$T/full" pytorch_lora_weights.safetensors)" ]]; then
   t_pass "uninterrupted run: 2 ranks, $steps steps (${T_SECONDS}s)"
 else
@@ -61,7 +61,7 @@ for ((k = 1; k <= kills; k++)); do
   before="$(t_latest_step "$run" || echo none)"
   log="$run.kill$k.log"
   HGDPO_FAULT_CHECKPOINT_DELAY="$delay" t_bg 200 "$log" "$T_ROOT/launch/local.sh" --timeout 180 2 "${train[@]}" \
-    --output "$run" --resume auto
+    --out "$run" --resume auto
   case "$mode" in
     setup) t_wait_for 60 both_ranks_up || true ;;
     step) t_wait_for 60 both_ranks_up && t_wait_for 60 grep -q '^step ' "$log" || true ;;
@@ -110,7 +110,7 @@ t_pass "$ok_kills of $kills kill -9 left every checkpoint on disk verified and l
 ((checkpoint_kills > 0)) && t_pass "kills inside a checkpoint write: $checkpoint_kills" ||
   t_fail "no kill landed inside a checkpoint write"
 
-t_job 300 "$T_ROOT/launch/local.sh" --timeout 280 2 "${train[@]}" --output "$run" --resume auto >"$run.final.log" 2>&1
+t_job 300 "$T_ROOT/launch/local.sh" --timeout 280 2 "${train[@]}" --out "$run" --resume auto >"$run.final.log" 2>&1
 if ((T_RC == 0)); then
   t_pass "the last --resume auto finished the run ($(grep -o 'resumed from [^ ]* at step [0-9]*' "$run.final.log" || echo 'from step 0'))"
 else
