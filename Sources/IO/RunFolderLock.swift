@@ -12,7 +12,9 @@
 // moved the file it judged stale, then links its own. The heartbeat reads the lock back first: a holder that finds
 // another job's token there (it was stopped, e.g. SIGSTOP, for longer than `stale_after_s` and was taken over) stops
 // the process (exit 2) instead of writing next to the new holder. The heartbeat is judged stale by the holder's
-// wall clock against the reader's: hosts must agree within a fraction of `stale_after_s` (NTP does).
+// wall clock against the reader's: hosts must agree within a fraction of `stale_after_s` (NTP does). The folder's
+// filesystem must support hard links (local disks, NFS, Lustre, GPFS, BeeGFS do; some SMB/FUSE mounts do not, and
+// taking the lock then fails with an error naming the file).
 //
 // Usage: `let lock = try RunFolderLock(folder: out, command: "train")` before writing anything into `out` (on one
 // process per job, e.g. MPI rank 0), `lock.release()` when done (also on errors: `defer`). A kill -9 leaves the file;
@@ -80,7 +82,13 @@ public final class RunFolderLock: @unchecked Sendable {
 
     public let folder: String
     public let path: String
-    public private(set) var holder: RunFolderLockHolder
+    /// What the lock file says now (the heartbeat thread updates it).
+    public var holder: RunFolderLockHolder {
+        condition.lock(); defer { condition.unlock() }
+        return current
+    }
+    private var current: RunFolderLockHolder
+    private let token: String
     /// What happened on acquiring, e.g. "took over … from a dead job" (nil for a plain acquisition).
     public let takeover: String?
     private let createdFolder: Bool
@@ -111,10 +119,12 @@ public final class RunFolderLock: @unchecked Sendable {
         }
         let now = Date().timeIntervalSince1970
         let me = ProcessIdentity.current
-        holder = RunFolderLockHolder(command: command, host: me.host, pid: getpid(), pidStart: me.start, bootID: me.bootID,
-                                     slurmJobID: env["SLURM_JOB_ID"], started: now, heartbeat: now, heartbeatEvery: every,
-                                     staleAfter: stale, token: randomToken())
-        takeover = try Self.acquire(path: path, holder: holder)
+        let mine = RunFolderLockHolder(command: command, host: me.host, pid: getpid(), pidStart: me.start, bootID: me.bootID,
+                                       slurmJobID: env["SLURM_JOB_ID"], started: now, heartbeat: now, heartbeatEvery: every,
+                                       staleAfter: stale, token: randomToken())
+        current = mine
+        token = mine.token
+        takeover = try Self.acquire(path: path, holder: mine)
         let lost = onLost ?? { message in
             fputs("hgdpo: error: \(message)\n", stderr)
             _exit(2)
@@ -139,7 +149,7 @@ public final class RunFolderLock: @unchecked Sendable {
         condition.broadcast()
         condition.unlock()
         guard !wasStopped else { return }
-        if let current = try? Self.read(path), current.token == holder.token { unlink(path) }
+        if let onDisk = try? Self.read(path), onDisk.token == token { unlink(path) }
         if createdFolder { rmdir(folder) }
     }
 
@@ -198,7 +208,7 @@ public final class RunFolderLock: @unchecked Sendable {
     private func heartbeatLoop(onLost: @Sendable (String) -> Void) {
         while true {
             condition.lock()
-            let deadline = Date(timeIntervalSinceNow: holder.heartbeatEvery)
+            let deadline = Date(timeIntervalSinceNow: current.heartbeatEvery)
             while !stopped && Date() < deadline { _ = condition.wait(until: deadline) }
             let stop = stopped
             condition.unlock()
@@ -214,21 +224,21 @@ public final class RunFolderLock: @unchecked Sendable {
     /// Rewrites the lock with a new heartbeat; returns a message when the lock is no longer ours. A failed write
     /// (e.g. a full disk) is not a loss: the next beat tries again.
     func beat() -> String? {
-        let current: RunFolderLockHolder
-        do { current = try Self.read(path) } catch RunFolderLockError.unreadable(_, let reason) where reason == "vanished" {
+        let onDisk: RunFolderLockHolder
+        do { onDisk = try Self.read(path) } catch RunFolderLockError.unreadable(_, let reason) where reason == "vanished" {
             return "\(path) was removed while this job held it; stopping so that two jobs do not write \(folder)"
         } catch { return nil }   // unreadable for a moment (NFS): try again at the next beat
-        guard current.token == holder.token else {
-            return "\(folder) was taken over by another job (\(current.describe())) while this one did not beat "
-                + "its heartbeat for \(Int(holder.staleAfter)) s; stopping so that two jobs do not write it"
-        }
         var next = holder
+        guard onDisk.token == token else {
+            return "\(folder) was taken over by another job (\(onDisk.describe())) while this one did not beat "
+                + "its heartbeat for \(Int(next.staleAfter)) s; stopping so that two jobs do not write it"
+        }
         next.heartbeat = Date().timeIntervalSince1970
-        let tmp = (folder as NSString).appendingPathComponent(".\(Self.fileName).beat.\(holder.token)")
+        let tmp = (folder as NSString).appendingPathComponent(".\(Self.fileName).beat.\(token)")
         do {
             try Self.writeSynced(tmp, next)
             guard rename(tmp, path) == 0 else { unlink(tmp); return nil }
-            holder = next
+            condition.lock(); current = next; condition.unlock()
         } catch { unlink(tmp) }
         return nil
     }
