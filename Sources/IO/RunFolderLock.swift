@@ -194,9 +194,10 @@ public final class RunFolderLock: @unchecked Sendable {
         let me = ProcessIdentity.current
         if h.host == me.host, let boot = h.bootID, let myBoot = me.bootID {
             if boot != myBoot { return "its host has rebooted since" }
-            guard let start = ProcessIdentity.startTime(pid: h.pid) else { return "its process (pid \(h.pid)) is gone" }
-            if let recorded = h.pidStart, recorded != start { return "its process (pid \(h.pid)) is gone (the pid was reused)" }
-            if kill(h.pid, 0) != 0 && errno == ESRCH { return "its process (pid \(h.pid)) is gone" }
+            guard let stat = ProcessIdentity.stat(pid: h.pid) else { return "its process (pid \(h.pid)) is gone" }
+            if let recorded = h.pidStart, recorded != stat.start { return "its process (pid \(h.pid)) is gone (the pid was reused)" }
+            // A zombie (killed, not yet reaped by its parent) has exited: it holds no file and writes nothing.
+            if stat.state == "Z" || stat.state == "X" { return "its process (pid \(h.pid)) has exited" }
         }
         let age = now - h.heartbeat
         if age > h.staleAfter { return "no heartbeat for \(Int(age)) s (stale after \(Int(h.staleAfter)) s)" }
@@ -286,16 +287,17 @@ struct ProcessIdentity {
         gethostname(&buf, buf.count - 1)
         let boot = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
             .trimmingCharacters(in: .whitespacesAndNewlines)
-        return ProcessIdentity(host: String(cString: buf), start: startTime(pid: getpid()), bootID: boot)
+        return ProcessIdentity(host: String(cString: buf), start: stat(pid: getpid())?.start, bootID: boot)
     }()
 
-    /// Field 22 of /proc/PID/stat (after the parenthesised command name, which may contain spaces).
-    static func startTime(pid: Int32) -> UInt64? {
+    /// The state (field 3: R, S, D, Z, …) and start time (field 22) of /proc/PID/stat; nil when there is no such process.
+    static func stat(pid: Int32) -> (state: Character, start: UInt64)? {
+        // The fields follow the parenthesised command name, which may contain spaces and parentheses.
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let close = text.lastIndex(of: ")") else { return nil }
         let fields = text[text.index(after: close)...].split(separator: " ")
-        // fields[0] is the state (field 3), so field 22 is fields[19].
-        return fields.count > 19 ? UInt64(fields[19]) : nil
+        guard fields.count > 19, let state = fields[0].first, let start = UInt64(fields[19]) else { return nil }
+        return (state, start)
     }
 }
 

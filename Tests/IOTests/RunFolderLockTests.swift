@@ -54,6 +54,25 @@ final class RunFolderLockTests: XCTestCase {
         XCTAssertEqual(try RunFolderLock.read(holderFile(dir)).token, lock.holder.token)
     }
 
+    /// A killed process its parent has not reaped yet (a zombie) has exited: its lock is taken over at once.
+    func testZombieHolderIsDead() throws {
+        let dir = try temporaryDirectory(self)
+        var child: pid_t = 0
+        var argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
+        defer { free(argv[0]) }
+        XCTAssertEqual(posix_spawn(&child, "/bin/true", nil, nil, &argv, nil), 0)
+        // Not waited for: once it has exited it stays a zombie until waitpid.
+        var state: Character = "R"
+        for _ in 0..<200 where state != "Z" { usleep(10_000); state = ProcessIdentity.stat(pid: child)?.state ?? "?" }
+        XCTAssertEqual(state, "Z")
+        try plant(dir, host: ProcessIdentity.current.host, pid: child, pidStart: ProcessIdentity.stat(pid: child)?.start, heartbeatAge: 0)
+        let lock = try RunFolderLock(folder: dir, command: "train")
+        lock.release()
+        var status: Int32 = 0
+        waitpid(child, &status, 0)
+        XCTAssertTrue(lock.takeover?.contains("pid \(child)) has exited") ?? false, lock.takeover ?? "no takeover")
+    }
+
     func testReusedPidIsNotMistakenForTheHolder() throws {
         let dir = try temporaryDirectory(self)
         // Our own pid (alive) but another start time: the recorded process is gone and the pid was reused.
