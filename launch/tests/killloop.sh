@@ -49,6 +49,13 @@ rank_pids() {
   done
   return 0
 }
+settled() {
+  local p st
+  for p in "$@"; do
+    st="$(awk '{ print $3 }' "/proc/$p/stat" 2>/dev/null)" || continue
+    [[ -z "$st" || "$st" == Z ]] || return 1
+  done
+}
 in_checkpoint() { compgen -G "$run/.tmp-step-0*" >/dev/null; }
 both_ranks_up() { [[ -n "$(t_rank_pid 0)" && -n "$(t_rank_pid 1)" ]]; }
 
@@ -82,7 +89,11 @@ for ((k = 1; k <= kills; k++)); do
   fi
   # shellcheck disable=SC2086
   [[ -n "${pids// /}" ]] && kill -9 $pids 2>/dev/null || true
-  t_wait_bg
+  t_wait_bg 2>/dev/null
+  # A process SIGKILLed inside a write (uninterruptible sleep) lives until the write returns: the next job waits for
+  # that, as a scheduler would (a zombie has exited and is fine).
+  # shellcheck disable=SC2086
+  t_wait_for 30 settled $pids || t_log "kill $k: a killed process is still running: $pids"
   [[ "$during" == yes ]] && checkpoint_kills=$((checkpoint_kills + 1))
   grep -q "took over .*hgdpo.lock" "$log" && takeovers=$((takeovers + 1))
   grep -q "is damaged" "$log" && fallbacks=$((fallbacks + 1))
