@@ -41,10 +41,19 @@ public struct OptionSpec: Sendable {
     public let defaultValue: String?
     public let required: Bool
     public let choices: [String]?
+    /// May be given several times (`--scorer A --scorer B`); read with `ParsedArguments.strings`.
+    public var repeatable = false
 
     public static func value(_ name: String, _ valueName: String, _ help: String, default defaultValue: String? = nil,
                              required: Bool = false, choices: [String]? = nil) -> OptionSpec {
         OptionSpec(name: name, valueName: valueName, help: help, defaultValue: defaultValue, required: required, choices: choices)
+    }
+
+    /// A value option that may be repeated; its values keep their order.
+    public static func values(_ name: String, _ valueName: String, _ help: String) -> OptionSpec {
+        var o = OptionSpec(name: name, valueName: valueName, help: help + " (repeatable)", defaultValue: nil, required: false, choices: nil)
+        o.repeatable = true
+        return o
     }
 
     public static func flag(_ name: String, _ help: String) -> OptionSpec {
@@ -110,6 +119,7 @@ public struct CommandSpec: Sendable {
     /// Parses the words after the command's own words.
     public func parse(_ args: [String]) throws -> ParsedArguments {
         var values: [String: String] = [:]
+        var lists: [String: [String]] = [:]
         var flags: Set<String> = []
         var positionals: [String] = []
         var i = 0
@@ -146,6 +156,7 @@ public struct CommandSpec: Sendable {
                 guard i < args.count, !(args[i].hasPrefix("--") && args[i].count > 2) else { throw CLIError.missingValue(option: name) }
                 value = args[i]; i += 1
             }
+            if spec.repeatable { lists[name, default: []].append(value); continue }
             if values[name] != nil { throw CLIError.repeatedOption(option: name) }
             if let choices = spec.choices, !choices.contains(value) {
                 throw CLIError.badValue(option: name, value: value, expected: "one of " + choices.joined(separator: ", "))
@@ -161,7 +172,7 @@ public struct CommandSpec: Sendable {
         for (k, a) in arguments.enumerated() where a.required && k >= positionals.count {
             throw CLIError.missingArgument(command: name, name: a.name)
         }
-        return ParsedArguments(command: self, values: values, flags: flags, positionals: positionals)
+        return ParsedArguments(command: self, values: values, lists: lists, flags: flags, positionals: positionals)
     }
 }
 
@@ -169,6 +180,7 @@ public struct CommandSpec: Sendable {
 public struct ParsedArguments: Sendable {
     public let command: CommandSpec
     let values: [String: String]
+    let lists: [String: [String]]
     let flags: Set<String>
     public let positionals: [String]
 
@@ -178,7 +190,13 @@ public struct ParsedArguments: Sendable {
     }
 
     /// Whether the user gave this option on the command line.
-    public func given(_ name: String) -> Bool { values[name] != nil || flags.contains(name) }
+    public func given(_ name: String) -> Bool { values[name] != nil || lists[name] != nil || flags.contains(name) }
+
+    /// Every value of a repeatable option, in command-line order.
+    public func strings(_ name: String) -> [String] {
+        precondition(spec(name).repeatable, "'\(command.name)': \(name) is not repeatable")
+        return lists[name] ?? []
+    }
 
     public func flag(_ name: String) -> Bool { _ = spec(name); return flags.contains(name) }
 
