@@ -100,8 +100,8 @@ public struct EvalConfig: Sendable {
         for (name, side) in [("A", a), ("baseline", baseline)] where side.lan && side.lora == nil {
             throw EvalError("LAN on the \(name) side needs a LoRA (it matches the LoRA model's latents to the model without it)")
         }
-        if a == baseline {
-            throw EvalError("side A and the baseline are the same (\(a.summary)): give --lora, --baseline-lora or --baseline-model")
+        if a.lora == nil && baseline.lora == nil && a.model == baseline.model {
+            throw EvalError("side A and the baseline are the same (\(a.summary), no LoRA): give --lora, --baseline-lora or --baseline-model")
         }
     }
 }
