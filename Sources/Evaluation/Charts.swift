@@ -39,7 +39,8 @@ public enum SVGChart {
         let xs = paddedRange(all.map(\.x).min()!, all.map(\.x).max()!)
         let ys = paddedRange(all.map(\.y).min()!, all.map(\.y).max()!)
         let plot = Plot(width: width, height: height, x: xs, y: ys)
-        svg += plot.axes(xLabel: xLabel, yLabel: nil)
+        // With a legend the legend row takes the x-axis label's place (the axis is "step" in every report chart).
+        svg += plot.axes(xLabel: series.count > 1 ? nil : xLabel, yLabel: nil)
         for (k, s) in series.enumerated() {
             let color = palette[k % palette.count]
             var d = "", open = false, drawn = 0
@@ -180,13 +181,15 @@ public enum SVGChart {
                width / 2, height / 2)
     }
 
+    /// One row of entries under the x axis, in the x-axis label's place.
     static func legend(_ names: [String], plot: Plot) -> String {
-        var s = ""
+        var s = "", x = plot.left
+        let y = plot.height - 8
         for (k, n) in names.enumerated() {
-            let y = plot.top + 14 + Double(k) * 15, x = plot.left + plot.plotWidth - 150
             s += String(format: "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"%@\" stroke-width=\"3\"/>",
-                        x, x + 16, y - 4, y - 4, palette[k % palette.count])
-            s += String(format: "<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\" fill=\"#333\">%@</text>", x + 20, y, HTML.escape(n))
+                        x, x + 14, y - 4, y - 4, palette[k % palette.count])
+            s += String(format: "<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\" fill=\"#333\">%@</text>", x + 18, y, HTML.escape(n))
+            x += 24 + Double(n.count) * 6.5
         }
         return s
     }

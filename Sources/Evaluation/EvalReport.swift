@@ -136,10 +136,12 @@ public enum EvalReport {
         if shown.count < r.perPrompt.count {
             body += "<p class=\"note\">The first \(shown.count) of \(r.perPrompt.count) prompts; all grids are in grids/.</p>\n"
         }
+        body += "<div class=\"figures\">\n"
         for p in shown {
             body += try HTML.figure(imageFile: (folder as NSString).appendingPathComponent(p.grid),
                                     caption: "\(p.index): \(p.prompt) (seeds \(p.seeds.map(String.init).joined(separator: ", ")))", maxSide: 768)
         }
+        body += "</div>\n"
         return HTML.page(title: "hgdpo eval: \(r.a.lora ?? r.a.model) vs \(r.baseline.lora ?? r.baseline.model)", body: body)
     }
 }

@@ -54,8 +54,10 @@ public enum HTML {
         th { background: #f2f2f6; } td.text, th.text { text-align: left; max-width: 560px; white-space: pre-wrap; word-break: break-word; }
         .charts { display: flex; flex-wrap: wrap; gap: 12px; }
         .chart { border: 1px solid #e2e2ea; background: #ffffff; }
-        figure { margin: 8px 0 20px; } figcaption { font-size: 13px; color: #444; white-space: pre-wrap; word-break: break-word; }
-        img.grid { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
+        .figures { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+        figure { margin: 8px 0 12px; max-width: 560px; }
+        figcaption { font-size: 13px; color: #444; white-space: pre-wrap; word-break: break-word; }
+        img.grid { height: 280px; width: auto; max-width: 100%; object-fit: contain; image-rendering: pixelated; border: 1px solid #ddd; }
         pre { background: #f6f6f9; padding: 8px; overflow-x: auto; font-size: 12px; white-space: pre-wrap; word-break: break-word; }
         .note { color: #555; font-size: 13px; }
         </style>

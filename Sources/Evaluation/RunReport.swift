@@ -15,7 +15,7 @@ public enum RunReport {
     ]
     static let titles: [String: String] = [
         "loss": "loss", "dpo": "DPO loss", "stat": "statistic matching (raw)", "stat_weighted": "statistic matching × λ",
-        "implicit_acc": "implicit accuracy", "reward_margin": "reward margin", "mse_theta_w": "MSEs (θ and reference, winner and loser)",
+        "implicit_acc": "implicit accuracy", "reward_margin": "reward margin", "mse_theta_w": "MSE (θ, ref; winner w, loser l)",
         "lr": "learning rate", "grad_norm": "gradient norm (before clipping)", "clipped": "gradient clipped (1 = yes)",
         "skipped": "step skipped (1 = yes)", "samples_per_s": "samples/s", "step_s": "seconds per step", "allreduce_s": "all-reduce seconds",
     ]
@@ -110,10 +110,12 @@ public enum RunReport {
             if shown.count - (shown.first == "base" ? 1 : 0) < folders.count {
                 body += "<p class=\"note\">\(maxValidationSteps) of \(folders.count) validation steps, evenly spaced.</p>\n"
             }
+            body += "<div class=\"figures\">\n"
             for name in shown {
                 let caption = name == "base" ? "base model (LoRA off)" : "step \(Int(name.dropFirst(5)) ?? 0)"
                 body += try HTML.figure(imageFile: "\(validation)/\(name)/grid.png", caption: caption, maxSide: 640)
             }
+            body += "</div>\n"
         }
 
         // Config.

@@ -136,7 +136,7 @@ final class EvalCommandTests: XCTestCase {
             let t = chart.components(separatedBy: "<title>")[1]
             return String(t[..<t.range(of: "</title>")!.lowerBound])
         }
-        XCTAssertEqual(titles, ["loss", "DPO loss", "implicit accuracy", "MSEs (θ and reference, winner and loser)", "learning rate",
+        XCTAssertEqual(titles, ["loss", "DPO loss", "implicit accuracy", "MSE (θ, ref; winner w, loser l)", "learning rate",
                                 "gradient norm (before clipping)", "gradient clipped (1 = yes)", "step skipped (1 = yes)", "epoch",
                                 "my_metric",
                                 "Win rate of A (95% bootstrap interval)", "HSV shift of A relative to the baseline (%)"])
@@ -150,7 +150,7 @@ final class EvalCommandTests: XCTestCase {
             XCTAssertFalse(html.contains(external), "the page loads something: \(external)")
         }
         // The MSE chart draws four series; the loss line goes down (first point lower on the page than the last).
-        let mse = html.components(separatedBy: "<title>MSEs")[1].components(separatedBy: "</svg>")[0]
+        let mse = html.components(separatedBy: "<title>MSE (")[1].components(separatedBy: "</svg>")[0]
         XCTAssertEqual(mse.components(separatedBy: "<path d=").count - 1, 4)
 
         // A malformed line (not the last) is an error naming it.
