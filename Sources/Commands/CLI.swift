@@ -41,7 +41,7 @@ public struct OptionSpec: Sendable {
     public let defaultValue: String?
     public let required: Bool
     public let choices: [String]?
-    /// May be given several times (`--scorer A --scorer B`); read with `ParsedArguments.strings`.
+    /// May be given several times (read with `strings`).
     public var repeatable = false
 
     public static func value(_ name: String, _ valueName: String, _ help: String, default defaultValue: String? = nil,
@@ -49,11 +49,10 @@ public struct OptionSpec: Sendable {
         OptionSpec(name: name, valueName: valueName, help: help, defaultValue: defaultValue, required: required, choices: choices)
     }
 
-    /// A value option that may be repeated; its values keep their order.
-    public static func values(_ name: String, _ valueName: String, _ help: String) -> OptionSpec {
-        var o = OptionSpec(name: name, valueName: valueName, help: help + " (repeatable)", defaultValue: nil, required: false, choices: nil)
-        o.repeatable = true
-        return o
+    /// An option that may be repeated (`--scorer A --scorer B`).
+    public static func list(_ name: String, _ valueName: String, _ help: String) -> OptionSpec {
+        OptionSpec(name: name, valueName: valueName, help: help + " (repeatable)", defaultValue: nil, required: false, choices: nil,
+                   repeatable: true)
     }
 
     public static func flag(_ name: String, _ help: String) -> OptionSpec {
@@ -180,7 +179,7 @@ public struct CommandSpec: Sendable {
 public struct ParsedArguments: Sendable {
     public let command: CommandSpec
     let values: [String: String]
-    let lists: [String: [String]]
+    var lists: [String: [String]] = [:]
     let flags: Set<String>
     public let positionals: [String]
 
@@ -192,13 +191,10 @@ public struct ParsedArguments: Sendable {
     /// Whether the user gave this option on the command line.
     public func given(_ name: String) -> Bool { values[name] != nil || lists[name] != nil || flags.contains(name) }
 
-    /// Every value of a repeatable option, in command-line order.
-    public func strings(_ name: String) -> [String] {
-        precondition(spec(name).repeatable, "'\(command.name)': \(name) is not repeatable")
-        return lists[name] ?? []
-    }
-
     public func flag(_ name: String) -> Bool { _ = spec(name); return flags.contains(name) }
+
+    /// Every value of a repeatable option, in order.
+    public func strings(_ name: String) -> [String] { _ = spec(name); return lists[name] ?? [] }
 
     public func string(_ name: String) -> String? { values[name] ?? spec(name).defaultValue }
 

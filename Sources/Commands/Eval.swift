@@ -38,7 +38,7 @@ extension Commands {
             .value("--prompt-column", "NAME", "TSV column of the prompts (default: 'prompt', any case)"),
             .value("--category", "NAME", "TSV rows whose Category is NAME only, e.g. People"),
             .value("--images-per-prompt", "K", "Images (pairs) per prompt", default: "1"),
-            .values("--scorer", "NAME=KIND[:ARG]", "A preference scorer, e.g. pickscore=clip:models/PickScore_v1"),
+            .list("--scorer", "NAME=KIND[:ARG]", "A preference scorer, e.g. pickscore=clip:models/PickScore_v1"),
             .value("--out", "DIR", "Output folder", required: true),
             .value("--negative-prompt", "TEXT", "Negative prompt for every image (default: none)"),
             .value("--steps", "N", "Sampler steps", default: "50"),
@@ -59,11 +59,8 @@ extension Commands {
     ) { args in
         try applyThreads(args)
         // Everything a user can get wrong is checked before MPI starts and before any model loads.
-        let prompts: [String]
-        do {
-            prompts = try PromptFile.read(try args.requiredString("--prompts"), column: args.string("--prompt-column"),
+        let prompts = try PromptFile.read(try args.requiredString("--prompts"), column: args.string("--prompt-column"),
                                           category: args.string("--category"))
-        } catch let e as PromptFileError { throw CLIError.invalid(e.message) }
         let loraScale = Float(try args.double("--lora-scale", in: -100...100)!)
         let lora = args.string("--lora")
         if args.given("--lora-scale") && lora == nil { throw CLIError.invalid("--lora-scale needs --lora") }
@@ -100,21 +97,15 @@ extension Commands {
         config.bootstrapResamples = try args.int("--bootstrap-resamples", in: 1...10_000_000)!
         config.reportGrids = try args.int("--report-grids", in: 0...1_000_000)!
         let timeout = try args.double("--collective-timeout", in: 0...1e7)!
-        let scorers = try args.strings("--scorer").map { spec -> any Scorer in
-            do { return try makeScorer(spec) } catch let e as ScorerSpecError { throw CLIError.invalid(e.description) }
-        }
+        let scorers = try args.strings("--scorer").map { try makeScorer($0) }
 
         let comm = try Communicator.world()
         let watchdog = Watchdog(timeout: timeout, rank: comm.rank, host: comm.host)
         let ranks = RankGroup(rank: comm.rank, size: comm.size) { buffer, what in
             try watchdog.guarded("MPI_Allreduce of \(what)") { try comm.allreduce(buffer) }
         }
-        let results: EvalResults?
-        do {
-            let evaluator = try Evaluator(config: config, scorers: scorers, ranks: ranks) { fputs($0 + "\n", stderr) }
-            results = try evaluator.run()
-        } catch let e as EvalError { throw CLIError.invalid(e.message) }
-        guard let results else { return }
+        let evaluator = try Evaluator(config: config, scorers: scorers, ranks: ranks) { fputs($0 + "\n", stderr) }
+        guard let results = try evaluator.run() else { return }
         var fields: [(String, JSONValue)] = [("out", .string(config.out)), ("pairs", .int(results.pairs))]
         fields.append(("win_rates", .object(results.scorers.map {
             ($0.name, .object([("win_rate", .double($0.winRate)), ("ci_low", .double($0.ciLow)), ("ci_high", .double($0.ciHigh))]))

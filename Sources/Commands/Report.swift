@@ -13,14 +13,11 @@ extension Commands {
             """,
         arguments: [ArgumentSpec("RUN_DIR", "The run folder of hgdpo train")],
         options: [
-            .values("--eval", "EVAL_DIR", "An hgdpo eval output folder to include"),
+            .list("--eval", "EVAL_DIR", "An hgdpo eval output folder to include"),
             .value("--out", "FILE", "Where to write the page (default: RUN_DIR/report.html)"),
         ]
     ) { args in
-        let path: String
-        do {
-            path = try RunReport.write(runDir: args.argument(0)!, evals: args.strings("--eval"), out: args.string("--out"))
-        } catch let e as EvalError { throw CLIError.invalid(e.message) }
+        let path = try RunReport.write(runDir: args.argument(0)!, evals: args.strings("--eval"), out: args.string("--out"))
         print(JSONValue.object([("report", .string(path))]).serialized())
     }
 }

@@ -7,8 +7,9 @@
 // Every problem (unreadable file, bad UTF-8, a missing column, a short row, no prompts left) is a PromptFileError naming
 // the file and, where there is one, the line.
 import Foundation
+import IO
 
-public struct PromptFileError: Error, CustomStringConvertible, Equatable {
+public struct PromptFileError: Error, UserInputError, CustomStringConvertible, Equatable {
     public let message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }

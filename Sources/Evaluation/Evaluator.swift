@@ -23,7 +23,7 @@ import Scoring
 import Tensors
 import UNet
 
-public struct EvalError: Error, CustomStringConvertible {
+public struct EvalError: Error, UserInputError, CustomStringConvertible {
     public let message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }
@@ -158,10 +158,11 @@ public final class Evaluator {
     /// A bad model folder or LoRA file of either side fails here, before any image is sampled.
     private func preflight() throws {
         for side in [config.a, config.baseline] {
+            // Every failure here is about a path the user gave (missing folder, not a pipeline, unreadable LoRA).
             do {
                 try TextToImagePipeline.checkPipelineFolder(ModelFolder(path: side.model))
                 if let lora = side.lora { _ = try LoRAFile.read(lora) }
-            } catch let e as SamplingError { throw EvalError(e.message) }
+            } catch { throw EvalError("\(error)") }
         }
     }
 
@@ -172,12 +173,9 @@ public final class Evaluator {
         }
         loaded = nil    // free the other side's model first
         let lora = try side.lora.map { try LoRAFile.read($0) }
-        let p: TextToImagePipeline
-        do {
-            p = try TextToImagePipeline.load(modelFolder: side.model, variant: side.variant, lora: lora, loraSource: side.lora ?? "",
+        let p = try TextToImagePipeline.load(modelFolder: side.model, variant: side.variant, lora: lora, loraSource: side.lora ?? "",
                                              precision: config.precision, schedulerName: config.scheduler)
-            _ = try p.latentSize(height: config.height, width: config.width)
-        } catch let e as SamplingError { throw EvalError(e.message) }
+        _ = try p.latentSize(height: config.height, width: config.width)
         loaded = (side, p)
         return p
     }
@@ -190,10 +188,7 @@ public final class Evaluator {
         // Rank 0 finds the missing images and tells the others (flags summed: non-zero on rank 0 only).
         var flags = [Double](repeating: 0, count: jobs.count)
         if ranks.isRoot {
-            let found: (existing: [SampleJob], todo: [SampleJob])
-            do { found = try SampleRun.inspect(folder: folder, settings: settings, jobs: jobs) } catch let e as SampleRunError {
-                throw EvalError(e.message)
-            }
+            let found = try SampleRun.inspect(folder: folder, settings: settings, jobs: jobs)
             for job in found.existing {
                 let file = (folder as NSString).appendingPathComponent(job.fileName)
                 let text = try PNG.readBytesWithText(file).1
