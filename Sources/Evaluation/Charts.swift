@@ -209,12 +209,11 @@ public enum SVGChart {
         let raw = (hi - lo) / Double(count)
         let mag = pow(10, (log10(raw)).rounded(.down))
         let step = [1.0, 2, 5, 10].map { $0 * mag }.first { $0 >= raw } ?? 10 * mag
-        var ticks: [Double] = []
-        var t = (lo / step).rounded(.up) * step
-        while t <= hi + step * 1e-9 && ticks.count < 50 {
-            ticks.append(abs(t) < step * 1e-9 ? 0 : t)
-            t += step
-        }
-        return ticks
+        // k·step (not a running sum, which would print 0.6000000000000001), each rounded to the step's decimals.
+        let first = Int((lo / step - 1e-9).rounded(.up)), last = Int((hi / step + 1e-9).rounded(.down))
+        guard last >= first else { return [] }
+        let decimals = max(0, -Int(log10(step).rounded(.down)))
+        let scale = pow(10, Double(decimals))
+        return (first...min(last, first + 50)).map { k in (Double(k) * step * scale).rounded() / scale }
     }
 }
