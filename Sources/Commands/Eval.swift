@@ -5,6 +5,7 @@ import Distributed
 import Evaluation
 import Foundation
 import IO
+import NN
 import Sampling
 import Scoring
 import Tensors

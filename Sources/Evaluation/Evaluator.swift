@@ -18,6 +18,7 @@
 // and an image does not depend on the rank count. Scoring and the report run on rank 0 only.
 import Foundation
 import IO
+import NN
 import Sampling
 import Scoring
 import Tensors
