@@ -35,14 +35,15 @@ public struct EvalResults: Codable, Sendable {
         public var ciLow: Double, ciHigh: Double
         public var wins: Int, ties: Int, losses: Int, pairs: Int
         public var meanA: Double, meanBaseline: Double
+        public var promptWinRate: Double
         enum CodingKeys: String, CodingKey {
             case name, descriptor, winRate = "win_rate", ciLow = "ci_low", ciHigh = "ci_high", wins, ties, losses, pairs
-            case meanA = "mean_a", meanBaseline = "mean_baseline"
+            case meanA = "mean_a", meanBaseline = "mean_baseline", promptWinRate = "prompt_win_rate"
         }
         public init(name: String, descriptor: ScorerDescriptor, result w: WinRate) {
             self.name = name; self.descriptor = descriptor
             winRate = w.winRate; ciLow = w.ciLow; ciHigh = w.ciHigh; wins = w.wins; ties = w.ties; losses = w.losses
-            pairs = w.pairs; meanA = w.meanA; meanBaseline = w.meanBaseline
+            pairs = w.pairs; meanA = w.meanA; meanBaseline = w.meanBaseline; promptWinRate = w.promptWinRate
         }
     }
 

@@ -105,6 +105,7 @@ final class EvaluatorTests: XCTestCase {
         XCTAssertEqual(html.components(separatedBy: "src=\"data:image/png;base64,").count - 1, 2)   // both grids inlined
         let md = try String(contentsOfFile: out + "/report.md", encoding: .utf8)
         XCTAssertTrue(md.contains("| brightness | 0.5 | [0.5, 0.5] | 0 | 4 | 0 | 4 |"), md)
+        XCTAssertEqual(r.scorers[0].promptWinRate, 0.5)
         XCTAssertFalse(md.contains("<script"))
         XCTAssertTrue(md.contains("&lt;script&gt;"))
 

@@ -13,6 +13,10 @@ final class StatisticsTests: XCTestCase {
         let exact = PairedComparison.compare(a: a, baseline: b, resamples: 100)
         XCTAssertEqual([exact.wins, exact.ties, exact.losses, exact.pairs], [4, 1, 1, 6])
         XCTAssertEqual(exact.winRate, 4.5 / 6, accuracy: 1e-15)
+        // Per prompt (the paper's count): prompt 0 means 0.5 vs 0.3667 (win), prompt 1 0.6017 vs 0.3333 (win).
+        XCTAssertEqual(exact.promptWinRate, 1)
+        let split = PairedComparison.compare(a: [[1, 0], [0.5]], baseline: [[0, 1], [0.7]], resamples: 10)
+        XCTAssertEqual(split.promptWinRate, 0.25)     // a tie (½) and a loss
         let tolerant = PairedComparison.compare(a: a, baseline: b, tieTolerance: 0.01, resamples: 100)
         XCTAssertEqual([tolerant.wins, tolerant.ties, tolerant.losses], [3, 2, 1])
         XCTAssertEqual(tolerant.winRate, 4 / 6, accuracy: 1e-15)
