@@ -45,6 +45,7 @@ extension Commands {
         try comm.barrier()
         let trainer = try Trainer(config: config, comm: comm)
         try trainer.run()
+        if comm.isRoot { print("report: hgdpo report \(config.output)") }
     }
 
     /// The config file (if any) with the command line's options on top, checked as a whole.

@@ -1,5 +1,5 @@
-// Any text a user can put in a prompt is safe in HTML reports (HTML.text / HTML.scriptJSON) and round-trips through
-// PNG text chunks exactly.
+// Any text a user can put in a prompt is safe in HTML reports (SafeText.html) and round-trips through PNG text chunks
+// exactly.
 import Foundation
 import TestSupport
 import XCTest
@@ -9,31 +9,17 @@ final class SafeTextTests: XCTestCase {
     static let hostile = "<script>alert(\"x\" + 'y')</script> & <img src=x onerror=alert(1)>\nline 2\r\n\ttab – naïve 🙂 \u{2028}</textarea>"
 
     func testHTMLTextHasNoMarkupLeft() {
-        let escaped = HTML.text(Self.hostile)
-        XCTAssertFalse(escaped.contains("<"), escaped)
-        XCTAssertFalse(escaped.contains(">"), escaped)
-        XCTAssertFalse(escaped.contains("\""), escaped)
-        XCTAssertFalse(escaped.contains("'"), escaped)
-        XCTAssertEqual(HTML.text("a<b>&\"c\"'d'"), "a&lt;b&gt;&amp;&quot;c&quot;&#39;d&#39;")
+        let escaped = SafeText.html(Self.hostile)
+        for c in ["<", ">", "\"", "'"] { XCTAssertFalse(escaped.contains(c), escaped) }
+        XCTAssertEqual(SafeText.html("a<b>&\"c\"'d'"), "a&lt;b&gt;&amp;&quot;c&quot;&#39;d&#39;")
         // Reading the character references back gives the text (line breaks and tabs kept).
         let decoded = escaped.replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
             .replacingOccurrences(of: "&quot;", with: "\"").replacingOccurrences(of: "&#39;", with: "'")
             .replacingOccurrences(of: "&amp;", with: "&")
         XCTAssertEqual(decoded, Self.hostile)
-        // Control characters and NUL become U+FFFD; invalid UTF-8 bytes too.
-        XCTAssertEqual(HTML.text("a\u{0}b\u{1B}c\u{85}d"), "a\u{FFFD}b\u{FFFD}c\u{FFFD}d")
-        XCTAssertEqual(HTML.text(bytes: [0x61, 0xFF, 0x3C, 0xC3, 0x28, 0x62]), "a\u{FFFD}&lt;\u{FFFD}(b")
-    }
-
-    func testScriptJSONCannotCloseTheScriptAndDecodesToTheSameValue() throws {
-        let json = JSONValue.object([("prompt", .string(Self.hostile)), ("note", .string("<!-- </SCRIPT >"))]).serialized()
-        let safe = HTML.scriptJSON(json)
-        XCTAssertFalse(safe.lowercased().contains("</script"), safe)
-        XCTAssertFalse(safe.contains("<!--"), safe)
-        XCTAssertFalse(safe.contains("\u{2028}"), safe)
-        let value = try JSONSerialization.jsonObject(with: Data(safe.utf8)) as! [String: String]
-        XCTAssertEqual(value["prompt"], Self.hostile)
-        XCTAssertEqual(value["note"], "<!-- </SCRIPT >")
+        // Control characters and NUL become U+FFFD; so do invalid UTF-8 bytes, when text is decoded.
+        XCTAssertEqual(SafeText.html("a\u{0}b\u{1B}c\u{85}d\u{7F}"), "a\u{FFFD}b\u{FFFD}c\u{FFFD}d\u{FFFD}")
+        XCTAssertEqual(SafeText.html(String(decoding: [0x61, 0xFF, 0x3C, 0xC3, 0x28, 0x62], as: UTF8.self)), "a\u{FFFD}&lt;\u{FFFD}(b")
     }
 
     func testPNGTextChunksRoundTripAnyText() throws {
