@@ -79,7 +79,10 @@ for ((k = 1; k <= kills; k++)); do
   in_checkpoint && during=yes
   launcher="$(t_bg_child || true)"
   case "$target" in
-    0 | 1) victim="rank $target"; pids="$(t_rank_pid "$target" || true)" ;;
+    0 | 1)
+      victim="rank $target"
+      # (The /proc scan can miss a process now and then on a loaded machine: look again.)
+      for _ in 1 2 3 4 5; do pids="$(t_rank_pid "$target" || true)"; [[ -n "$pids" ]] && break; sleep 0.2; done ;;
     2) victim="whole job"; pids="$launcher $(pgrep -P "${launcher:-0}" 2>/dev/null | tr '\n' ' ') $(rank_pids | tr '\n' ' ')" ;;
   esac
   t_log "kill $k/$kills: $mode, $victim at +$((wait_ms))ms (latest step $before, inside a checkpoint write: $during)"
