@@ -47,7 +47,9 @@ run="$T/run"
 # become part of the output.)
 descendants() {
   local c
-  for c in $(pgrep -P "$1" 2>/dev/null || true); do echo "$c"; descendants "$c"; done
+  [[ "$1" =~ ^[1-9][0-9]*$ && "$1" != 1 ]] || return 0
+  # The kernel's child lists, read directly (pgrep scans /proc too).
+  for c in $(cat /proc/"$1"/task/*/children 2>/dev/null || true); do echo "$c"; descendants "$c"; done
   return 0
 }
 job_ranks() {
@@ -107,7 +109,7 @@ for ((k = 1; k <= kills; k++)); do
     0 | 1)
       victim="rank $target"
       pids="$(job_rank "$target")" ;;
-    2) victim="whole job"; pids="$launcher $(descendants "${launcher:-0}" | tr '\n' ' ')" ;;
+    2) victim="whole job"; pids="${launcher:+$launcher $(descendants "$launcher" | tr '\n' ' ')}" ;;
   esac
   t_log "kill $k/$kills: $mode, $victim at +$((wait_ms))ms (latest step $before, inside a checkpoint write: $during)"
   echo "kill $k/$kills: $mode $victim, +${wait_ms}ms, latest step $before, inside a checkpoint write: $during"
