@@ -83,7 +83,12 @@ settled() {
     [[ -z "$st" || "$st" == Z ]] || return 1
   done
 }
-in_checkpoint() { compgen -G "$run/.tmp-step-0*" >/dev/null; }
+# A checkpoint being written by this job's rank 0 (a killed job's half-written folder stays until the next save).
+in_checkpoint() {
+  local r0
+  r0="$(job_rank 0)"
+  [[ -n "$r0" ]] && compgen -G "$run/.tmp-step-0*-$r0" >/dev/null
+}
 both_ranks_up() { [[ -n "$(job_rank 0)" && -n "$(job_rank 1)" ]]; }
 
 modes=(setup step checkpoint checkpoint)   # half the kills inside a checkpoint write
