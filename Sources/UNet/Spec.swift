@@ -53,6 +53,7 @@ public struct UNetSpec: Sendable, Equatable {
         }
         guard c.actFn == "silu" else { throw refuse("act_fn", "is \(c.actFn); supported: silu") }
         guard let groups = c.normNumGroups else { throw refuse("norm_num_groups", "is null; GroupNorm groups are required") }
+        guard groups >= 1 else { throw refuse("norm_num_groups", "must be positive, is \(groups)") }   // (a % 0 traps; Tests/FuzzTests)
         guard c.classEmbedType == nil, c.numClassEmbeds == nil else { throw refuse("class_embed_type", "class embeddings are not supported") }
         guard c.additionEmbedType == nil else { throw refuse("addition_embed_type", "is \(c.additionEmbedType!); not supported (SDXL-style conditioning)") }
         guard c.encoderHidDim == nil else { throw refuse("encoder_hid_dim", "is set; not supported") }

@@ -268,7 +268,7 @@ final class FuzzTests: XCTestCase {
                 }
                 // Weight files are only looked for, not read: empty stand-ins.
                 for f in (try FileManager.default.contentsOfDirectory(atPath: "\(pipeline)/\(c)")) where f.hasSuffix(".safetensors") {
-                    FileManager.default.createFile(atPath: "\(folder)/\(c)/\(f)", contents: Data())
+                    _ = FileManager.default.createFile(atPath: "\(folder)/\(c)/\(f)", contents: Data())
                 }
             }
         }
@@ -317,6 +317,10 @@ final class FuzzTests: XCTestCase {
         }
         // layers_per_block 2^63-1 overflowed the U-Net's shape arithmetic.
         assertNamedError(try edited(pipeline + "/unet/config.json", "unet.json", [("\"layers_per_block\": 1", "\"layers_per_block\": 9223372036854775807")])) {
+            _ = try UNetSpec(try decodeConfig(UNet2DConditionConfig.self, from: $0), source: $0)
+        }
+        // norm_num_groups 0 divided by zero.
+        assertNamedError(try edited(pipeline + "/unet/config.json", "unet0.json", [("\"norm_num_groups\": 4", "\"norm_num_groups\": -0")])) {
             _ = try UNetSpec(try decodeConfig(UNet2DConditionConfig.self, from: $0), source: $0)
         }
         // A CLIP text config of ~10^11 parameters asked for 138 GB.
