@@ -104,13 +104,14 @@ public func conv2dWorkspaceSize(Cin: Int, H: Int, W: Int, kernel: Int, stride: I
 /// width a multiple of 16, or 1, 2, 4 or 8 with Ho·Wo a multiple of 16 (for the input gradient: the input's size),
 /// a CPU with AVX-512F. Any padding: the input gradient of a stride-1 convolution is a stride-1 correlation with
 /// padding k − 1 − p (negative is fine).
-/// HGDPO_CONV=blas keeps im2col + OpenBLAS everywhere (benchmarks).
+/// HGDPO_CONV=blas (`RuntimeOptions.convolutionsOnBLAS`) keeps im2col + OpenBLAS everywhere (benchmarks).
 @inline(__always)
 func conv2dImplicitGEMM(stride: Int, kernel: Int, Ho: Int, Wo: Int) -> Bool {
     conv2dImplicitAvailable && stride == 1 && kernel <= 7 && (Wo % 16 == 0 || (16 % Wo == 0 && (Ho * Wo) % 16 == 0))
 }
 
-let conv2dImplicitAvailable = hg_cpu_has_avx512f() != 0 && ProcessInfo.processInfo.environment["HGDPO_CONV"] != "blas"
+let conv2dHasAVX512 = hg_cpu_has_avx512f() != 0
+var conv2dImplicitAvailable: Bool { conv2dHasAVX512 && !RuntimeOptions.current.convolutionsOnBLAS }
 
 /// out (B, M, Ho, Wo) += the correlation of inp (B, C, H, W) with the weights (see hg_conv_s1_avx512), cut into
 /// items of whole 48-pixel panels × output channels, about two per thread, spread over the threads. Channels are

@@ -290,9 +290,9 @@ struct FaultInjection {
 
     static func fromEnvironment() -> FaultInjection {
         func parse(_ name: String) -> [String: Int]? {
-            guard let v = getenv(name) else { return nil }
+            guard let v = RuntimeOptions.current.faults[name] else { return nil }
             var d: [String: Int] = [:]
-            for part in String(cString: v).split(separator: ",") {
+            for part in v.split(separator: ",") {
                 let kv = part.split(separator: "=")
                 if kv.count == 2, let n = Int(kv[1]) { d[String(kv[0])] = n }
             }
