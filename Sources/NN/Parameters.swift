@@ -87,7 +87,7 @@ public struct KeyRemap: Sendable {
     public static let identity = KeyRemap { $0 }
 }
 
-public struct WeightLoadError: Error, CustomStringConvertible {
+public struct WeightLoadError: Error, UserInputError, CustomStringConvertible {
     public let source: String
     /// The model, for the message ("U-Net", "AutoencoderKL", "text encoder").
     public let model: String

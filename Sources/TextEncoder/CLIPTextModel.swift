@@ -16,7 +16,7 @@ import Layers
 import NN
 import Tensors
 
-public enum TextModelError: Error, CustomStringConvertible, Equatable {
+public enum TextModelError: Error, UserInputError, CustomStringConvertible, Equatable {
     case badConfig(path: String, key: String, detail: String)
     case badInput(String)
 

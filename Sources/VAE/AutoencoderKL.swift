@@ -20,7 +20,7 @@ import Tensors
 
 /// Errors a user can cause with a VAE folder or VAE inputs; each names the file, key or tensor. (Weight files that
 /// do not fit the config are `WeightLoadError`s.)
-public enum VAEError: Error, CustomStringConvertible, Equatable {
+public enum VAEError: Error, UserInputError, CustomStringConvertible, Equatable {
     /// A config value this implementation does not support (or that is invalid), with the config file.
     case unsupportedConfig(path: String, key: String, detail: String)
     case badInput(String)
