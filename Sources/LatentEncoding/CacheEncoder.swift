@@ -109,13 +109,13 @@ public final class CacheEncoder {
     public static let manifestFile = "encode.json"
 
     let settings: EncodeSettings
-    let comm: Communicator?
+    /// Every collective, under the --collective-timeout watchdog (a lost rank or a cut network otherwise leaves the
+    /// others waiting forever); nil without MPI.
+    let comm: GuardedCommunicator?
     var rank: Int { comm?.rank ?? 0 }
     var worldSize: Int { comm?.size ?? 1 }
     /// Progress lines (rank 0 only).
     let progress: (String) -> Void
-    /// Bounds every collective (a lost rank or a cut network otherwise leaves the others waiting forever).
-    let watchdog: Watchdog?
 
     /// `collectiveTimeout`: seconds a collective may take before the process exits naming rank, host and operation
     /// (0: no bound; only used with more than one rank).
@@ -131,16 +131,41 @@ public final class CacheEncoder {
             throw EncodeError.badSetting("cache dtype \(settings.dtype.rawValue) is not supported (F16 or F32)")
         }
         self.settings = settings
-        self.comm = comm
+        self.comm = comm.map { GuardedCommunicator($0, timeout: collectiveTimeout) }
         self.progress = comm.map { $0.isRoot } ?? true ? progress : { _ in }
-        watchdog = comm.flatMap { $0.size > 1 && collectiveTimeout > 0
-            ? Watchdog(timeout: collectiveTimeout, rank: $0.rank, host: $0.host) : nil }
     }
 
-    /// Runs a collective under the watchdog.
-    func collective<T>(_ operation: String, _ body: () throws -> T) rethrows -> T {
-        if let watchdog { return try watchdog.guarded(operation, body) }
-        return try body()
+    /// Sends this rank's batches of shard k (batch g is encoded by rank g mod W) to the shard's writer, rank k mod W,
+    /// in one gather; the writer copies the other ranks' rows into place, bit for bit.
+    private func gatherShard(_ k: Int, rows r: Range<Int>, comm: GuardedCommunicator, winners: inout [Float],
+                             losers: inout [Float], contexts: inout [Float], latentCount: Int, contextCount: Int) throws {
+        let batch = settings.batch, n = r.count, batches = (n + batch - 1) / batch
+        func shardRows(_ g: Int) -> Range<Int> { (g * batch)..<min((g + 1) * batch, n) }
+        var packed: [UInt8] = []
+        func pack(_ a: [Float], _ rows: Range<Int>, _ per: Int) {
+            a[(rows.lowerBound * per)..<(rows.upperBound * per)].withUnsafeBytes { packed += $0 }
+        }
+        for g in stride(from: comm.rank, to: batches, by: comm.size) {
+            pack(winners, shardRows(g), latentCount); pack(losers, shardRows(g), latentCount); pack(contexts, shardRows(g), contextCount)
+        }
+        guard let blocks = try comm.gather("shard \(k)", packed, root: k % comm.size) else { return }
+        for (source, block) in blocks.enumerated() where source != comm.rank {
+            var at = 0
+            func unpack(_ a: inout [Float], _ rows: Range<Int>, _ per: Int) {
+                let bytes = rows.count * per * MemoryLayout<Float>.stride
+                a.withUnsafeMutableBytes { dst in
+                    block.withUnsafeBytes { src in
+                        (dst.baseAddress! + rows.lowerBound * per * MemoryLayout<Float>.stride)
+                            .copyMemory(from: src.baseAddress! + at, byteCount: bytes)
+                    }
+                }
+                at += bytes
+            }
+            for g in stride(from: source, to: batches, by: comm.size) {
+                unpack(&winners, shardRows(g), latentCount); unpack(&losers, shardRows(g), latentCount)
+                unpack(&contexts, shardRows(g), contextCount)
+            }
+        }
     }
 
     public func run() throws -> EncodeSummary {
@@ -195,7 +220,7 @@ public final class CacheEncoder {
                                  contextShape: contextShape, dtype: s.dtype) ? Float(1) : 0
         }
         // Every rank agrees on what is left.
-        try collective("MPI_Allreduce of the finished shards") { try comm?.allreduce(&done, op: .min) }
+        try comm?.allreduce("the finished shards", &done, op: .min)
         let resumed = done.filter { $0 == 1 }.count
         if resumed > 0 { progress("encode: resuming: \(resumed) of \(shardCount) shards are already written") }
 
@@ -257,16 +282,9 @@ public final class CacheEncoder {
                 // Rank 0 encodes batches 0, W, 2W, …: when it is done with batch g, about g + 1 batches are done on every rank.
                 report(k, done: encoded + min(n, (g + 1) * s.batch), force: false)
             }
-            // Gather the shard: each row is non-zero on its encoding rank only; x + 0 = x exactly once −0 is +0.
-            for i in winners.indices where winners[i] == 0 { winners[i] = 0 }
-            for i in losers.indices where losers[i] == 0 { losers[i] = 0 }
-            for i in contexts.indices where contexts[i] == 0 { contexts[i] = 0 }
             if let comm, comm.size > 1 {
-                try collective("MPI_Allreduce of shard \(k)") {
-                    try comm.allreduce(&winners)
-                    try comm.allreduce(&losers)
-                    try comm.allreduce(&contexts)
-                }
+                try gatherShard(k, rows: r, comm: comm, winners: &winners, losers: &losers, contexts: &contexts,
+                                latentCount: latentCount, contextCount: contextCount)
             }
             if k % worldSize == rank {
                 try LatentCacheWriter.writeShard(path: shardPath(k), ids: triplets[r].map(\.id), latentShape: latentShape,
@@ -278,7 +296,7 @@ public final class CacheEncoder {
         }
 
         // Every shard is on disk (each writer finished before reaching the barrier): the index comes last.
-        try collective("MPI_Barrier before the index") { try comm?.barrier() }
+        try comm?.barrier("before the index")
         if rank == 0 {
             let source: JSONValue = .object([
                 ("generator", "hgdpo encode"), ("model", .string(s.model)), ("data", .string(s.data)),
@@ -297,7 +315,7 @@ public final class CacheEncoder {
                 try? FileManager.default.removeItem(atPath: (s.out as NSString).appendingPathComponent(name))
             }
         }
-        try collective("MPI_Barrier after the index") { try comm?.barrier() }
+        try comm?.barrier("after the index")
         return EncodeSummary(count: triplets.count, skipped: problems.count, shards: shardCount, resumedShards: resumed,
                              latentShape: latentShape, contextShape: contextShape)
     }
@@ -361,9 +379,7 @@ public final class CacheEncoder {
             }).serialized().utf8)
             problems = []
             for root in 0..<comm.size {
-                let bytes = try collective("MPI_Bcast of rank \(root)'s unreadable triplets") {
-                    try comm.broadcast(encoded, root: root)
-                }
+                let bytes = try comm.broadcast("rank \(root)'s unreadable triplets", encoded, root: root)
                 guard let items = try JSONSerialization.jsonObject(with: Foundation.Data(bytes)) as? [[String: Any]] else { continue }
                 for item in items {
                     problems.append(TripletProblem(line: item["line"] as? Int ?? 0, id: item["id"] as? String,
@@ -403,7 +419,7 @@ public final class CacheEncoder {
                 throw EncodeError.outputExists(path: out, reason: "cannot write: \(error.localizedDescription)")
             }
         }
-        try collective("MPI_Barrier after preparing the output folder") { try comm?.barrier() }
+        try comm?.barrier("after preparing the output folder")
     }
 
     /// A shard written by an earlier run: present (files appear only complete) with the expected rows and ids.

@@ -24,8 +24,8 @@ nonisolated(unsafe) var stopSignal: sig_atomic_t = 0
 
 public final class Trainer {
     public let config: TrainConfig
-    let comm: Communicator
-    let watchdog: Watchdog
+    /// Every collective of the run, under the --collective-timeout watchdog.
+    let comm: GuardedCommunicator
     let model: UNetModel
     let schedule: NoiseSchedule
     let objective: Objective
@@ -34,7 +34,8 @@ public final class Trainer {
     let plan: GlobalBatchPlan
     public let totalSteps: Int
     var state: TrainerState
-    let faults = FaultInjection.fromEnvironment()
+    /// Test-only fault hooks (HGDPO_FAULT_*); nil in every normal run.
+    let faults = FaultInjection(RuntimeOptions.current.faults)
     /// Validation images (--validation-prompts), nil without.
     let validation: Validation?
     var divergenceGuard: DivergenceGuard
@@ -46,13 +47,12 @@ public final class Trainer {
 
     public init(config c: TrainConfig, comm: Communicator, log: @escaping (String) -> Void = { print($0) }) throws {
         self.config = c
-        self.comm = comm
+        self.comm = GuardedCommunicator(comm, timeout: c.collectiveTimeout)
         self.log = log
         // From the start (loading a large U-Net takes a while): a stop request during set-up is honoured after the
         // first step instead of killing the rank with no checkpoint.
         signal(SIGTERM) { _ in stopSignal = 1 }
         signal(SIGUSR1) { _ in stopSignal = 1 }
-        watchdog = Watchdog(timeout: c.collectiveTimeout, rank: comm.rank, host: comm.host)
         guard let precision = MixedPrecision(rawValue: c.mixedPrecision) else {
             throw TrainInputError("--mixed-precision \(c.mixedPrecision): expected no (fp32) or bf16")
         }
@@ -96,7 +96,7 @@ public final class Trainer {
         // Start: rank 0's LoRA everywhere (a resume loads it on every rank from the shared filesystem).
         model.lora!.initialize(seed: c.seed)
         if let r = c.resume, let dir = try Checkpoint.resolve(r, runDir: c.output) { try restore(dir) }
-        try watchdog.guarded("MPI_Bcast of the initial LoRA") { try comm.broadcast(model.lora!.params.buffer) }
+        try self.comm.broadcast("the initial LoRA", model.lora!.params.buffer)
     }
 
     static func makeOptimizer(_ c: TrainConfig, lora: LoRAAdapters) throws -> Optimizer {
@@ -172,7 +172,7 @@ public final class Trainer {
         let noise = Buffer(uninitialized: b * n), context = Buffer(uninitialized: b * s * d)
         let rng = CounterRNG(seed: config.seed)
         let gradSum = DoubleBuffer(count: lora.count)
-        if let validation, state.step < totalSteps { try validation.runBaseIfNeeded(comm: comm, watchdog: watchdog, log: log) }
+        if let validation, state.step < totalSteps { try validation.runBaseIfNeeded(comm: comm, log: log) }
         while state.step < totalSteps {
             let stepStart = Watchdog.now()
             gradSum.zero()
@@ -199,15 +199,15 @@ public final class Trainer {
                 let g = lora.grads.ptr
                 for i in 0..<lora.count { gradSum.ptr[i] += Double(g[i]) }
             }
-            try faults.inject(rank: comm.rank, step: state.step + 1, grads: gradSum)
+            try faults?.inject(rank: comm.rank, step: state.step + 1, grads: gradSum)
             // One all-reduce for the gradients, one for the logged terms and the stop flag.
             let commStart = Watchdog.now()
-            try watchdog.guarded("MPI_Allreduce of the LoRA gradients (step \(state.step))") { try comm.allreduce(gradSum.buffer) }
+            try comm.allreduce("the LoRA gradients (step \(state.step))", gradSum.buffer)
             let commSeconds = Watchdog.now() - commStart
             for i in 0..<lora.count { lora.grads.ptr[i] = Float(gradSum.ptr[i]) }
             var packed = [terms.loss, terms.dpo, terms.stat, terms.correct, terms.insideSum, terms.mseThetaW, terms.mseThetaL,
                           terms.mseRefW, terms.mseRefL, Double(terms.pairs), Double(stopSignal), terms.absInsideSum]
-            try watchdog.guarded("MPI_Allreduce of the step's metrics (step \(state.step))") { try comm.allreduce(&packed) }
+            try comm.allreduce("the step's metrics (step \(state.step))", &packed)
             let pairs = packed[9]
             // Global gradient norm, after the all-reduce: identical on every rank, so every rank decides the same.
             var sq = 0.0
@@ -275,7 +275,7 @@ public final class Trainer {
             }
             // After the checkpoint (a crash while sampling loses nothing) and not when stopping (Slurm's grace time).
             if let validation, !stop, validation.due(step: state.step, last: totalSteps) {
-                try validation.run(step: state.step, comm: comm, watchdog: watchdog, log: log)
+                try validation.run(step: state.step, comm: comm, log: log)
             }
             if stop {
                 if comm.isRoot { log("stop signal received: checkpoint at step \(state.step) written, exiting") }
@@ -292,37 +292,7 @@ public final class Trainer {
                                           keep: config.keepCheckpoints)
             log("checkpoint: \(dir)")
         }
-        try watchdog.guarded("MPI_Barrier after the checkpoint") { try comm.barrier() }
-    }
-}
-
-/// Test hooks for the fault tests (never set in normal runs): `HGDPO_FAULT_NAN="rank=R,from_step=S"` puts a NaN into
-/// rank R's gradients from step S on; `HGDPO_FAULT_EXIT="rank=R,step=S"` kills rank R (SIGKILL) at step S;
-/// `HGDPO_FAULT_THROW="rank=R,step=S"` makes rank R fail with an error at step S (the other ranks are in a collective).
-struct FaultInjection {
-    var nanRank: Int?, nanFrom = 0, exitRank: Int?, exitStep = 0, throwRank: Int?, throwStep = 0
-
-    static func fromEnvironment() -> FaultInjection {
-        func parse(_ name: String) -> [String: Int]? {
-            guard let v = RuntimeOptions.current.faults[name] else { return nil }
-            var d: [String: Int] = [:]
-            for part in v.split(separator: ",") {
-                let kv = part.split(separator: "=")
-                if kv.count == 2, let n = Int(kv[1]) { d[String(kv[0])] = n }
-            }
-            return d
-        }
-        var f = FaultInjection()
-        if let d = parse("HGDPO_FAULT_NAN") { f.nanRank = d["rank"]; f.nanFrom = d["from_step"] ?? 1 }
-        if let d = parse("HGDPO_FAULT_EXIT") { f.exitRank = d["rank"]; f.exitStep = d["step"] ?? 1 }
-        if let d = parse("HGDPO_FAULT_THROW") { f.throwRank = d["rank"]; f.throwStep = d["step"] ?? 1 }
-        return f
-    }
-
-    func inject(rank: Int, step: Int, grads: DoubleBuffer) throws {
-        if exitRank == rank && step == exitStep { raise(SIGKILL) }
-        if throwRank == rank && step == throwStep { throw TrainError("fault injected by HGDPO_FAULT_THROW at step \(step)") }
-        if nanRank == rank && step >= nanFrom && grads.count > 0 { grads.ptr[0] = .nan }
+        try comm.barrier("after the checkpoint")
     }
 }
 
