@@ -457,7 +457,7 @@ public final class CacheEncoder {
                         return a == b ? nil : "\(key): was \(a), now \(b)"
                     }
                     if !differences.isEmpty { throw EncodeError.settingsChanged(path: out, differences: differences) }
-                } else if !((try? fm.contentsOfDirectory(atPath: out)) ?? []).isEmpty {
+                } else if !((try? fm.contentsOfDirectory(atPath: out)) ?? []).filter({ !RunFolderLock.isLockFile($0) }).isEmpty {
                     throw EncodeError.outputExists(path: out, reason: "exists and is not an interrupted `hgdpo encode` (no \(Self.manifestFile)); "
                                                    + "choose a new or empty folder")
                 }

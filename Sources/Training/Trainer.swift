@@ -58,8 +58,8 @@ public final class Trainer {
         }
         let folder = try ModelFolder(path: c.model)
         let unetFolder = try folder.unet()
-        schedule = try NoiseSchedule(try ComponentFolder(path: (c.model as NSString).appendingPathComponent("scheduler"))
-            .config(SchedulerConfig.self))
+        let schedulerFolder = ComponentFolder(path: (c.model as NSString).appendingPathComponent("scheduler"))
+        schedule = try NoiseSchedule(try schedulerFolder.config(SchedulerConfig.self), source: schedulerFolder.configPath)
         // bf16: the frozen base weights in bf16 (half the memory, bf16 GEMMs where the CPU has them); the LoRA, its
         // gradients, their all-reduce and the optimizer stay fp32.
         model = try UNetModel.load(folder: unetFolder, variant: c.variant, lora: (c.loraRank, Float(c.loraAlpha)),
@@ -95,7 +95,7 @@ public final class Trainer {
                              mixedPrecision: c.mixedPrecision)
         // Start: rank 0's LoRA everywhere (a resume loads it on every rank from the shared filesystem).
         model.lora!.initialize(seed: c.seed)
-        if let r = c.resume, let dir = try Checkpoint.resolve(r, runDir: c.output) { try restore(dir) }
+        if let r = c.resume, let dir = try Checkpoint.resolve(r, runDir: c.output, log: comm.isRoot ? log : { _ in }) { try restore(dir) }
         try self.comm.broadcast("the initial LoRA", model.lora!.params.buffer)
     }
 
@@ -152,7 +152,7 @@ public final class Trainer {
     /// Runs until the last step or a stop signal; returns the steps completed in this call.
     @discardableResult
     public func run() throws -> Int {
-        let metrics = comm.isRoot ? openMetrics() : nil
+        let metrics = comm.isRoot ? try openMetrics() : nil
         defer { try? metrics?.close() }
         let buffers = MicroBatchBuffers(cache: cache, localBatch: config.localBatch)
         let gradSum = DoubleBuffer(count: model.lora!.count)
@@ -166,7 +166,7 @@ public final class Trainer {
             let update = try applyUpdate(figures)
             done += 1
             if comm.isRoot && (state.step % max(1, config.logEvery) == 0 || state.step == totalSteps) {
-                logStep(figures, update, to: metrics, elapsed: Watchdog.now() - started, stepSeconds: Watchdog.now() - stepStart,
+                try logStep(figures, update, to: metrics, elapsed: Watchdog.now() - started, stepSeconds: Watchdog.now() - stepStart,
                         stepsDone: done)
             }
             if try finishStep(figures) { break }
@@ -175,8 +175,11 @@ public final class Trainer {
     }
 
     /// RUN_DIR/metrics.jsonl, appended to (rank 0).
-    func openMetrics() -> FileHandle? {
+    /// metrics.jsonl for appending, cut back to the steps before the one training continues from (a resume that fell
+    /// back to an older checkpoint must not leave the later steps' records in the log).
+    func openMetrics() throws -> FileHandle? {
         let path = (config.output as NSString).appendingPathComponent("metrics.jsonl")
+        try Checkpoint.trimMetrics(path, throughStep: state.step)
         if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
         let metrics = FileHandle(forWritingAtPath: path)
         metrics?.seekToEndOfFile()
@@ -293,7 +296,7 @@ public final class Trainer {
     }
 
     /// Step 4 (rank 0): one JSON record in metrics.jsonl and the progress line.
-    func logStep(_ f: StepFigures, _ u: StepUpdate, to metrics: FileHandle?, elapsed: Double, stepSeconds: Double, stepsDone: Int) {
+    func logStep(_ f: StepFigures, _ u: StepUpdate, to metrics: FileHandle?, elapsed: Double, stepSeconds: Double, stepsDone: Int) throws {
         let rate = Double(config.globalBatch * stepsDone) / max(elapsed, 1e-9)
         let eta = Double(totalSteps - state.step) * elapsed / Double(stepsDone)
         let record = JSONValue.object([
@@ -309,7 +312,10 @@ public final class Trainer {
             ("samples_per_s", .double(rate)), ("step_s", .double(stepSeconds)), ("allreduce_s", .double(f.commSeconds)),
             ("world_size", .int(comm.size)),
         ])
-        metrics?.write((record.serialized() + "\n").data(using: .utf8)!)
+        // write(contentsOf:) throws where write(_:) traps (a full disk would crash the rank).
+        do { try metrics?.write(contentsOf: Data((record.serialized() + "\n").utf8)) } catch {
+            throw TrainError("metrics.jsonl in \(config.output): cannot append the step's record: \(error.localizedDescription)")
+        }
         log(String(format: "step %d/%d  loss %.5f  dpo %.5f  stat %.3e  acc %.2f  %.2f samples/s  ETA %@",
                    state.step, totalSteps, f.loss, f.perPair(1), f.perPair(2), f.perPair(3), rate, formatDuration(eta)))
     }

@@ -79,7 +79,7 @@ public final class UNetModel: @unchecked Sendable {
     /// In bf16 mixed precision each conv / linear weight is rounded to bf16 as it is read (bf16 files: copied as is).
     public static func load(folder: ComponentFolder, variant: String? = nil, lora: (rank: Int, alpha: Float)? = nil,
                             precision: MixedPrecision = .no) throws -> UNetModel {
-        let spec = try UNetSpec(folder.config(UNet2DConditionConfig.self))
+        let spec = try UNetSpec(folder.config(UNet2DConditionConfig.self), source: folder.configPath)
         let model = UNetModel(spec: spec, lora: lora, precision: precision)
         try model.weights.load(files: folder.weightFiles(variant: variant), model: "U-Net")
         return model
