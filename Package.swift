@@ -40,11 +40,12 @@ let package = Package(
         .target(name: "Sampling", dependencies: ["Tensors", "IO", "UNet", "TextEncoder", "VAE", "Schedulers"], swiftSettings: optimize),
         .target(name: "Datasets", dependencies: ["Tensors", "IO"], swiftSettings: optimize),
         .target(name: "Scoring", dependencies: ["Tensors", "IO"], swiftSettings: optimize),
+        .target(name: "ToyWorld", dependencies: ["Tensors", "IO", "Scoring"], swiftSettings: optimize),
         .target(name: "Training", dependencies: ["Tensors", "IO", "UNet", "Schedulers", "Distributed", "Datasets", "Sampling", "TextEncoder", "VAE"], swiftSettings: optimize),
         .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: optimize),
         .target(name: "LatentEncoding", dependencies: ["Tensors", "IO", "Datasets", "VAE", "TextEncoder", "Distributed"], swiftSettings: optimize),
         .target(name: "Commands", dependencies: ["Tensors", "IO", "Layers", "Distributed", "UNet", "Schedulers", "Training", "Datasets",
-                                                  "TextEncoder", "VAE", "LatentEncoding", "Sampling", "Scoring"],
+                                                  "TextEncoder", "VAE", "LatentEncoding", "Sampling", "Scoring", "ToyWorld"],
                 swiftSettings: optimize),
         .executableTarget(name: "hgdpo", dependencies: ["Commands", "CKernels", "Tensors"], swiftSettings: optimizeBaseline),
 
@@ -61,6 +62,7 @@ let package = Package(
         .testTarget(name: "IOTests", dependencies: ["IO", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport", "hgdpo"]),
         .testTarget(name: "SamplingTests", dependencies: ["Sampling", "Training", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "ToyWorldTests", dependencies: ["ToyWorld", "TestSupport"]),
         .testTarget(name: "CommandsTests", dependencies: ["Commands", "TestSupport", "hgdpo"]),
         .testTarget(name: "LatentEncodingTests", dependencies: ["LatentEncoding", "UNet", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
     ]

@@ -1,0 +1,229 @@
+// `--scorer NAME=toy-human`: a prompt-aware preference scorer for the toy world that reads the image alone (not the
+// scene it was rendered from). It knows the world's palette and body proportions, as a template scorer would, and
+// measures:
+//   background  the median colors of the top and bottom rows → the nearest background of the palette
+//   people      foreground = pixels far from both of those colors; each 4-connected shirt-colored blob is a torso
+//               (one person); every other foreground pixel goes to the nearest torso of its 8-connected region;
+//               foreground regions without a torso are fragments (torn-off limbs, floating heads)
+//   anatomy     per person, from the torso's own area (so any scale works): head area above the torso, skin area
+//               (arms) and jeans area (legs) on each side of the torso's centre, each divided by the area one head,
+//               arm or leg has in a correct figure of that torso size: ≈ 1 when right, ≈ 0 missing, ≈ 2 doubled
+//   pose        an arm is up when its skin reaches above the torso's top; legs shorter than 0.8 torso heights sit
+//   color       the torso's mean color → the nearest shirt color
+// and subtracts from 10: 1 per unit of anatomy error beyond a tolerance of 0.3 on each part (capped at 1.5 per
+// part), 1 per fragment, 2 per person too many or too few, 2 for a wrong background, 2 × the fraction of people with
+// the wrong shirt color and 2 × the fraction in the wrong pose, plus small continuous terms (color distances,
+// unexplained foreground) that order otherwise equal images. Higher is better; a perfect render scores ≈ 10.
+// The prompt must follow the toy grammar (Grammar.swift); another prompt is an error naming it.
+import IO
+import Scoring
+
+public final class ToyHumanScorer: Scorer {
+    public let descriptor: ScorerDescriptor
+    /// Part areas of a correct figure as fractions of its torso's area, measured on a clean render (see `calibrate`).
+    let unit: Calibration
+
+    public static let kind = "toy-human"
+    public static let version = "1"
+
+    public init(name: String) {
+        descriptor = ScorerDescriptor(name: name, kind: ToyHumanScorer.kind, argument: nil, version: ToyHumanScorer.version)
+        unit = ToyHumanScorer.calibration
+    }
+
+    public func score(images: [ByteImage], prompt: String) throws -> [Double] {
+        let expected = try Description(parsing: prompt)
+        return images.map { score(analysis: analyze($0), expected: expected) }
+    }
+
+    // MARK: - Measurements
+
+    /// What the scorer sees in one person.
+    public struct PersonReading: Sendable {
+        public var color: ShirtColor
+        public var colorDistance: Float
+        /// Head, then arms and legs on the left and right, in units of a correct part (≈ 1 each when right).
+        public var head: Float, armsLeft: Float, armsRight: Float, legsLeft: Float, legsRight: Float
+        public var armsUp: Int
+        public var sitting: Bool
+        public var pose: Pose {
+            armsUp >= 2 ? .armsUp : armsUp == 1 ? .waving : sitting ? .sitting : .standing
+        }
+        /// Pixel counts for calibration.
+        var torsoArea: Int, headArea: Int, armArea: [Int], legArea: [Int], legHeightToTorso: Float
+    }
+
+    public struct Analysis: Sendable {
+        public var background: Background
+        public var backgroundDistance: Float
+        public var people: [PersonReading]
+        public var fragments: Int
+        /// Foreground pixels of no known color, as a fraction of all torso area.
+        public var unexplained: Float
+    }
+
+    struct Calibration: Sendable {
+        var head: Float, arm: Float, leg: Float
+    }
+
+    /// The areas of one standing person of scale 1 without noise, relative to its torso.
+    static let calibration: Calibration = {
+        let scene = Scene(Description(count: 1, color: .red, pose: .standing, background: .field), seed: 0)
+        var person = scene.people[0]
+        person.centerX = 16; person.feetY = 29.5; person.scale = 1
+        var clean = scene
+        clean.people = [person]
+        let reading = analyzeRaw(clean.render(), unit: Calibration(head: 1, arm: 1, leg: 1)).people[0]
+        let t = Float(reading.torsoArea)
+        return Calibration(head: Float(reading.headArea) / t, arm: Float(reading.armArea.reduce(0, +)) / (2 * t),
+                           leg: Float(reading.legArea.reduce(0, +)) / (2 * t))
+    }()
+
+    public func analyze(_ image: ByteImage) -> Analysis { ToyHumanScorer.analyzeRaw(image, unit: unit) }
+
+    static func analyzeRaw(_ image: ByteImage, unit: Calibration) -> Analysis {
+        let w = image.width, h = image.height, c = image.channels
+        func rgb(_ i: Int) -> RGB {
+            let p = i * c
+            return c >= 3 ? (Float(image.pixels[p]), Float(image.pixels[p + 1]), Float(image.pixels[p + 2]))
+                : (Float(image.pixels[p]), Float(image.pixels[p]), Float(image.pixels[p]))
+        }
+        func dist(_ a: RGB, _ b: RGB) -> Float {
+            ((a.r - b.r) * (a.r - b.r) + (a.g - b.g) * (a.g - b.g) + (a.b - b.b) * (a.b - b.b)).squareRoot()
+        }
+        func median(rows: [Int]) -> RGB {
+            var r: [Float] = [], g: [Float] = [], b: [Float] = []
+            for y in rows { for x in 0..<w { let v = rgb(y * w + x); r.append(v.r); g.append(v.g); b.append(v.b) } }
+            func m(_ a: [Float]) -> Float { a.sorted()[a.count / 2] }
+            return (m(r), m(g), m(b))
+        }
+        let sky = median(rows: [0, 1]), ground = median(rows: [h - 1])
+        let bg = Background.allCases.map { b in (b, dist(sky, Palette.sky(b)) + dist(ground, Palette.ground(b))) }
+            .min { $0.1 < $1.1 }!
+
+        // Pixel classes: 0 background, 1 skin, 2 jeans, 3 shirt, 4 unknown foreground.
+        let foregroundThreshold: Float = 40, partThreshold: Float = 70
+        var cls = [UInt8](repeating: 0, count: w * h)
+        for i in 0..<(w * h) {
+            let v = rgb(i)
+            guard min(dist(v, sky), dist(v, ground)) > foregroundThreshold else { continue }
+            let skin = Palette.skins.map { dist(v, $0) }.min()!, jeans = dist(v, Palette.jeans)
+            let shirt = ShirtColor.allCases.map { dist(v, Palette.shirt($0)) }.min()!
+            let best = min(skin, jeans, shirt)
+            cls[i] = best > partThreshold ? 4 : best == skin ? 1 : best == jeans ? 2 : 3
+        }
+
+        // Torsos: 4-connected shirt blobs; regions: 8-connected foreground.
+        let torsoLabels = label(cls, w, h, eightConnected: false) { $0 == 3 }
+        let regionLabels = label(cls, w, h, eightConnected: true) { $0 != 0 }
+        struct Torso { var x0 = Int.max, x1 = Int.min, y0 = Int.max, y1 = Int.min, area = 0, r: Float = 0, g: Float = 0, b: Float = 0, region = 0 }
+        var torsos: [Int: Torso] = [:]
+        for i in 0..<(w * h) where torsoLabels[i] > 0 {
+            let x = i % w, y = i / w, v = rgb(i)
+            var t = torsos[torsoLabels[i]] ?? Torso()
+            t.x0 = min(t.x0, x); t.x1 = max(t.x1, x); t.y0 = min(t.y0, y); t.y1 = max(t.y1, y)
+            t.area += 1; t.r += v.r; t.g += v.g; t.b += v.b; t.region = regionLabels[i]
+            torsos[torsoLabels[i]] = t
+        }
+        let minTorso = 3
+        let people = torsos.values.filter { $0.area >= minTorso }.sorted { $0.x0 < $1.x0 }
+        var headArea = [Int](repeating: 0, count: people.count)
+        var arms = [[Int]](repeating: [0, 0], count: people.count), armsAbove = arms, legs = arms
+        var legTop = [Int](repeating: Int.max, count: people.count), legBottom = [Int](repeating: Int.min, count: people.count)
+        var unexplained = 0
+        var regionArea: [Int: Int] = [:]
+        let peopleRegions = Set(people.map(\.region))
+        for i in 0..<(w * h) where cls[i] != 0 {
+            let region = regionLabels[i]
+            guard peopleRegions.contains(region) else { regionArea[region, default: 0] += 1; continue }
+            if cls[i] == 4 { unexplained += 1; continue }
+            guard cls[i] == 1 || cls[i] == 2 else { continue }
+            let x = i % w, y = i / w
+            // The nearest torso of this region, by horizontal distance to its columns.
+            var best = -1, bestD = Int.max
+            for (k, t) in people.enumerated() where t.region == region {
+                let d = x < t.x0 ? t.x0 - x : x > t.x1 ? x - t.x1 : 0
+                if d < bestD { best = k; bestD = d }
+            }
+            let t = people[best]
+            let side = 2 * x + 1 < t.x0 + t.x1 + 1 ? 0 : 1   // pixel centre left of the torso's centre
+            if cls[i] == 1 {
+                if y < t.y0 && x >= t.x0 && x <= t.x1 { headArea[best] += 1 } else {
+                    arms[best][side] += 1
+                    if y < t.y0 { armsAbove[best][side] += 1 }
+                }
+            } else {
+                legs[best][side] += 1
+                legTop[best] = min(legTop[best], y); legBottom[best] = max(legBottom[best], y)
+            }
+        }
+        var readings: [PersonReading] = []
+        var totalTorso = 0
+        for (k, t) in people.enumerated() {
+            totalTorso += t.area
+            let a = Float(t.area), n = Float(t.area)
+            let mean: RGB = (t.r / n, t.g / n, t.b / n)
+            let color = ShirtColor.allCases.min { dist(mean, Palette.shirt($0)) < dist(mean, Palette.shirt($1)) }!
+            let unitArm = a * unit.arm, unitLeg = a * unit.leg
+            let legHeight = legs[k].reduce(0, +) > 0 ? Float(legBottom[k] - legTop[k] + 1) : 0
+            let legRatio = legHeight / Float(t.y1 - t.y0 + 1)
+            readings.append(PersonReading(
+                color: color, colorDistance: dist(mean, Palette.shirt(color)),
+                head: Float(headArea[k]) / (a * unit.head),
+                armsLeft: Float(arms[k][0]) / unitArm, armsRight: Float(arms[k][1]) / unitArm,
+                legsLeft: Float(legs[k][0]) / unitLeg, legsRight: Float(legs[k][1]) / unitLeg,
+                armsUp: armsAbove[k].filter { Float($0) > 0.3 * unitArm }.count, sitting: legRatio > 0 && legRatio < 0.8,
+                torsoArea: t.area, headArea: headArea[k], armArea: arms[k], legArea: legs[k], legHeightToTorso: legRatio))
+        }
+        // A fragment must be at least a third of a limb (of the people's median torso) to count.
+        let medianTorso = people.isEmpty ? 12 : people.map(\.area).sorted()[people.count / 2]
+        let minFragment = max(2, Int((Float(medianTorso) * unit.arm / 3).rounded()))
+        let fragments = regionArea.values.filter { $0 >= minFragment }.count
+        return Analysis(background: bg.0, backgroundDistance: bg.1, people: readings, fragments: fragments,
+                        unexplained: Float(unexplained) / Float(max(totalTorso, 1)))
+    }
+
+    /// Connected-component labels (1, 2, …; 0 where `member` is false).
+    static func label(_ cls: [UInt8], _ w: Int, _ h: Int, eightConnected: Bool, member: (UInt8) -> Bool) -> [Int] {
+        var labels = [Int](repeating: 0, count: w * h)
+        var next = 0
+        var stack: [Int] = []
+        let offsets = eightConnected ? [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)]
+            : [(0, -1), (-1, 0), (1, 0), (0, 1)]
+        for start in 0..<(w * h) where labels[start] == 0 && member(cls[start]) {
+            next += 1
+            labels[start] = next
+            stack.append(start)
+            while let i = stack.popLast() {
+                let x = i % w, y = i / w
+                for (dx, dy) in offsets {
+                    let nx = x + dx, ny = y + dy
+                    guard nx >= 0, nx < w, ny >= 0, ny < h else { continue }
+                    let j = ny * w + nx
+                    if labels[j] == 0 && member(cls[j]) { labels[j] = next; stack.append(j) }
+                }
+            }
+        }
+        return labels
+    }
+
+    // MARK: - Score
+
+    public func score(analysis a: Analysis, expected: Description) -> Double {
+        func part(_ x: Float) -> Float { min(max(abs(x - 1) - 0.3, 0), 1.5) }
+        var penalty: Float = 0
+        for p in a.people {
+            penalty += part(p.head) + part(p.armsLeft) + part(p.armsRight) + part(p.legsLeft) + part(p.legsRight)
+        }
+        penalty += Float(a.fragments)
+        penalty += 2 * Float(abs(a.people.count - expected.count))
+        penalty += a.background == expected.background ? 0 : 2
+        let n = Float(max(a.people.count, 1))
+        penalty += 2 * Float(a.people.filter { $0.color != expected.color }.count) / n
+        penalty += 2 * Float(a.people.filter { $0.pose != expected.pose }.count) / n
+        // Tie-breakers (well below one unit): how far the colors are from the palette's, unexplained foreground.
+        let colorDistance = a.people.map(\.colorDistance).reduce(0, +) / n
+        penalty += 0.1 * min(colorDistance / 100, 1) + 0.1 * min(a.backgroundDistance / 200, 1) + 0.1 * min(a.unexplained, 1)
+        return Double(10 - penalty)
+    }
+}
