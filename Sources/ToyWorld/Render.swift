@@ -1,5 +1,5 @@
 // Rasterising a scene: flat colors with a little pixel noise, no antialiasing (a pixel belongs to a part when its
-// centre is inside it). Order: sky and ground, then per person arms, legs, torso (over the limbs' shoulder and hip
+// centre is inside it). Order: sky and ground, then per person arms, legs, neck, torso (over the limbs' shoulder and hip
 // ends), head. Colors are chosen so every part stands apart from every background (the scorer relies on it).
 import IO
 import Tensors
@@ -82,6 +82,9 @@ extension Scene {
                 for (a, b) in zip(limb.points, limb.points.dropFirst()) {
                     capsule(toImage(a), toImage(b), radius: limb.radius, color)
                 }
+            }
+            if let h = p.head, p.neck {   // the neck, under the torso and the head: the head always touches the body
+                capsule(toImage(h), toImage((h.x, p.torso.y0 + 1)), radius: 0.9, skin)
             }
             let t0 = toImage((p.torso.x0, p.torso.y0)), t1 = toImage((p.torso.x1, p.torso.y1))
             fill((t0.x, t0.y, t1.x, t1.y), Palette.shirt(p.shirt)) { px, py in px >= t0.x && px < t1.x && py >= t0.y && py < t1.y }

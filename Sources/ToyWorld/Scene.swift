@@ -2,8 +2,8 @@
 // a defect, then rasterised (Render.swift).
 //
 // A person is drawn in body units (x right, y down, origin between the feet; standing height 22 units) and placed
-// with a scale s: 1 person s ≈ 1 (22 px tall in 32 px), two s ≈ 0.75, three s ≈ 0.55.
-//   head   disc of radius 2.6 at (0, −19.5), skin
+// with a scale s: 1 person s ≈ 1 (22 px tall in 32 px), two s ≈ 0.8, three s ≈ 0.6.
+//   head   disc of radius 2.6 at (0, −19.5) on a neck (radius 0.9) reaching into the torso, skin
 //   torso  rectangle x ∈ [−3, 3], y ∈ [−16.5, −8.5], shirt color
 //   arms   capsules of radius 1 from the shoulders (±3, −15.5), skin: down to (±6.5, −9.5), up to (±7, −21.5)
 //   legs   capsules of radius 1 from the hips (±1.5, −8.5) to (±2.5, −0.5), jeans
@@ -12,7 +12,8 @@
 //
 // Defects, the typical failures of generated humans (one person of the scene gets it):
 //   missing-limb      one arm or leg is not drawn
-//   extra-limb        a third arm (from a shoulder, pointing where that side's arm does not) or a third leg (out sideways)
+//   extra-limb        a third arm (from a shoulder, up where that side's arm is down and down where it is up) or a
+//                     third leg (from a hip out sideways)
 //   broken-pose       a limb torn off and drawn apart from the body, or the head moved off the shoulders
 //   wrong-pose        another pose than the prompt's
 //   wrong-color       another shirt color than the prompt's (every person)
@@ -50,12 +51,14 @@ public struct Person: Sendable, Equatable {
     public var shirt: ShirtColor
     public var pose: Pose
     public var head: (x: Float, y: Float)?
+    /// Whether a neck joins the head to the torso (not when a broken pose moved the head off the shoulders).
+    public var neck = true
     public var torso: (x0: Float, y0: Float, x1: Float, y1: Float)
     public var limbs: [Limb]
 
     public static func == (a: Person, b: Person) -> Bool {
         a.centerX == b.centerX && a.feetY == b.feetY && a.scale == b.scale && a.skin == b.skin && a.shirt == b.shirt
-            && a.pose == b.pose && a.head?.x == b.head?.x && a.head?.y == b.head?.y && a.limbs == b.limbs
+            && a.pose == b.pose && a.neck == b.neck && a.head?.x == b.head?.x && a.head?.y == b.head?.y && a.limbs == b.limbs
             && a.torso.x0 == b.torso.x0 && a.torso.y0 == b.torso.y0 && a.torso.x1 == b.torso.x1 && a.torso.y1 == b.torso.y1
     }
 }
@@ -117,14 +120,14 @@ public struct Scene: Sendable, Equatable {
         }
         background = shown.background
         let n = shown.count
-        let baseScale: Float = [1.0, 0.75, 0.55][n - 1]
+        let baseScale: Float = [1.0, 0.8, 0.6][n - 1]
         let skins = (0..<3).map { _ in draw.below(Palette.skins.count) }
         let jitters = (0..<3).map { _ in (draw.uniform() - 0.5, draw.uniform() - 0.5, draw.uniform() - 0.5, draw.below(2)) }
         let W = Float(width), H = Float(height)
         var people: [Person] = []
         for i in 0..<n {
             let (jx, jy, js, side) = jitters[i]
-            let scale = baseScale * (1 + 0.08 * js) * H / 32
+            let scale = baseScale * (1 + 0.06 * js) * H / 32
             let slot = W / Float(n)
             let cx = slot * (Float(i) + 0.5) + jx * (n == 1 ? 4 : 1.2) * W / 32
             let feet = H - (n == 1 ? 2.5 : 3) + jy * 1.2 * H / 32
@@ -171,15 +174,15 @@ extension Person {
         case .extraLimb:
             let sign: Float = draw.below(2) == 0 ? -1 : 1
             if draw.below(2) == 0 {
-                // A third arm from a shoulder: horizontal when that side's arm is down, down when it is up.
+                // A third arm from a shoulder: up when that side's arm is down, down when it is up.
                 let shoulder = (x: sign * Body.torsoHalfWidth, y: Body.shoulderY + drop)
                 let sideArm = limbs.first { $0.kind == .arm && ($0.points[1].x > 0) == (sign > 0) }
                 let isUp = (sideArm?.points[1].y ?? 0) < shoulder.y
-                let hand = isUp ? (x: sign * Body.handDown.x, y: Body.handDown.y + drop) : (x: sign * 9.5, y: shoulder.y - 0.5)
+                let hand = isUp ? (x: sign * Body.handDown.x, y: Body.handDown.y + drop) : (x: sign * Body.handUp.x, y: Body.handUp.y + drop)
                 limbs.append(Limb(kind: .arm, points: [shoulder, hand]))
             } else {
                 let hip = (x: sign * Body.hipX, y: Body.torsoBottom + drop)
-                let foot = pose == .sitting ? (x: sign * 1.5, y: Float(0)) : (x: sign * 7.5, y: Float(-1))
+                let foot = pose == .sitting ? (x: sign * 9.5, y: Float(-1)) : (x: sign * 7.5, y: Float(-1))
                 limbs.append(Limb(kind: .leg, points: [hip, foot]))
             }
         case .brokenPose:
@@ -187,11 +190,12 @@ extension Person {
                 // The head slides off the shoulders to one side, below the shoulder line.
                 let sign: Float = draw.below(2) == 0 ? -1 : 1
                 head = (h.x + sign * 7.5, h.y + 6)
+                neck = false
             } else {
-                // A limb torn off: moved outwards (and down) so it no longer touches the body.
+                // A limb torn off: an arm moved outwards, a leg dropped below its hip, so it no longer touches the body.
                 let k = draw.below(limbs.count)
                 let sign: Float = limbs[k].points.last!.x < 0 ? -1 : 1
-                let (dx, dy): (Float, Float) = limbs[k].kind == .arm ? (sign * 4, 2.5) : (sign * 3.5, 1.5)
+                let (dx, dy): (Float, Float) = limbs[k].kind == .arm ? (sign * 3.5, 1) : (sign * 1, 2.5)
                 limbs[k].points = limbs[k].points.map { ($0.x + dx, $0.y + dy) }
             }
         default:

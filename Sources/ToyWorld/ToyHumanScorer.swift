@@ -5,14 +5,15 @@
 //   people      foreground = pixels far from both of those colors; each 4-connected shirt-colored blob is a torso
 //               (one person); every other foreground pixel goes to the nearest torso of its 8-connected region;
 //               foreground regions without a torso are fragments (torn-off limbs, floating heads)
-//   anatomy     per person, from the torso's own area (so any scale works): head area above the torso, skin area
-//               (arms) and jeans area (legs) on each side of the torso's centre, each divided by the area one head,
-//               arm or leg has in a correct figure of that torso size: ≈ 1 when right, ≈ 0 missing, ≈ 2 doubled
+//   anatomy     per person: head area above the torso, skin area (arms) and jeans area (legs) on each side of the
+//               torso's centre, each divided by the area one head, arm or leg has in a correct figure of that size
+//               (the size: the median of what torso, head and limbs say, so any scale works): ≈ 1 when right,
+//               ≈ 0 missing, ≈ 2 doubled
 //   pose        an arm is up when its skin reaches above the torso's top; legs shorter than 0.8 torso heights sit
 //   color       the torso's mean color → the nearest shirt color
-// and subtracts from 10: 1 per unit of anatomy error beyond a tolerance of 0.3 on each part (capped at 1.5 per
-// part), 1 per fragment, 2 per person too many or too few, 2 for a wrong background, 2 × the fraction of people with
-// the wrong shirt color and 2 × the fraction in the wrong pose, plus small continuous terms (color distances,
+// and subtracts from 10: the anatomy error |reading − 1| of each part (capped at 1.5), 1 per fragment, 2 per person
+// too many or too few, 2 for a wrong background, 2 × the fraction of people with the wrong shirt color and 2 × the
+// fraction in the wrong pose, plus small continuous terms (color distances,
 // unexplained foreground) that order otherwise equal images. Higher is better; a perfect render scores ≈ 10.
 // The prompt must follow the toy grammar (Grammar.swift); another prompt is an error naming it.
 import IO
@@ -20,7 +21,7 @@ import Scoring
 
 public final class ToyHumanScorer: Scorer {
     public let descriptor: ScorerDescriptor
-    /// Part areas of a correct figure as fractions of its torso's area, measured on a clean render (see `calibrate`).
+    /// Part areas of a correct figure as fractions of its torso's area, measured on clean renders (`calibration`).
     let unit: Calibration
 
     public static let kind = "toy-human"
@@ -63,20 +64,21 @@ public final class ToyHumanScorer: Scorer {
     }
 
     struct Calibration: Sendable {
-        var head: Float, arm: Float, leg: Float
+        var head: Float, arm: Float, leg: Float, sittingLeg: Float
     }
 
-    /// The areas of one standing person of scale 1 without noise, relative to its torso.
+    /// The areas of one person of scale 1 (standing, and sitting for the legs), relative to its torso.
     static let calibration: Calibration = {
-        let scene = Scene(Description(count: 1, color: .red, pose: .standing, background: .field), seed: 0)
-        var person = scene.people[0]
-        person.centerX = 16; person.feetY = 29.5; person.scale = 1
-        var clean = scene
-        clean.people = [person]
-        let reading = analyzeRaw(clean.render(), unit: Calibration(head: 1, arm: 1, leg: 1)).people[0]
-        let t = Float(reading.torsoArea)
-        return Calibration(head: Float(reading.headArea) / t, arm: Float(reading.armArea.reduce(0, +)) / (2 * t),
-                           leg: Float(reading.legArea.reduce(0, +)) / (2 * t))
+        func reading(_ pose: Pose) -> PersonReading {
+            var scene = Scene(Description(count: 1, color: .red, pose: pose, background: .field), seed: 0)
+            scene.people[0].centerX = 16; scene.people[0].feetY = 29.5; scene.people[0].scale = 1
+            return analyzeRaw(scene.render(), unit: Calibration(head: 1, arm: 1, leg: 1, sittingLeg: 1)).people[0]
+        }
+        let standing = reading(.standing), sitting = reading(.sitting)
+        let t = Float(standing.torsoArea)
+        return Calibration(head: Float(standing.headArea) / t, arm: Float(standing.armArea.reduce(0, +)) / (2 * t),
+                           leg: Float(standing.legArea.reduce(0, +)) / (2 * t),
+                           sittingLeg: Float(sitting.legArea.reduce(0, +)) / (2 * Float(sitting.torsoArea)))
     }()
 
     public func analyze(_ image: ByteImage) -> Analysis { ToyHumanScorer.analyzeRaw(image, unit: unit) }
@@ -164,15 +166,22 @@ public final class ToyHumanScorer: Scorer {
             let a = Float(t.area), n = Float(t.area)
             let mean: RGB = (t.r / n, t.g / n, t.b / n)
             let color = ShirtColor.allCases.min { dist(mean, Palette.shirt($0)) < dist(mean, Palette.shirt($1)) }!
-            let unitArm = a * unit.arm, unitLeg = a * unit.leg
             let legHeight = legs[k].reduce(0, +) > 0 ? Float(legBottom[k] - legTop[k] + 1) : 0
             let legRatio = legHeight / Float(t.y1 - t.y0 + 1)
+            let sitting = legRatio > 0 && legRatio < 0.8
+            let unitLeg = a * (sitting ? unit.sittingLeg : unit.leg)
+            // The person's scale, in units of a correct figure's part areas: the median of what the torso, head and
+            // four limbs each say (1 each for a correct figure of this torso), so one missing, doubled or
+            // badly rasterised part does not move it and the torso's own pixel rounding cancels.
+            let raw = [1, Float(headArea[k]) / (a * unit.head), Float(arms[k][0]) / (a * unit.arm), Float(arms[k][1]) / (a * unit.arm),
+                       Float(legs[k][0]) / unitLeg, Float(legs[k][1]) / unitLeg]
+            let scale = max(raw.sorted()[2...3].reduce(0, +) / 2, 0.25)
+            let unitArm = a * unit.arm * scale
             readings.append(PersonReading(
                 color: color, colorDistance: dist(mean, Palette.shirt(color)),
-                head: Float(headArea[k]) / (a * unit.head),
-                armsLeft: Float(arms[k][0]) / unitArm, armsRight: Float(arms[k][1]) / unitArm,
-                legsLeft: Float(legs[k][0]) / unitLeg, legsRight: Float(legs[k][1]) / unitLeg,
-                armsUp: armsAbove[k].filter { Float($0) > 0.3 * unitArm }.count, sitting: legRatio > 0 && legRatio < 0.8,
+                head: raw[1] / scale, armsLeft: raw[2] / scale, armsRight: raw[3] / scale,
+                legsLeft: raw[4] / scale, legsRight: raw[5] / scale,
+                armsUp: armsAbove[k].filter { Float($0) > 0.3 * unitArm }.count, sitting: sitting,
                 torsoArea: t.area, headArea: headArea[k], armArea: arms[k], legArea: legs[k], legHeightToTorso: legRatio))
         }
         // A fragment must be at least a third of a limb (of the people's median torso) to count.
@@ -210,7 +219,7 @@ public final class ToyHumanScorer: Scorer {
     // MARK: - Score
 
     public func score(analysis a: Analysis, expected: Description) -> Double {
-        func part(_ x: Float) -> Float { min(max(abs(x - 1) - 0.3, 0), 1.5) }
+        func part(_ x: Float) -> Float { min(abs(x - 1), 1.5) }
         var penalty: Float = 0
         for p in a.people {
             penalty += part(p.head) + part(p.armsLeft) + part(p.armsRight) + part(p.legsLeft) + part(p.legsRight)
