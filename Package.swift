@@ -61,7 +61,7 @@ let package = Package(
         .testTarget(name: "TrainingTests", dependencies: ["Training", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "IOTests", dependencies: ["IO", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport", "hgdpo"]),
-        .testTarget(name: "SamplingTests", dependencies: ["Sampling", "Training", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "SamplingTests", dependencies: ["Sampling", "Training", "Datasets", "ToyWorld", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ToyWorldTests", dependencies: ["ToyWorld", "TestSupport"]),
         .testTarget(name: "CommandsTests", dependencies: ["Commands", "TestSupport", "hgdpo"]),
         .testTarget(name: "LatentEncodingTests", dependencies: ["LatentEncoding", "UNet", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),

@@ -30,7 +30,7 @@ extension Commands {
                        --prompt "a photo of a woman, (bust shot:1.2)" --out samples --steps 50 --guidance 5 --seed 1 --images-per-prompt 4
             """,
         options: [
-            .value("--model", "DIR", "diffusers pipeline folder (unet, vae, text_encoder, tokenizer, scheduler)", required: true),
+            .value("--model", "DIR", "diffusers pipeline folder (unet, vae, text_encoder, tokenizer, scheduler; no vae: pixel space)", required: true),
             .value("--variant", "NAME", "Weight variant, e.g. fp16"),
             .value("--lora", "FILE", "LoRA weights (diffusers, peft or kohya format)"),
             .value("--lora-scale", "S", "LoRA scale (the paper samples at 0.5)", default: "1.0"),
@@ -99,9 +99,12 @@ extension Commands {
                                                     schedulerName: args.string("--scheduler"))
         } catch let e as SamplingError { throw CLIError.invalid(e.message) }
         if let tile = args.string("--vae-tile") {
-            if tile == "auto" { pipeline.vaeTiling = try pipeline.vae.tiling() } else {
+            guard let vae = pipeline.latentSpace.vae else {
+                throw CLIError.invalid("--vae-tile: \(modelPath) is a pixel-space pipeline (no vae/); there is nothing to tile")
+            }
+            if tile == "auto" { pipeline.vaeTiling = try vae.tiling() } else {
                 guard let n = Int(tile), n > 0 else { throw CLIError.badValue(option: "--vae-tile", value: tile, expected: "a positive integer or auto") }
-                pipeline.vaeTiling = try pipeline.vae.tiling(sampleTileSize: n)
+                pipeline.vaeTiling = try vae.tiling(sampleTileSize: n)
             }
         }
         if let encoder = pipeline.promptEncoder, clipSkip >= encoder.model.layerCount {

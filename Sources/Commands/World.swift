@@ -5,7 +5,9 @@ import Datasets
 import Foundation
 import IO
 import Sampling
+import TextEncoder
 import ToyWorld
+import UNet
 
 extension Commands {
     static func parseSeed(_ args: ParsedArguments, _ name: String = "--seed") throws -> UInt64 {
@@ -198,5 +200,73 @@ extension Commands {
         let total = results.reduce(0) { $0 + $1.correct }, n = results.reduce(0) { $0 + $1.pairs }
         print(JSONValue.object([("defect", "all"), ("pairs", .int(n)), ("correct", .int(total)),
                                 ("accuracy", .double(Double(total) / Double(n)))]).serialized())
+    }
+
+    static let worldMakeModel = CommandSpec(
+        ["world", "make-model"],
+        summary: "Write the toy world's target pipeline: pixel-space U-Net, tiny CLIP text encoder and grammar tokenizer (random weights)",
+        details: """
+            Example: hgdpo world make-model --out models/toy
+            A diffusers pipeline folder without vae/ (pixel space: the latents are the RGB image in [-1, 1]):
+            unet/ (in/out 3 channels, --channels per level, ResNet blocks only except cross-attention at the lowest
+            level and in the middle), text_encoder/ (a CLIPTextModel, --text-width wide, frozen random weights as
+            transformers initialises them), tokenizer/ (bytes plus one token per grammar word, --max-tokens long) and
+            scheduler/ (DDPM, linear betas 1e-4 ... 0.02 over 1000 steps, as pixel-space DDPM).
+            """,
+        options: [
+            .value("--out", "DIR", "Folder to create (must not exist)", required: true),
+            .value("--seed", "S", "Seed of the weights", default: "0"),
+            .value("--size", "PX", "Image size the U-Net is made for (sample_size)", default: "32"),
+            .value("--channels", "LIST", "U-Net block_out_channels, comma-separated", default: "16,32,64"),
+            .value("--layers", "N", "ResNet layers per block", default: "1"),
+            .value("--text-width", "D", "Text encoder width = the U-Net's cross_attention_dim", default: "64"),
+            .value("--text-layers", "N", "Text encoder layers", default: "2"),
+            .value("--max-tokens", "N", "Tokenizer model_max_length (the longest grammar prompt is 14 tokens)", default: "16"),
+        ]
+    ) { args in
+        let out = try args.requiredString("--out")
+        guard !FileManager.default.fileExists(atPath: out) else { throw CLIError.invalid("\(out): already exists; choose a new folder") }
+        let seed = try parseSeed(args), size = try worldSize(args)
+        let channelText = args.string("--channels")!
+        let channels = channelText.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !channels.isEmpty, channels.count == channelText.split(separator: ",").count, channels.allSatisfy({ $0 > 0 && $0 % 8 == 0 }) else {
+            throw CLIError.badValue(option: "--channels", value: channelText, expected: "comma-separated multiples of 8, e.g. 16,32,64")
+        }
+        guard size % (1 << (channels.count - 1)) == 0 else {
+            throw CLIError.badValue(option: "--size", value: String(size), expected: "a multiple of \(1 << (channels.count - 1)) for \(channels.count) levels")
+        }
+        let width = try args.int("--text-width", in: 8...4096)!
+        guard width % 16 == 0 else { throw CLIError.badValue(option: "--text-width", value: String(width), expected: "a multiple of 16") }
+        let vocabulary = ByteLevelVocabulary(words: Description.words, maxLength: try args.int("--max-tokens", in: 14...77)!)
+
+        var unet = UNet2DConditionConfig()
+        unet.sampleSize = size
+        unet.inChannels = 3; unet.outChannels = 3
+        unet.blockOutChannels = channels
+        unet.downBlockTypes = Array(repeating: "DownBlock2D", count: channels.count - 1) + ["CrossAttnDownBlock2D"]
+        unet.upBlockTypes = ["CrossAttnUpBlock2D"] + Array(repeating: "UpBlock2D", count: channels.count - 1)
+        unet.layersPerBlock = .int(try args.int("--layers", in: 1...8)!)
+        unet.crossAttentionDim = .int(width)
+        unet.attentionHeadDim = .int(channels.last! / 16)   // heads of 16 channels
+        unet.normNumGroups = 8
+        let model = UNetModel(spec: try UNetSpec(unet))
+        model.randomizeWeights(seed: seed)
+
+        var text = CLIPTextConfig()
+        text.vocabSize = vocabulary.size
+        text.bosTokenId = vocabulary.bosId
+        text.eosTokenId = vocabulary.eosId
+        text.padTokenId = 1
+        text.maxPositionEmbeddings = vocabulary.maxLength
+        text.hiddenAct = "quick_gelu"
+        text.hiddenSize = width; text.projectionDim = width; text.intermediateSize = 4 * width
+        text.numHiddenLayers = try args.int("--text-layers", in: 1...24)!
+        text.numAttentionHeads = width / 16
+        let encoder = try CLIPTextModel(config: text)
+        encoder.initializeAsTransformers(seed: seed &+ 1)
+        try writePipeline(model: model, textEncoder: encoder, vocabulary: vocabulary,
+                          schedulerOverrides: ["beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02], to: out)
+        print(JSONValue.object([("out", .string(out)), ("params", .int(model.weights.table.count)),
+                                ("text_encoder_params", .int(encoder.storage.count)), ("vocabulary", .int(vocabulary.size))]).serialized())
     }
 }

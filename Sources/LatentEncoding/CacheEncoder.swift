@@ -7,7 +7,8 @@
 //           cropped to it, in [-1, 1] (TrainingImage), winner and loser with the same crop; a random crop's fractions
 //           come from (seed, r)
 //   latent  AutoencoderKL.encode: `latent_dist.sample() · scaling_factor` as diffusers' training scripts (default), the
-//           noise from the counter-based RNG keyed by (seed, r, winner|loser), or the posterior mean (--latent-mode mean)
+//           noise from the counter-based RNG keyed by (seed, r, winner|loser), or the posterior mean (--latent-mode mean);
+//           for a pixel-space pipeline (no vae/, VAE/LatentSpace.swift) the image in [-1, 1] itself
 //   context CLIP last_hidden_state [77, D] with the prompt weighting `hgdpo sample` and the probes use
 //
 // Distribution and determinism. Shard k holds rows [k·S, k·S + S). Within a shard, rows go in batches of B and
@@ -153,10 +154,10 @@ public final class CacheEncoder {
 
         // Models first: a wrong model is reported before the dataset is read.
         let folder = try ModelFolder(path: s.model)
-        let vae = try AutoencoderKL.load(folder: folder.vae(), variant: s.variant, parts: .encoder)
-        if s.bf16 { vae.useBF16Convolutions() }
+        let space = try LatentSpace.load(folder, variant: s.variant, parts: .encoder)
+        if s.bf16 { space.vae?.useBF16Convolutions() }
         let prompts = try PromptEncoder.load(folder, variant: s.variant)
-        let f = vae.downsamplingFactor
+        let f = space.downsamplingFactor
         guard s.width % f == 0, s.height % f == 0 else {
             throw EncodeError.badSetting("training size \(s.width)x\(s.height): width and height must be multiples of \(f), "
                                          + "the VAE's downsampling factor")
@@ -164,10 +165,15 @@ public final class CacheEncoder {
         guard s.clipSkip < prompts.model.layerCount else {
             throw EncodeError.badSetting("clip skip \(s.clipSkip) must be below the text encoder's \(prompts.model.layerCount) layers")
         }
-        let latentShape = [vae.spec.latentChannels, s.height / f, s.width / f]
+        let latentShape = [space.latentChannels, s.height / f, s.width / f]
         let contextShape = [prompts.tokenizer.maxLength, prompts.model.width]
         try checkUNet(folder, latentShape: latentShape, contextWidth: contextShape[1])
-        let tiling = try s.tile.map { try vae.tiling(sampleTileSize: $0 == 0 ? nil : $0) }
+        let tiling = try s.tile.map { tile in
+            guard let vae = space.vae else {
+                throw EncodeError.badSetting("VAE tiles: \(s.model) is a pixel-space pipeline (no vae/); there is nothing to tile")
+            }
+            return try vae.tiling(sampleTileSize: tile == 0 ? nil : tile)
+        }
 
         // The dataset: lines checked on every rank, images decoded once, split over the ranks.
         let dataset = try TripletDataset.open(folder: s.data, skipBad: true)
@@ -230,7 +236,7 @@ public final class CacheEncoder {
                         let full = (s.data as NSString).appendingPathComponent(path)
                         let image: ByteImage
                         do {
-                            image = try PNG.readBytes(full, channels: vae.spec.inChannels)
+                            image = try PNG.readBytes(full, channels: space.imageChannels)
                         } catch {   // changed since the check
                             throw EncodeError.badImage(TripletProblem(line: t.line, id: t.id, reason: "\(role) \(path): \(error)"))
                         }
@@ -243,7 +249,7 @@ public final class CacheEncoder {
                 for (images, stream, out) in [(winnerImages, UInt64(0), 0), (loserImages, UInt64(1), 1)] {
                     let mode: AutoencoderKL.LatentMode = s.latentMode == .mean ? .mean
                         : .sample(rng: noise.substream(stream), firstImage: b0)
-                    let latents = try vae.encode(FeatureMap(images: images), mode: mode, tiling: tiling)
+                    let latents = try space.encode(FeatureMap(images: images), mode: mode, tiling: tiling)
                     let src = UnsafeBufferPointer(start: latents.ptr, count: latents.count)
                     if out == 0 {
                         winners.replaceSubrange((offset * latentCount)..<((offset + batch.count) * latentCount), with: src)
@@ -324,7 +330,8 @@ public final class CacheEncoder {
         guard let unet = try? folder.unet(), FileManager.default.fileExists(atPath: unet.configPath) else { return }
         let config = try unet.config(UNet2DConditionConfig.self)
         if config.inChannels != latentShape[0] {
-            throw EncodeError.modelMismatch("\(unet.configPath): the U-Net takes \(config.inChannels) latent channels but the VAE makes \(latentShape[0])")
+            throw EncodeError.modelMismatch("\(unet.configPath): the U-Net takes \(config.inChannels) latent channels but the "
+                                               + "\(LatentSpace.isPixelSpace(folder) ? "pixel-space latents have" : "VAE makes") \(latentShape[0])")
         }
         let m = 1 << max(0, config.blockOutChannels.count - 1)   // the U-Net halves the latent at every level but the last
         if latentShape[1] % m != 0 || latentShape[2] % m != 0 {
