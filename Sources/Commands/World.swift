@@ -182,17 +182,20 @@ extension Commands {
         summary: "Measure the toy-human scorer on rendered correct-vs-defective pairs, per defect kind",
         details: """
             Example: hgdpo world check-scorer --pairs 1000
-            Pair k: a random description, the scene of seed k rendered correctly and with the defect; the pair counts as
-            right when the correct image scores strictly higher. One JSON line per defect kind, then the total.
+            Pair k: a random description, the scene of seed k rendered correctly and with the defect (--independent: the
+            defect in another scene of that description, as pools compare); the pair counts as right when the correct
+            image scores strictly higher. One JSON line per defect kind, then the total.
             """,
         options: [
             .value("--pairs", "N", "Pairs per defect kind", default: "1000"),
             .value("--seed", "S", "Seed", default: "0"),
             .value("--size", "PX", "Image width and height", default: "32"),
+            .flag("--independent", "Compare with the defect in another scene of the same description"),
         ]
     ) { args in
         let pairs = try args.int("--pairs", in: 1...1_000_000)!
-        let results = ScorerCheck.run(scorer: ToyHumanScorer(name: "toy"), pairs: pairs, seed: try parseSeed(args), size: try worldSize(args))
+        let results = ScorerCheck.run(scorer: ToyHumanScorer(name: "toy"), pairs: pairs, seed: try parseSeed(args), size: try worldSize(args),
+                                      independent: args.flag("--independent"))
         for r in results {
             print(JSONValue.object([("defect", .string(r.defect.rawValue)), ("pairs", .int(r.pairs)), ("correct", .int(r.correct)),
                                     ("accuracy", .double(r.accuracy))]).serialized())
