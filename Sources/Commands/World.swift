@@ -5,6 +5,7 @@ import Datasets
 import Foundation
 import IO
 import Sampling
+import Tensors
 import TextEncoder
 import ToyWorld
 import UNet
@@ -143,8 +144,10 @@ extension Commands {
             .value("--seed", "S", "Seed", default: "0"),
             .value("--size", "PX", "Image width and height", default: "32"),
             .value("--out", "DIR", "Dataset folder to create (or an empty one)", required: true),
+            .value("--threads", "N", "Threads (default: HGDPO_THREADS or all cores)"),
         ]
     ) { args in
+        try applyThreads(args)
         let count = try args.int("--count", in: 1...10_000_000)!
         let split = PromptSplit(rawValue: args.string("--split")!)!
         let rate = try args.double("--defect-rate", in: 0...1)!
@@ -153,25 +156,39 @@ extension Commands {
         try newFolder(out)
         try FileManager.default.createDirectory(atPath: (out as NSString).appendingPathComponent("images"), withIntermediateDirectories: true)
         let prompts = PromptSet.prompts(count: count, split: split, seed: seed)
-        var lines: [String] = []
-        var defective = 0
-        for (i, prompt) in prompts.enumerated() {
-            let d = try Description(parsing: prompt)
+        // Triplet i: scene seed s_i; the winner's defect (rate) and the loser's (always) from s_i. Rendered and
+        // written on all threads (the PNG writes, each fsync'ed, are most of the time).
+        let plan = try prompts.enumerated().map { i, prompt in
             let s = seed &* 1_000_003 &+ UInt64(i)
-            let winnerDefect = PromptSet.defect(nil, random: true, rate: rate, seed: s)
-            let loserDefect = PromptSet.defect(nil, random: true, rate: 1, seed: s &+ 0x5DEE_CE66)
-            if winnerDefect != nil { defective += 1 }
-            let id = String(format: "%06d", i)
-            for (role, defect) in [("w", winnerDefect), ("l", loserDefect)] {
-                try PNG.writeBytes(Scene(d, seed: s, defect: defect, width: size, height: size).render(),
-                                   to: (out as NSString).appendingPathComponent("images/\(id)\(role).png"),
-                                   text: [("prompt", prompt), ("seed", String(s)), ("defect", defect?.rawValue ?? "none")])
-            }
-            lines.append(Triplet(id: id, prompt: prompt, winner: "images/\(id)w.png", loser: "images/\(id)l.png", extraFields: [
-                "winner_defect": JSONValue.string(winnerDefect?.rawValue ?? "none").serialized(),
-                "loser_defect": JSONValue.string(loserDefect!.rawValue).serialized(),
-            ]).jsonLine())
+            return (id: String(format: "%06d", i), prompt: prompt, description: try Description(parsing: prompt), seed: s,
+                    winner: PromptSet.defect(nil, random: true, rate: rate, seed: s),
+                    loser: PromptSet.defect(nil, random: true, rate: 1, seed: s &+ 0x5DEE_CE66)!)
         }
+        var failures = [String?](repeating: nil, count: plan.count)
+        failures.withUnsafeMutableBufferPointer { failed in
+            let failed = failed
+            parallelFor(plan.count) { i in
+                let t = plan[i]
+                for (role, defect) in [("w", t.winner), ("l", Optional(t.loser))] {
+                    do {
+                        try PNG.writeBytes(Scene(t.description, seed: t.seed, defect: defect, width: size, height: size).render(),
+                                           to: (out as NSString).appendingPathComponent("images/\(t.id)\(role).png"),
+                                           text: [("prompt", t.prompt), ("seed", String(t.seed)), ("defect", defect?.rawValue ?? "none")])
+                    } catch {
+                        failed[i] = "\(error)"
+                        return
+                    }
+                }
+            }
+        }
+        if let failure = failures.compactMap({ $0 }).first { throw CLIError.invalid("\(out): \(failure)") }
+        let lines = plan.map { t in
+            Triplet(id: t.id, prompt: t.prompt, winner: "images/\(t.id)w.png", loser: "images/\(t.id)l.png", extraFields: [
+                "winner_defect": JSONValue.string(t.winner?.rawValue ?? "none").serialized(),
+                "loser_defect": JSONValue.string(t.loser.rawValue).serialized(),
+            ]).jsonLine()
+        }
+        let defective = plan.filter { $0.winner != nil }.count
         try Foundation.Data((lines.joined(separator: "\n") + "\n").utf8)
             .write(to: URL(fileURLWithPath: (out as NSString).appendingPathComponent("triplets.jsonl")), options: .atomic)
         print(JSONValue.object([("out", .string(out)), ("triplets", .int(count)), ("defective_winners", .int(defective))]).serialized())

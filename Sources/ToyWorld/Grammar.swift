@@ -2,18 +2,20 @@
 //
 //   prompt     = count " in " shirt " " pose " " background
 //   count      = "a person" | "two people" | "three people"
-//   shirt      = "a COLOR shirt" (one person) | "COLOR shirts" (two or three)
+//   shirt      = "a COLOR shirt" ("an orange shirt") (one person) | "COLOR shirts" (two or three)
 //   COLOR      = red | orange | yellow | green | blue | purple | pink
 //   pose       = "standing" | "waving" | "with arms up" | "sitting"
 //   background = "on a green field" | "on a beach" | "in the snow" | "on a city street" | "at night"
 //
 // e.g. "a person in a red shirt waving on a green field", "two people in blue shirts sitting on a beach".
 // 3 × 7 × 4 × 5 = 420 descriptions. `Description(parsing:)` reads a prompt back (case and spacing are free, a final
-// "." is allowed; "a red shirt" with two people is accepted too); anything else is a `ToyPromptError` naming the
+// "." is allowed; "a"/"an" either way, and "a red shirt" with two people, are accepted too); anything else is a `ToyPromptError` naming the
 // part that did not parse and what was expected there.
 
 public enum ShirtColor: String, CaseIterable, Sendable, Codable {
     case red, orange, yellow, green, blue, purple, pink
+
+    var article: String { self == .orange ? "an" : "a" }
 }
 
 public enum Pose: String, CaseIterable, Sendable, Codable {
@@ -64,7 +66,7 @@ public struct Description: Hashable, Sendable, Codable {
     static let countPhrases = [1: "a person", 2: "two people", 3: "three people"]
 
     public var prompt: String {
-        let shirt = count == 1 ? "a \(color.rawValue) shirt" : "\(color.rawValue) shirts"
+        let shirt = count == 1 ? "\(color.article) \(color.rawValue) shirt" : "\(color.rawValue) shirts"
         return "\(Description.countPhrases[count]!) in \(shirt) \(pose.phrase) \(background.phrase)"
     }
 
@@ -82,7 +84,9 @@ public struct Description: Hashable, Sendable, Codable {
         }
         let count = try take(Description.countPhrases.sorted { $0.key < $1.key }.map { ($1, $0) })
         try take([("in", ())])
-        let color = try take(ShirtColor.allCases.flatMap { [("a \($0.rawValue) shirt", $0), ("\($0.rawValue) shirts", $0)] })
+        let color = try take(ShirtColor.allCases.flatMap {
+            [("a \($0.rawValue) shirt", $0), ("an \($0.rawValue) shirt", $0), ("\($0.rawValue) shirts", $0)]
+        })
         let pose = try take(Pose.allCases.map { ($0.phrase, $0) })
         let background = try take(Background.allCases.map { ($0.phrase, $0) })
         guard rest.isEmpty else { throw ToyPromptError(prompt: text, remainder: String(rest), expected: ["(end of prompt)"]) }

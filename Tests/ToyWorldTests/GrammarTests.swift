@@ -13,6 +13,9 @@ final class GrammarTests: XCTestCase {
                        "a person in a red shirt waving on a green field")
         XCTAssertEqual(Description(count: 3, color: .blue, pose: .armsUp, background: .street).prompt,
                        "three people in blue shirts with arms up on a city street")
+        XCTAssertEqual(Description(count: 1, color: .orange, pose: .sitting, background: .snow).prompt,
+                       "a person in an orange shirt sitting in the snow")
+        XCTAssertEqual(try Description(parsing: "a person in a orange shirt sitting in the snow").color, .orange)
         // Case, spacing and a final full stop are free.
         XCTAssertEqual(try Description(parsing: "  Two People in PINK shirts   sitting at night."),
                        Description(count: 2, color: .pink, pose: .sitting, background: .night))
