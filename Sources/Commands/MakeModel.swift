@@ -11,6 +11,7 @@
 // `--parts unet` writes only model_index.json, unet/ and scheduler/ (what the trainer reads).
 import Foundation
 import IO
+import NN
 import Tensors
 import TextEncoder
 import UNet
@@ -21,12 +22,12 @@ extension Commands {
         ["make-model"],
         summary: "Write a random-weight Stable Diffusion pipeline folder (U-Net, scheduler, CLIP text encoder and tokenizer, VAE) of a named shape",
         details: """
-            Example: hgdpo make-model --config tiny --out models/tiny
+            Example: hgdpo make-model --shape tiny --out models/tiny
             Shapes: tiny and small have a narrow text encoder (width = the U-Net's cross_attention_dim) and a small VAE;
             sd15 has Stable Diffusion 1.5's shapes throughout (CLIP ViT-L/14 text encoder: 768 wide, 12 layers).
             """,
         options: [
-            .value("--config", "NAME|DIR", "U-Net shape: tiny, small, sd15 (../shared/bench/unet_configs.py) or a U-Net folder's config", default: "tiny"),
+            .value("--shape", "NAME|DIR", "U-Net shape: tiny, small, sd15 (../shared/bench/unet_configs.py) or a U-Net folder's config", default: "tiny"),
             .value("--out", "DIR", "Folder to create (must not exist)", required: true),
             .value("--seed", "S", "Seed of the weights", default: "0"),
             .value("--variant", "NAME", "Also write the weights as a variant file, e.g. fp16", choices: ["fp16"]),
@@ -38,7 +39,7 @@ extension Commands {
         guard let seed = UInt64(args.string("--seed")!) else {
             throw CLIError.badValue(option: "--seed", value: args.string("--seed")!, expected: "a non-negative integer")
         }
-        let name = args.string("--config")!
+        let name = args.string("--shape")!
         let config = try benchConfig(name)
         let model = UNetModel(spec: try UNetSpec(config))
         model.randomizeWeights(seed: seed)
@@ -51,7 +52,7 @@ extension Commands {
             let vae = AutoencoderKL(spec: try VAESpec(shapes.vae))
             vae.initializeAsDiffusers(seed: seed &+ 2)
             try writePipeline(model: model, textEncoder: text, vae: vae, to: out, fp16Variant: fp16)
-            fields += [("text_encoder_params", .int(text.storage.count)), ("vae_params", .int(vae.parameterCount))]
+            fields += [("text_encoder_params", .int(text.weights.table.count)), ("vae_params", .int(vae.parameterCount))]
         } else {
             try writePipeline(model: model, to: out, fp16Variant: fp16)
         }
@@ -115,11 +116,7 @@ extension Commands {
         unetJSON["_diffusers_version"] = diffusersVersion
         try JSONSerialization.data(withJSONObject: unetJSON, options: [.sortedKeys, .prettyPrinted])
             .write(to: URL(fileURLWithPath: path("unet", "config.json")))
-        let w = model.weights
-        let unetParameters = w.table.entries.map { e in
-            (key: e.key, shape: e.shape, values: UnsafeBufferPointer(start: UnsafePointer(w.storage.ptr + e.offset), count: e.count))
-        }
-        try writeWeights(unetParameters, to: path("unet"), name: "diffusion_pytorch_model", fp16Variant: fp16Variant)
+        try writeWeights(model.weights.namedParameters, to: path("unet"), name: "diffusion_pytorch_model", fp16Variant: fp16Variant)
         var scheduler: [String: Any] = [
             "_class_name": "DDPMScheduler", "_diffusers_version": diffusersVersion, "beta_start": 0.00085, "beta_end": 0.012,
             "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon", "clip_sample": false,
@@ -133,13 +130,13 @@ extension Commands {
         if let textEncoder {
             try writeJSON(textEncoderConfigJSON(textEncoder.config), to: path("text_encoder", "config.json"))
             // Keys as transformers 4 saved them (`text_model.…`, as every SD release has them): transformers 4 and 5 load that.
-            let prefixed = textEncoder.namedParameters.map { (key: "text_model." + $0.key, shape: $0.shape, values: $0.values) }
+            let prefixed = textEncoder.weights.namedParameters.map { (key: "text_model." + $0.key, shape: $0.shape, values: $0.values) }
             try writeWeights(prefixed, to: path("text_encoder"), name: "model", fp16Variant: fp16Variant)
             try vocabulary.write(to: path("tokenizer"))
         }
         if let vae {
             try writeJSON(vaeConfigJSON(vae.spec.config), to: path("vae", "config.json"))
-            try writeWeights(vae.namedParameters, to: path("vae"), name: "diffusion_pytorch_model", fp16Variant: fp16Variant)
+            try writeWeights(vae.weights.namedParameters, to: path("vae"), name: "diffusion_pytorch_model", fp16Variant: fp16Variant)
         }
         // Component entries in diffusers' order; a pipeline saved without a safety checker lists it as [null, null].
         if textEncoder != nil || vae != nil {

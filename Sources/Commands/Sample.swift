@@ -2,6 +2,7 @@
 // (Sources/Sampling). Writes NNNNNN-seedS.png with the parameters in PNG text chunks, and grid.png.
 import Foundation
 import IO
+import NN
 import Sampling
 import Tensors
 import TextEncoder
@@ -42,8 +43,8 @@ extension Commands {
             .value("--steps", "N", "Sampler steps", default: "50"),
             .value("--guidance", "G", "Classifier-free guidance scale (≤ 1: off)", default: "5"),
             .value("--scheduler", "NAME", "Sampler", default: "dpmsolver++", choices: SchedulerRecipe.named.map(\.name)),
-            .value("--height", "H", "Image height (multiple of 8)", default: "512"),
-            .value("--width", "W", "Image width (multiple of 8)", default: "512"),
+            .value("--height", "H", "Image height (a multiple of 8 with a VAE; any in pixel space)", default: "512"),
+            .value("--width", "W", "Image width (a multiple of 8 with a VAE; any in pixel space)", default: "512"),
             .value("--seed", "S", "Seed of the first image (image k uses S + k)", default: "0"),
             .value("--images-per-prompt", "N", "Images per prompt", default: "1"),
             .value("--batch", "B", "Images per U-Net batch", default: "1"),
@@ -76,9 +77,6 @@ extension Commands {
         params.guidanceScale = Float(try args.double("--guidance", in: 0...1000)!)
         params.height = try args.int("--height", in: 8...16384)!
         params.width = try args.int("--width", in: 8...16384)!
-        for (name, v) in [("--height", params.height), ("--width", params.width)] where v % 8 != 0 {
-            throw CLIError.badValue(option: name, value: String(v), expected: "a multiple of 8")
-        }
         if loraPath != nil { params.loraScale = Float(try args.double("--lora-scale", in: -100...100)!) }
         params.lan = args.flag("--lan")
         guard let seed = UInt64(args.string("--seed")!) else {

@@ -287,6 +287,6 @@ extension Commands {
         try writePipeline(model: model, textEncoder: encoder, vocabulary: vocabulary,
                           schedulerOverrides: ["beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02], to: out)
         print(JSONValue.object([("out", .string(out)), ("params", .int(model.weights.table.count)),
-                                ("text_encoder_params", .int(encoder.storage.count)), ("vocabulary", .int(vocabulary.size))]).serialized())
+                                ("text_encoder_params", .int(encoder.weights.table.count)), ("vocabulary", .int(vocabulary.size))]).serialized())
     }
 }

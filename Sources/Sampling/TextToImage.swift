@@ -29,13 +29,14 @@
 // image_processor.py (VaeImageProcessor.postprocess / denormalize).
 import Foundation
 import IO
+import NN
 import Schedulers
 import Tensors
 import TextEncoder
 import UNet
 import VAE
 
-public struct SamplingError: Error, CustomStringConvertible {
+public struct SamplingError: Error, UserInputError, CustomStringConvertible {
     public let message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }

@@ -9,8 +9,9 @@
 //
 // e.g. "a person in a red shirt waving on a green field", "two people in blue shirts sitting on a beach".
 // 3 × 7 × 4 × 5 = 420 descriptions. `Description(parsing:)` reads a prompt back (case and spacing are free, a final
-// "." is allowed; "a"/"an" either way, and "a red shirt" with two people, are accepted too); anything else is a `ToyPromptError` naming the
-// part that did not parse and what was expected there.
+// "." is allowed; "a"/"an" either way, and "a red shirt" with two people, are accepted too); anything else is a
+// `ToyPromptError` naming the part that did not parse and what was expected there (a user input error: exit code 2).
+import IO
 
 public enum ShirtColor: String, CaseIterable, Sendable, Codable {
     case red, orange, yellow, green, blue, purple, pink
@@ -40,7 +41,7 @@ public enum Background: String, CaseIterable, Sendable, Codable {
     }
 }
 
-public struct ToyPromptError: Error, CustomStringConvertible, Equatable {
+public struct ToyPromptError: Error, UserInputError, CustomStringConvertible, Equatable {
     public let prompt: String
     public let remainder: String
     public let expected: [String]

@@ -3,6 +3,7 @@
 // (atomically); only the last K are kept. A crash at any moment leaves every complete checkpoint intact.
 import Foundation
 import IO
+import NN
 import UNet
 #if canImport(Glibc)
 import Glibc
@@ -29,7 +30,7 @@ public struct TrainerState: Codable, Sendable, Equatable {
     }
 }
 
-public struct CheckpointError: Error, CustomStringConvertible {
+public struct CheckpointError: Error, UserInputError, CustomStringConvertible {
     public let path: String
     public let message: String
     public var description: String { "\(path): \(message)" }

@@ -10,11 +10,12 @@
 // diffusers. Ref: diffusers loaders/lora_pipeline.py, loaders/lora_conversion_utils.py, utils/state_dict_utils.py.
 import Foundation
 import IO
+import NN
 import Tensors
 
 public enum LoRAFormat: String, Sendable { case diffusers, peft, kohya, attnProcs = "attn-procs" }
 
-public struct LoRAFileError: Error, CustomStringConvertible {
+public struct LoRAFileError: Error, UserInputError, CustomStringConvertible {
     public let path: String
     public let message: String
     public var description: String { "\(path): \(message)" }

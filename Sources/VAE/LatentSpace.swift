@@ -5,6 +5,7 @@
 // read either kind through this type.
 import Foundation
 import IO
+import NN
 import Tensors
 
 public enum LatentSpace: @unchecked Sendable {
@@ -15,10 +16,12 @@ public enum LatentSpace: @unchecked Sendable {
     /// The channels of a pixel-space latent (RGB).
     public static let pixelChannels = 3
 
-    /// The latent space of a model folder: its VAE (`parts` of it), or pixel space for a pipeline without vae/.
-    public static func load(_ folder: ModelFolder, variant: String? = nil, parts: AutoencoderKL.Parts) throws -> LatentSpace {
+    /// The latent space of a model folder: its VAE (`parts` of it, in `precision`), or pixel space for a pipeline
+    /// without vae/.
+    public static func load(_ folder: ModelFolder, variant: String? = nil, parts: AutoencoderKL.Parts,
+                            precision: MixedPrecision = .no) throws -> LatentSpace {
         if isPixelSpace(folder) { return .pixels }
-        return .vae(try AutoencoderKL.load(folder: folder.vae(), variant: variant, parts: parts))
+        return .vae(try AutoencoderKL.load(folder: folder.vae(), variant: variant, parts: parts, precision: precision))
     }
 
     /// A pipeline folder whose model_index.json lists no vae and that has no vae/ folder.
