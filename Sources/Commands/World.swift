@@ -208,11 +208,12 @@ extension Commands {
             .value("--seed", "S", "Seed", default: "0"),
             .value("--size", "PX", "Image width and height", default: "32"),
             .flag("--independent", "Compare with the defect in another scene of the same description"),
+            .value("--blur", "W", "Blur both images (3x3, neighbours weigh W, the centre 1), as a model's soft samples", default: "0"),
         ]
     ) { args in
         let pairs = try args.int("--pairs", in: 1...1_000_000)!
         let results = ScorerCheck.run(scorer: ToyHumanScorer(name: "toy"), pairs: pairs, seed: try parseSeed(args), size: try worldSize(args),
-                                      independent: args.flag("--independent"))
+                                      independent: args.flag("--independent"), blur: Float(try args.double("--blur", in: 0...100)!))
         for r in results {
             print(JSONValue.object([("defect", .string(r.defect.rawValue)), ("pairs", .int(r.pairs)), ("correct", .int(r.correct)),
                                     ("accuracy", .double(r.accuracy))]).serialized())

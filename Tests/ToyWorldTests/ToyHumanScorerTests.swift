@@ -15,6 +15,14 @@ final class ToyHumanScorerTests: XCTestCase {
         }
     }
 
+    /// Blurred renders (edges and thin limbs mixed with the background, as a model's soft samples) are still ordered
+    /// mostly right: the scorer explains mixed pixels as a part's color mixed with sky or ground.
+    func testBlurredRenders() {
+        for r in ScorerCheck.run(scorer: scorer, pairs: 100, seed: 12, blur: 0.5) {
+            XCTAssertGreaterThanOrEqual(r.accuracy, 0.65, "\(r.defect.rawValue): \(r.correct)/\(r.pairs)")
+        }
+    }
+
     /// What it reads off a correct render agrees with the scene's description.
     func testReadsTheSceneFromPixels() {
         var agree = (count: 0, color: 0, pose: 0, background: 0), fragments = 0
