@@ -68,6 +68,8 @@ let package = Package(
         .testTarget(name: "ToyWorldTests", dependencies: ["ToyWorld", "TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Scoring", "Sampling", "Schedulers", "TestSupport", "hgdpo"]),
         .testTarget(name: "CommandsTests", dependencies: ["Commands", "TestSupport", "hgdpo"]),
+        .testTarget(name: "FuzzTests", dependencies: ["IO", "Datasets", "Schedulers", "Tensors", "TextEncoder", "Training", "UNet", "VAE",
+                                                  "TestSupport"]),
         .testTarget(name: "LatentEncodingTests", dependencies: ["LatentEncoding", "NN", "UNet", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
     ]
 )

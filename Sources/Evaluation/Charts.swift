@@ -24,7 +24,7 @@ public enum SVGChart {
     public static let palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
     /// The plot area's fill, rgb(251, 251, 254): nothing else on the pages uses it.
     public static let plotFill = "#fbfbfe"
-    static let margin = (left: 66.0, right: 14.0, top: 30.0, bottom: 46.0)
+    static let margin = (left: 66.0, right: 14.0, top: 30.0, bottom: 46.0)     // whole pixels (crisp lines)
     /// Longest series drawn point by point; longer ones keep each bucket's first, lowest, highest and last point.
     static let maxPoints = 1600
 
@@ -131,13 +131,15 @@ public enum SVGChart {
         var plotHeight: Double { height - margin.top - margin.bottom }
         func px(_ v: Double) -> Double { left + (v - x.0) / (x.1 - x.0) * plotWidth }
         func py(_ v: Double) -> Double { top + (1 - (v - y.0) / (y.1 - y.0)) * plotHeight }
+        /// A 1-pixel line's coordinate on a pixel's centre, so it covers one row or column instead of blending two.
+        func crisp(_ v: Double) -> Double { v.rounded(.down) + 0.5 }
 
         /// Plot area, grid lines, tick labels; x ticks are numbers, or `categories` under their slots.
         func axes(xLabel: String?, yLabel: String?, categories: [String]? = nil) -> String {
             var s = String(format: "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%@\" stroke=\"#b8b8c4\"/>",
-                           left, top, plotWidth, plotHeight, plotFill)
+                           crisp(left), crisp(top), plotWidth.rounded(), plotHeight.rounded(), plotFill)
             for t in niceTicks(y.0, y.1) {
-                let yy = py(t)
+                let yy = crisp(py(t))
                 s += String(format: "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#e4e4ec\"/>", left, left + plotWidth, yy, yy)
                 s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\" font-size=\"11\" fill=\"#333\">%@</text>",
                             left - 5, yy + 4, HTML.escape(fmt(t, 3)))
@@ -151,7 +153,7 @@ public enum SVGChart {
                 }
             } else {
                 for t in niceTicks(x.0, x.1) {
-                    let xx = px(t)
+                    let xx = crisp(px(t))
                     s += String(format: "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#e4e4ec\"/>", xx, xx, top, top + plotHeight)
                     s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"11\" fill=\"#333\">%@</text>",
                                 xx, top + plotHeight + 15, HTML.escape(fmt(t, 4)))
@@ -207,12 +209,11 @@ public enum SVGChart {
         let raw = (hi - lo) / Double(count)
         let mag = pow(10, (log10(raw)).rounded(.down))
         let step = [1.0, 2, 5, 10].map { $0 * mag }.first { $0 >= raw } ?? 10 * mag
-        var ticks: [Double] = []
-        var t = (lo / step).rounded(.up) * step
-        while t <= hi + step * 1e-9 && ticks.count < 50 {
-            ticks.append(abs(t) < step * 1e-9 ? 0 : t)
-            t += step
-        }
-        return ticks
+        // k·step (not a running sum, which would print 0.6000000000000001), each rounded to the step's decimals.
+        let first = Int((lo / step - 1e-9).rounded(.up)), last = Int((hi / step + 1e-9).rounded(.down))
+        guard last >= first else { return [] }
+        let decimals = max(0, -Int(log10(step).rounded(.down)))
+        let scale = pow(10, Double(decimals))
+        return (first...min(last, first + 50)).map { k in (Double(k) * step * scale).rounded() / scale }
     }
 }

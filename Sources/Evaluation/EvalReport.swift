@@ -18,11 +18,11 @@ public enum EvalReport {
     static func winRateRows(_ r: EvalResults) -> [[String]] {
         r.scorers.map { s in
             [s.name, fmt(s.winRate, 3), "[\(fmt(s.ciLow, 3)), \(fmt(s.ciHigh, 3))]", String(s.wins), String(s.ties), String(s.losses),
-             String(s.pairs), fmt(s.meanA, 5), fmt(s.meanBaseline, 5)]
+             String(s.pairs), fmt(s.meanA, 5), fmt(s.meanBaseline, 5), fmt(s.promptWinRate, 3)]
         }
     }
     static let winRateHeader = ["scorer", "win rate", "95% CI (bootstrap over prompts)", "wins", "ties (½)", "losses", "pairs",
-                                "mean A", "mean baseline"]
+                                "mean A", "mean baseline", "per-prompt win rate (paper)"]
 
     static func colorRows(_ r: EvalResults) -> [[String]] {
         let a = r.color["a"], b = r.color["baseline"], c = r.colorShift

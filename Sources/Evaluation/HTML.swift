@@ -1,31 +1,15 @@
 // The pieces both reports (eval's report.html, `hgdpo report`'s page) are made of: escaping, one page shell with one
 // stylesheet, tables, and images inlined as data: URIs, so a page is one file that opens with no network (no script,
-// no CDN, no external file).
+// no CDN, no external file). The stylesheet's greys are neutral (r = g = b): only the charts' plot areas use the
+// bluish greys the browser launch test looks for (SVGChart.plotFill).
 import Foundation
 import IO
 import Sampling
 
 public enum HTML {
-    /// Text for an HTML element or a quoted attribute: & < > " ' escaped; control characters other than tab, newline
-    /// and carriage return (which HTML forbids) become U+FFFD, as do lone surrogates (Swift strings cannot hold them:
-    /// invalid UTF-8 was already replaced when the text was decoded).
-    public static func escape(_ s: String) -> String {
-        var out = ""
-        out.reserveCapacity(s.utf8.count)
-        for u in s.unicodeScalars {
-            switch u {
-            case "&": out += "&amp;"
-            case "<": out += "&lt;"
-            case ">": out += "&gt;"
-            case "\"": out += "&quot;"
-            case "'": out += "&#39;"
-            case "\t", "\n", "\r": out.unicodeScalars.append(u)
-            case _ where u.value < 0x20 || u.value == 0x7F || (0x80..<0xA0).contains(u.value): out += "\u{FFFD}"
-            default: out.unicodeScalars.append(u)
-            }
-        }
-        return out
-    }
+    /// Text for an HTML element or a quoted attribute (IO's SafeText.html, shared by every report): & < > " ' escaped;
+    /// control characters other than tab, newline and carriage return (which HTML forbids) become U+FFFD.
+    public static func escape(_ s: String) -> String { SafeText.html(s) }
 
     /// Text for a Markdown table cell: HTML-escaped (Markdown renders inline HTML), `|` and backslash escaped,
     /// newlines as spaces.
@@ -51,14 +35,14 @@ public enum HTML {
         h3 { font-size: 15px; }
         table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
         th, td { border: 1px solid #d0d0d8; padding: 3px 8px; text-align: right; vertical-align: top; }
-        th { background: #f2f2f6; } td.text, th.text { text-align: left; max-width: 560px; white-space: pre-wrap; word-break: break-word; }
+        th { background: #f0f0f0; } td.text, th.text { text-align: left; max-width: 560px; white-space: pre-wrap; word-break: break-word; }
         .charts { display: flex; flex-wrap: wrap; gap: 12px; }
-        .chart { border: 1px solid #e2e2ea; background: #ffffff; }
+        .chart { border: 1px solid #dddddd; background: #ffffff; }
         .figures { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
         figure { margin: 8px 0 12px; max-width: 560px; }
         figcaption { font-size: 13px; color: #444; white-space: pre-wrap; word-break: break-word; }
         img.grid { height: 280px; width: auto; max-width: 100%; object-fit: contain; image-rendering: pixelated; border: 1px solid #ddd; }
-        pre { background: #f6f6f9; padding: 8px; overflow-x: auto; font-size: 12px; white-space: pre-wrap; word-break: break-word; }
+        pre { background: #f5f5f5; padding: 8px; overflow-x: auto; font-size: 12px; white-space: pre-wrap; word-break: break-word; }
         .note { color: #555; font-size: 13px; }
         </style>
         </head>

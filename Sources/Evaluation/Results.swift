@@ -35,14 +35,15 @@ public struct EvalResults: Codable, Sendable {
         public var ciLow: Double, ciHigh: Double
         public var wins: Int, ties: Int, losses: Int, pairs: Int
         public var meanA: Double, meanBaseline: Double
+        public var promptWinRate: Double
         enum CodingKeys: String, CodingKey {
             case name, descriptor, winRate = "win_rate", ciLow = "ci_low", ciHigh = "ci_high", wins, ties, losses, pairs
-            case meanA = "mean_a", meanBaseline = "mean_baseline"
+            case meanA = "mean_a", meanBaseline = "mean_baseline", promptWinRate = "prompt_win_rate"
         }
         public init(name: String, descriptor: ScorerDescriptor, result w: WinRate) {
             self.name = name; self.descriptor = descriptor
             winRate = w.winRate; ciLow = w.ciLow; ciHigh = w.ciHigh; wins = w.wins; ties = w.ties; losses = w.losses
-            pairs = w.pairs; meanA = w.meanA; meanBaseline = w.meanBaseline
+            pairs = w.pairs; meanA = w.meanA; meanBaseline = w.meanBaseline; promptWinRate = w.promptWinRate
         }
     }
 
@@ -114,7 +115,10 @@ public struct EvalResults: Codable, Sendable {
     public var pairs: Int
     public var tieTolerance: Double
     public var bootstrap: Bootstrap
-    public var scorers: [ScorerResult]
+    /// Per scorer, by name (`results["scorers"]["pickscore"]["win_rate"]`), and the names in --scorer order.
+    public var scorerResults: [String: ScorerResult]
+    public var scorerOrder: [String]
+    public var scorers: [ScorerResult] { scorerOrder.compactMap { scorerResults[$0] } }
     public var colorShift: ColorShiftValues
     public var color: [String: ColorMeans]
     public var latentStats: LatentStats
@@ -122,7 +126,7 @@ public struct EvalResults: Codable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case format, a, baseline, sampling, prompts, promptCount = "prompt_count", pairs, tieTolerance = "tie_tolerance"
-        case bootstrap, scorers, colorShift = "color_shift", color, latentStats = "latent_stats", perPrompt = "per_prompt"
+        case bootstrap, scorerResults = "scorers", scorerOrder = "scorer_order", colorShift = "color_shift", color, latentStats = "latent_stats", perPrompt = "per_prompt"
     }
 
     init(config c: EvalConfig, scorers: [ScorerResult], colorA: ColorStatistics, colorBaseline: ColorStatistics,
@@ -136,7 +140,8 @@ public struct EvalResults: Codable, Sendable {
         pairs = c.prompts.count * c.imagesPerPrompt
         tieTolerance = c.tieTolerance
         bootstrap = Bootstrap(resamples: c.bootstrapResamples, seed: c.bootstrapSeed, level: 0.95, unit: "prompt")
-        self.scorers = scorers
+        scorerResults = Dictionary(uniqueKeysWithValues: scorers.map { ($0.name, $0) })
+        scorerOrder = scorers.map(\.name)
         let shift = ColorShift(a: colorA, baseline: colorBaseline)
         colorShift = ColorShiftValues(h: finite(shift.h), s: finite(shift.s), v: finite(shift.v), hPlain: finite(shift.hPlain),
                                       hDegrees: finite(shift.hDegrees), hueMean: "circular")

@@ -9,13 +9,14 @@ public enum RunReport {
     /// Chart order of the trainer's keys (Training/Trainer.swift); keys in one group share a chart. Other numeric keys
     /// follow in alphabetical order; `step` is the x axis.
     public static let knownGroups: [[String]] = [
-        ["loss"], ["dpo"], ["stat"], ["stat_weighted"], ["implicit_acc"], ["reward_margin"],
+        ["loss"], ["dpo"], ["stat"], ["stat_weighted"], ["implicit_acc"], ["reward_margin"], ["reward_margin_abs"],
         ["mse_theta_w", "mse_theta_l", "mse_ref_w", "mse_ref_l"], ["lr"], ["grad_norm"], ["clipped"], ["skipped"],
         ["samples_per_s"], ["step_s"], ["allreduce_s"], ["epoch"], ["world_size"],
     ]
     static let titles: [String: String] = [
         "loss": "loss", "dpo": "DPO loss", "stat": "statistic matching (raw)", "stat_weighted": "statistic matching × λ",
-        "implicit_acc": "implicit accuracy", "reward_margin": "reward margin", "mse_theta_w": "MSE (θ, ref; winner w, loser l)",
+        "implicit_acc": "implicit accuracy", "reward_margin": "reward margin", "reward_margin_abs": "|reward margin|",
+        "mse_theta_w": "MSE (θ, ref; winner w, loser l)",
         "lr": "learning rate", "grad_norm": "gradient norm (before clipping)", "clipped": "gradient clipped (1 = yes)",
         "skipped": "step skipped (1 = yes)", "samples_per_s": "samples/s", "step_s": "seconds per step", "allreduce_s": "all-reduce seconds",
     ]

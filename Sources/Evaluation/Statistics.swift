@@ -19,6 +19,9 @@ public struct WinRate: Equatable, Sendable {
     public var pairs: Int
     /// Mean score of all images of each side.
     public var meanA: Double, meanBaseline: Double
+    /// The paper's count: the share of prompts whose mean score is higher for A (ties ½, same tolerance); equal to
+    /// `winRate` with one image per prompt.
+    public var promptWinRate: Double
 }
 
 public enum PairedComparison {
@@ -34,8 +37,10 @@ public enum PairedComparison {
         precondition(a.count == baseline.count && !a.isEmpty, "PairedComparison: one score list per prompt on each side")
         var wins = 0, ties = 0, losses = 0
         var perPrompt: [(points: Double, pairs: Int)] = []
+        var promptPoints = 0.0
         for (sa, sb) in zip(a, baseline) {
             precondition(sa.count == sb.count && !sa.isEmpty, "PairedComparison: a prompt's images must pair up")
+            promptPoints += outcome(sa.reduce(0, +) / Double(sa.count), sb.reduce(0, +) / Double(sb.count), tieTolerance: tieTolerance)
             var points = 0.0
             for (x, y) in zip(sa, sb) {
                 let o = outcome(x, y, tieTolerance: tieTolerance)
@@ -48,7 +53,8 @@ public enum PairedComparison {
         let (low, high) = bootstrapInterval(perPrompt: perPrompt, resamples: resamples, seed: seed, level: level)
         let all = { (s: [[Double]]) in s.joined().reduce(0, +) / Double(pairs) }
         return WinRate(winRate: (Double(wins) + 0.5 * Double(ties)) / Double(pairs), ciLow: low, ciHigh: high,
-                       wins: wins, ties: ties, losses: losses, pairs: pairs, meanA: all(a), meanBaseline: all(baseline))
+                       wins: wins, ties: ties, losses: losses, pairs: pairs, meanA: all(a), meanBaseline: all(baseline),
+                       promptWinRate: promptPoints / Double(a.count))
     }
 
     /// Percentile bootstrap over prompts: each resample draws as many prompts as there are, with replacement, and its

@@ -44,7 +44,7 @@ final class EvalCommandTests: XCTestCase {
             XCTAssertEqual(names.count, 6)
             XCTAssertEqual(names, try FileManager.default.contentsOfDirectory(atPath: "\(dir)/two/\(side)").sorted())
             for n in names {
-                XCTAssertEqual(try PNG.readBytesWithText("\(dir)/one/\(side)/\(n)").0, try PNG.readBytesWithText("\(dir)/two/\(side)/\(n)").0, n)
+                XCTAssertTrue(try PNG.readBytes("\(dir)/one/\(side)/\(n)") == PNG.readBytes("\(dir)/two/\(side)/\(n)"), "\(side)/\(n) differs")
                 XCTAssertEqual(try PNG.readBytesWithText("\(dir)/one/\(side)/\(n)").1["latent_mean"],
                                try PNG.readBytesWithText("\(dir)/two/\(side)/\(n)").1["latent_mean"], n)
             }
@@ -74,6 +74,18 @@ final class EvalCommandTests: XCTestCase {
         XCTAssertEqual(s1.scorers[0].winRate, s2.scorers[0].winRate)
         XCTAssertEqual(s1.scorers[0].ciLow, s2.scorers[0].ciLow)
         XCTAssertEqual(s1.scorers[0].pairs, 6)
+    }
+
+    /// One job per output folder: an eval on a folder another job holds stops at once with exit code 2, naming it.
+    func testFolderInUseIsRefused() throws {
+        let dir = try temporaryDirectory(self)
+        let out = dir + "/eval"
+        let held = try RunFolderLock(folder: out, command: "eval")
+        defer { held.release() }
+        let r = try hgdpo(evalArgs(prompts: try promptsFile(dir), out: out))
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("\(out) is in use by another job: hgdpo eval, pid \(getpid())"), r.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out), [RunFolderLock.fileName], "nothing written")
     }
 
     func testBadInputsExitWithCode2() throws {

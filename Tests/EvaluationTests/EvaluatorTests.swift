@@ -81,6 +81,17 @@ final class EvaluatorTests: XCTestCase {
         XCTAssertEqual(text["latent_mean"]?.split(separator: ",").count, 4)
         let grid = try PNG.readBytes(out + "/grids/prompt-0001.png")
         XCTAssertEqual([grid.width, grid.height], [96, 128])    // 2 columns (baseline | A) × 2 seeds
+        // As a script reads results.json (docs/evaluation.md).
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/results.json"))) as? [String: Any])
+        let red = try XCTUnwrap((json["scorers"] as? [String: Any])?["red"] as? [String: Any])
+        XCTAssertEqual(red["win_rate"] as? Double, 0.5)
+        XCTAssertEqual(red["ci_low"] as? Double, 0.5)
+        XCTAssertEqual(red["ties"] as? Int, 4)
+        XCTAssertEqual(red["pairs"] as? Int, 4)
+        XCTAssertNotNil(red["mean_a"] as? Double)
+        XCTAssertEqual(json["scorer_order"] as? [String], ["brightness", "red"])
+        XCTAssertEqual((json["color_shift"] as? [String: Any])?["h_plain"] as? Double, 0)
+        XCTAssertEqual(((json["latent_stats"] as? [String: Any])?["mean_distance"] as? [Double])?.count, 4)
         let decoded = try EvalResults.read(out)
         XCTAssertEqual(decoded.scorers.map(\.winRate), [0.5, 0.5])
         XCTAssertEqual(decoded.perPrompt[1].prompt, Self.prompts[1])
@@ -94,6 +105,7 @@ final class EvaluatorTests: XCTestCase {
         XCTAssertEqual(html.components(separatedBy: "src=\"data:image/png;base64,").count - 1, 2)   // both grids inlined
         let md = try String(contentsOfFile: out + "/report.md", encoding: .utf8)
         XCTAssertTrue(md.contains("| brightness | 0.5 | [0.5, 0.5] | 0 | 4 | 0 | 4 |"), md)
+        XCTAssertEqual(r.scorers[0].promptWinRate, 0.5)
         XCTAssertFalse(md.contains("<script"))
         XCTAssertTrue(md.contains("&lt;script&gt;"))
 

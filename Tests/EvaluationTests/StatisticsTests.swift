@@ -13,6 +13,10 @@ final class StatisticsTests: XCTestCase {
         let exact = PairedComparison.compare(a: a, baseline: b, resamples: 100)
         XCTAssertEqual([exact.wins, exact.ties, exact.losses, exact.pairs], [4, 1, 1, 6])
         XCTAssertEqual(exact.winRate, 4.5 / 6, accuracy: 1e-15)
+        // Per prompt (the paper's count): prompt 0 means 0.5 vs 0.3667 (win), prompt 1 0.6017 vs 0.3333 (win).
+        XCTAssertEqual(exact.promptWinRate, 1)
+        let split = PairedComparison.compare(a: [[1, 0], [0.5]], baseline: [[0, 1], [0.7]], resamples: 10)
+        XCTAssertEqual(split.promptWinRate, 0.25)     // a tie (½) and a loss
         let tolerant = PairedComparison.compare(a: a, baseline: b, tieTolerance: 0.01, resamples: 100)
         XCTAssertEqual([tolerant.wins, tolerant.ties, tolerant.losses], [3, 2, 1])
         XCTAssertEqual(tolerant.winRate, 4 / 6, accuracy: 1e-15)
@@ -75,6 +79,9 @@ final class StatisticsTests: XCTestCase {
             ((1, 1, 0), (1.0 / 6, 1, 1)), ((1, 0, 1), (5.0 / 6, 1, 1)), ((0, 0, 0), (0, 0, 0)), ((0.5, 0.5, 0.5), (0, 0, 0.5)),
             ((0.2, 0.4, 0.6), (0.5833333333333334, 0.6666666666666666, 0.6)),
             ((0.9, 0.1, 0.3), (0.9583333333333334, 0.888888888888889, 0.9)),   // hue just below 1 (wraps from negative)
+            ((0.2, 0.6, 0.4), (0.4166666666666667, 0.6666666666666666, 0.6)),   // green maximal
+            ((0.3, 0.5, 0.9), (0.6111111111111112, 0.6666666666666667, 0.9)),   // blue maximal
+            ((0.7, 0.9, 0.1), (0.20833333333333334, 0.888888888888889, 0.9)),
         ]
         for ((r, g, b), (h, s, v)) in cases {
             let x = HSV.fromRGB(r, g, b)
