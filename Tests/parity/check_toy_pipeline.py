@@ -69,7 +69,7 @@ def main():
         prompts_file = os.path.join(tmp, "prompts.txt")
         open(prompts_file, "w").write("\n".join(PROMPTS) + "\n")
         ours_file = os.path.join(tmp, "te.safetensors")
-        run([hgdpo, "probe", "text-encoder", "--model", folder, "--prompts", prompts_file, "--output", ours_file, "--no-weighting"])
+        run([hgdpo, "probe", "text-encoder", "--model", folder, "--prompts", prompts_file, "--out", ours_file, "--no-weighting"])
         ours = load_file(ours_file)
         ids = tok(PROMPTS, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
         check("token ids equal transformers' CLIPTokenizer", torch.equal(ours["input_ids"].long(), ids),
