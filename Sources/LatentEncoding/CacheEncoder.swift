@@ -7,7 +7,8 @@
 //           cropped to it, in [-1, 1] (TrainingImage), winner and loser with the same crop; a random crop's fractions
 //           come from (seed, r)
 //   latent  AutoencoderKL.encode: `latent_dist.sample() · scaling_factor` as diffusers' training scripts (default), the
-//           noise from the counter-based RNG keyed by (seed, r, winner|loser), or the posterior mean (--latent-mode mean)
+//           noise from the counter-based RNG keyed by (seed, r, winner|loser), or the posterior mean (--latent-mode mean);
+//           for a pixel-space pipeline (no vae/, VAE/LatentSpace.swift) the image in [-1, 1] itself
 //   context CLIP last_hidden_state [77, D] with the prompt weighting `hgdpo sample` and the probes use
 //
 // Distribution and determinism. Shard k holds rows [k·S, k·S + S). Within a shard, rows go in batches of B and
@@ -198,9 +199,10 @@ public final class CacheEncoder {
 
     // MARK: - Steps of run()
 
-    /// The VAE encoder and the prompt encoder, the cache's shapes, checked against the settings and the U-Net.
+    /// The VAE encoder (or pixel space) and the prompt encoder, the cache's shapes, checked against the settings and
+    /// the U-Net.
     struct Models {
-        let vae: AutoencoderKL, prompts: PromptEncoder, tiling: VAETiling?
+        let space: LatentSpace, prompts: PromptEncoder, tiling: VAETiling?
         /// (C, H/f, W/f) and (S, D)
         let latentShape: [Int], contextShape: [Int]
         var latentCount: Int { latentShape.reduce(1, *) }
@@ -210,9 +212,9 @@ public final class CacheEncoder {
     func loadModels() throws -> Models {
         let s = settings
         let folder = try ModelFolder(path: s.model)
-        let vae = try AutoencoderKL.load(folder: folder.vae(), variant: s.variant, parts: .encoder, precision: s.bf16 ? .bf16 : .no)
+        let space = try LatentSpace.load(folder, variant: s.variant, parts: .encoder, precision: s.bf16 ? .bf16 : .no)
         let prompts = try PromptEncoder.load(folder, variant: s.variant)
-        let f = vae.downsamplingFactor
+        let f = space.downsamplingFactor
         guard s.width % f == 0, s.height % f == 0 else {
             throw EncodeError.badSetting("training size \(s.width)x\(s.height): width and height must be multiples of \(f), "
                                          + "the VAE's downsampling factor")
@@ -220,11 +222,16 @@ public final class CacheEncoder {
         guard s.clipSkip < prompts.model.layerCount else {
             throw EncodeError.badSetting("clip skip \(s.clipSkip) must be below the text encoder's \(prompts.model.layerCount) layers")
         }
-        let latentShape = [vae.spec.latentChannels, s.height / f, s.width / f]
+        let latentShape = [space.latentChannels, s.height / f, s.width / f]
         let contextShape = [prompts.tokenizer.maxLength, prompts.model.width]
         try checkUNet(folder, latentShape: latentShape, contextWidth: contextShape[1])
-        let tiling = try s.tile.map { try vae.tiling(sampleTileSize: $0 == 0 ? nil : $0) }
-        return Models(vae: vae, prompts: prompts, tiling: tiling, latentShape: latentShape, contextShape: contextShape)
+        let tiling = try s.tile.map { tile in
+            guard let vae = space.vae else {
+                throw EncodeError.badSetting("VAE tiles: \(s.model) is a pixel-space pipeline (no vae/); there is nothing to tile")
+            }
+            return try vae.tiling(sampleTileSize: tile == 0 ? nil : tile)
+        }
+        return Models(space: space, prompts: prompts, tiling: tiling, latentShape: latentShape, contextShape: contextShape)
     }
 
     /// The dataset's lines checked on every rank and its images decoded once, split over the ranks: the triplets to
@@ -329,7 +336,7 @@ public final class CacheEncoder {
             for (role, path, list) in [("winner", t.winner, 0), ("loser", t.loser, 1)] {
                 let image: ByteImage
                 do {
-                    image = try PNG.readBytes((s.data as NSString).appendingPathComponent(path), channels: m.vae.spec.inChannels)
+                    image = try PNG.readBytes((s.data as NSString).appendingPathComponent(path), channels: m.space.imageChannels)
                 } catch {   // changed since the check
                     throw EncodeError.badImage(TripletProblem(line: t.line, id: t.id, reason: "\(role) \(path): \(error)"))
                 }
@@ -340,7 +347,7 @@ public final class CacheEncoder {
         let latents = try [UInt64(0), 1].map { stream -> [Float] in
             let mode: AutoencoderKL.LatentMode = s.latentMode == .mean ? .mean
                 : .sample(rng: noise.substream(stream), firstImage: b0)
-            let z = try m.vae.encode(FeatureMap(images: images[Int(stream)]), mode: mode, tiling: m.tiling)
+            let z = try m.space.encode(FeatureMap(images: images[Int(stream)]), mode: mode, tiling: m.tiling)
             return Array(UnsafeBufferPointer(start: z.ptr, count: z.count))
         }
         let encoding = try m.prompts.encode(prompts: batch.map(\.prompt), weighting: s.weighting, clipSkip: s.clipSkip)
@@ -392,7 +399,8 @@ public final class CacheEncoder {
         guard let unet = try? folder.unet(), FileManager.default.fileExists(atPath: unet.configPath) else { return }
         let config = try unet.config(UNet2DConditionConfig.self)
         if config.inChannels != latentShape[0] {
-            throw EncodeError.modelMismatch("\(unet.configPath): the U-Net takes \(config.inChannels) latent channels but the VAE makes \(latentShape[0])")
+            throw EncodeError.modelMismatch("\(unet.configPath): the U-Net takes \(config.inChannels) latent channels but the "
+                                               + "\(LatentSpace.isPixelSpace(folder) ? "pixel-space latents have" : "VAE makes") \(latentShape[0])")
         }
         let m = 1 << max(0, config.blockOutChannels.count - 1)   // the U-Net halves the latent at every level but the last
         if latentShape[1] % m != 0 || latentShape[2] % m != 0 {

@@ -2,8 +2,8 @@
 // the current LoRA into RUN_DIR/validation/step-NNNNNN/, and once with the LoRA off into RUN_DIR/validation/base/,
 // each image k from seed validation_seed + k, so every folder shows the same noise and prompts (Sources/Sampling).
 //
-// Set-up refuses up front a --model without text_encoder/, tokenizer/ or vae/. The prompts are encoded once (the text
-// encoder is then freed); the VAE decoder stays loaded; the U-Net is the trainer's own (its LoRA at
+// Set-up refuses up front a --model without text_encoder/, tokenizer/ or vae/ (vae/ may be absent in a pixel-space
+// pipeline). The prompts are encoded once (the text encoder is then freed); the VAE decoder stays loaded; the U-Net is the trainer's own (its LoRA at
 // validation_lora_scale, or off for the base images).
 //
 // Every rank samples its share of the images (image k on rank k mod W), so validation takes 1/W of the time and no
@@ -45,15 +45,15 @@ final class Validation {
             .map { $0.hasSuffix("\r") ? String($0.dropLast()) : String($0) }
             .filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
         guard !prompts.isEmpty else { throw TrainInputError("--validation-prompts \(promptsPath): no prompts") }
-        let vae = try AutoencoderKL.load(folder: folder.vae(), variant: c.variant, parts: .decoder)
-        let f = vae.downsamplingFactor
+        let latentSpace = try LatentSpace.load(folder, variant: c.variant, parts: .decoder)
+        let f = latentSpace.downsamplingFactor
         var params = SamplingParameters(steps: c.validationSteps ?? Validation.defaultSteps,
                                         guidanceScale: Float(c.validationGuidance ?? Validation.defaultGuidance),
                                         height: c.validationHeight ?? latentHeight * f, width: c.validationWidth ?? latentWidth * f,
                                         loraScale: Float(c.validationLoraScale ?? Validation.defaultLoraScale))
         params.lan = false
         let encoder = try PromptEncoder.load(folder, variant: c.variant)
-        pipeline = try TextToImagePipeline(unet: unet, vae: vae, scheduler: SchedulerRecipe.load(folder, name: "dpmsolver++"),
+        pipeline = try TextToImagePipeline(unet: unet, latentSpace: latentSpace, scheduler: SchedulerRecipe.load(folder, name: "dpmsolver++"),
                                            promptEncoder: nil)
         do { _ = try pipeline.latentSize(height: params.height, width: params.width) } catch let e as SamplingError {
             throw TrainInputError("validation image size: \(e.message)")
