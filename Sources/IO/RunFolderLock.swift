@@ -20,6 +20,7 @@
 // process per job, e.g. MPI rank 0), `lock.release()` when done (also on errors: `defer`). A kill -9 leaves the file;
 // the next job takes it over as above.
 import Foundation
+import Tensors
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -101,9 +102,8 @@ public final class RunFolderLock: @unchecked Sendable {
     /// the process with exit code 2.
     public init(folder: String, command: String, heartbeatEvery: Double? = nil, staleAfter: Double? = nil,
                 onLost: (@Sendable (String) -> Void)? = nil) throws {
-        let env = ProcessInfo.processInfo.environment
-        let every = heartbeatEvery ?? env["HGDPO_LOCK_HEARTBEAT"].flatMap(Double.init) ?? Self.defaultHeartbeat
-        let stale = staleAfter ?? env["HGDPO_LOCK_STALE_AFTER"].flatMap(Double.init) ?? Self.defaultStaleAfter
+        let every = heartbeatEvery ?? RuntimeOptions.current.lockHeartbeat ?? Self.defaultHeartbeat
+        let stale = staleAfter ?? RuntimeOptions.current.lockStaleAfter ?? Self.defaultStaleAfter
         self.folder = folder
         self.path = (folder as NSString).appendingPathComponent(Self.fileName)
         let fm = FileManager.default
@@ -120,7 +120,7 @@ public final class RunFolderLock: @unchecked Sendable {
         let now = Date().timeIntervalSince1970
         let me = ProcessIdentity.current
         let mine = RunFolderLockHolder(command: command, host: me.host, pid: getpid(), pidStart: me.start, bootID: me.bootID,
-                                       slurmJobID: env["SLURM_JOB_ID"], started: now, heartbeat: now, heartbeatEvery: every,
+                                       slurmJobID: RuntimeOptions.current.slurmJobID, started: now, heartbeat: now, heartbeatEvery: every,
                                        staleAfter: stale, token: randomToken())
         current = mine
         token = mine.token

@@ -15,6 +15,10 @@ public struct RuntimeOptions: Sendable, Equatable {
     public var bf16Path: BF16.Path?
     /// HGDPO_FAULT_*: the trainer's fault-injection specs (tests only; see Training/FaultInjection.swift).
     public var faults: [String: String]
+    /// HGDPO_LOCK_HEARTBEAT / HGDPO_LOCK_STALE_AFTER: the run-folder lock's timings in seconds (tests; IO/RunFolderLock).
+    public var lockHeartbeat: Double?, lockStaleAfter: Double?
+    /// SLURM_JOB_ID, recorded by the run-folder lock to name the holder.
+    public var slurmJobID: String?
 
     /// The defaults: every processor, kernels chosen by the CPU, no faults.
     public static let defaults = RuntimeOptions(threads: processorCount(), attentionKernel: nil, convolutionsOnBLAS: false,
@@ -34,6 +38,9 @@ public struct RuntimeOptions: Sendable, Equatable {
                   attentionKernel: env["HGDPO_ATTENTION"], convolutionsOnBLAS: env["HGDPO_CONV"] == "blas",
                   bf16Path: env["HGDPO_BF16_PATH"].flatMap { paths[$0] },
                   faults: env.filter { $0.key.hasPrefix("HGDPO_FAULT_") })
+        lockHeartbeat = env["HGDPO_LOCK_HEARTBEAT"].flatMap(Double.init)
+        lockStaleAfter = env["HGDPO_LOCK_STALE_AFTER"].flatMap(Double.init)
+        slurmJobID = env["SLURM_JOB_ID"]
     }
 
     /// The options in force (set once by `install`, before kernels run).

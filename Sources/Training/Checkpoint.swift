@@ -7,6 +7,7 @@
 import Foundation
 import IO
 import NN
+import Tensors
 import UNet
 #if canImport(Glibc)
 import Glibc
@@ -291,6 +292,6 @@ enum CRC32 {
 /// sleeps S seconds after the checkpoint's tensor files and again after its state file, so that kills land while a
 /// checkpoint is being written.
 func faultDelay() {
-    guard let v = getenv("HGDPO_FAULT_CHECKPOINT_DELAY"), let s = Double(String(cString: v)), s > 0 else { return }
+    guard let v = RuntimeOptions.current.faults["HGDPO_FAULT_CHECKPOINT_DELAY"], let s = Double(v), s > 0 else { return }
     usleep(UInt32(s * 1e6))
 }
