@@ -394,3 +394,36 @@ public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>, dout: UnsafeP
     conv2dBackwardInput(dinp: dinp, dout: dout, weight: .f32(weight), B: B, Cin: Cin, H: H, W: W, Cout: Cout,
                         kernel: kernel, stride: stride, padding: padding, workspace: workspace)
 }
+
+// MARK: - Weight gradients (full-parameter training)
+
+/// dweight += Σ_b dout_b · im2col(inp_b)ᵀ and dbias += Σ_{b, pixels} dout: the parameter gradients of
+/// `conv2dForward`. Accumulates; the caller zeroes them. fp32 weights only (`hgdpo train --train unet`).
+public func conv2dBackwardWeight(dweight: UnsafeMutablePointer<Float>,  // (Cout, Cin, K, K)
+                                 dbias: UnsafeMutablePointer<Float>?,   // (Cout)
+                                 dout: UnsafePointer<Float>,            // (B, Cout, Ho, Wo)
+                                 inp: UnsafePointer<Float>,             // (B, Cin, H, W)
+                                 B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
+                                 kernel: Int, stride: Int, padding: Conv2DPadding) {
+    let (Ho, Wo) = padding.outputSize(H: H, W: W, kernel: kernel, stride: stride)
+    let L = Ho * Wo, rowsK = Cin * kernel * kernel
+    let pointwise = isPointwise(kernel: kernel, stride: stride, padding: padding)
+    let col = UnsafeMutablePointer<Float>.allocate(capacity: pointwise ? 1 : rowsK * L)
+    defer { col.deallocate() }
+    for b in 0..<B {
+        let inpB = inp + b * Cin * H * W, doutB = dout + b * Cout * L
+        if !pointwise {
+            im2colRows(col, inpB, Cin: Cin, H: H, W: W, kernel: kernel, stride: stride, padTop: padding.top,
+                       padLeft: padding.left, Wo: Wo, oh0: 0, oh1: Ho)
+        }
+        // dW (Cout, Cin·K·K) += dout_b (Cout, L) · colᵀ (L, Cin·K·K)
+        BLAS.sgemm(transB: true, m: Cout, n: rowsK, k: L, a: doutB, lda: L, b: pointwise ? inpB : UnsafePointer(col), ldb: L,
+                   beta: 1, c: dweight, ldc: rowsK)
+    }
+    guard let dbias else { return }
+    parallelFor(Cout, work: B * Cout * L) { o in
+        var s = 0.0
+        for b in 0..<B { s += sumDouble(dout + (b * Cout + o) * L, L) }
+        dbias[o] += Float(s)
+    }
+}

@@ -88,3 +88,26 @@ public func loraBackward(dinp: UnsafeMutablePointer<Float>?,  // (N, I)
         BLAS.sgemm(m: N, n: I, k: r, a: dxa, lda: r, b: a, ldb: I, beta: 1, c: dinp, ldc: I)
     }
 }
+
+// MARK: - Weight gradients (full-parameter training)
+
+/// dweight += doutᵀ · inp and dbias += Σ_rows dout: the parameter gradients of `linearForward`. Accumulates; the
+/// caller zeroes them. Used when the base weights are trained (`hgdpo train --train unet`), fp32 only.
+public func linearBackwardWeight(dweight: UnsafeMutablePointer<Float>,  // (O, I)
+                                 dbias: UnsafeMutablePointer<Float>?,   // (O)
+                                 dout: UnsafePointer<Float>,            // (N, O)
+                                 inp: UnsafePointer<Float>,             // (N, I)
+                                 N: Int, I: Int, O: Int) {
+    // dW (O, I) += doutᵀ (O, N) · inp (N, I)
+    BLAS.sgemm(transA: true, m: O, n: I, k: N, a: dout, lda: O, b: inp, ldb: I, beta: 1, c: dweight, ldc: I)
+    guard let dbias else { return }
+    // Column sums, a block of columns per task, rows in order (the same bits for any thread count).
+    let block = 64
+    parallelFor((O + block - 1) / block, work: N * O) { j in
+        let o0 = j * block, o1 = min(O, o0 + block)
+        for n in 0..<N {
+            let row = dout + n * O
+            for o in o0..<o1 { dbias[o] += row[o] }
+        }
+    }
+}

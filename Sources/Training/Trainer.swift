@@ -1,4 +1,5 @@
-// `hgdpo train`: HG-DPO on LoRA adapters of a Stable Diffusion U-Net, data-parallel over MPI ranks.
+// `hgdpo train`: HG-DPO on LoRA adapters of a Stable Diffusion U-Net (or, `--train unet`, on all its parameters),
+// data-parallel over MPI ranks.
 //
 // Each rank holds a U-Net replica with the same LoRA (rank 0's, broadcast at start), takes its contiguous share of
 // every global batch from a world-size-independent plan (Data/Sampler.swift), accumulates local gradients over its
@@ -27,6 +28,10 @@ public final class Trainer {
     /// Every collective of the run, under the --collective-timeout watchdog.
     let comm: GuardedCommunicator
     let model: UNetModel
+    /// `--train unet` with a DPO objective: the frozen starting U-Net (with LoRA the reference is the model, LoRA off).
+    let reference: UNetModel?
+    /// Where the unet/config.json of `--train unet` checkpoints comes from.
+    let unetConfigPath: String
     let schedule: NoiseSchedule
     let objective: Objective
     let optimizer: Optimizer
@@ -56,14 +61,21 @@ public final class Trainer {
         guard let precision = MixedPrecision(rawValue: c.mixedPrecision) else {
             throw TrainInputError("--mixed-precision \(c.mixedPrecision): expected no (fp32) or bf16")
         }
+        let full = c.train == "unet"
+        if full && precision != .no {
+            throw TrainInputError("--train unet trains the fp32 weights: it needs --mixed-precision no (bf16 is for LoRA training)")
+        }
         let folder = try ModelFolder(path: c.model)
         let unetFolder = try folder.unet()
         let schedulerFolder = ComponentFolder(path: (c.model as NSString).appendingPathComponent("scheduler"))
         schedule = try NoiseSchedule(try schedulerFolder.config(SchedulerConfig.self), source: schedulerFolder.configPath)
         // bf16: the frozen base weights in bf16 (half the memory, bf16 GEMMs where the CPU has them); the LoRA, its
         // gradients, their all-reduce and the optimizer stay fp32.
-        model = try UNetModel.load(folder: unetFolder, variant: c.variant, lora: (c.loraRank, Float(c.loraAlpha)),
+        unetConfigPath = unetFolder.configPath
+        model = try UNetModel.load(folder: unetFolder, variant: c.variant, lora: full ? nil : (c.loraRank, Float(c.loraAlpha)),
                                    precision: precision)
+        reference = full && c.objective != .sft ? try UNetModel.load(folder: unetFolder, variant: c.variant) : nil
+        if full { model.enableWeightGradients() }
         model.gradientCheckpointing = c.gradientCheckpointing
         let stride: Int
         if let n = c.statInferenceSteps {
@@ -89,26 +101,37 @@ public final class Trainer {
                                    seed: c.seed)
         if let m = c.maxSteps { totalSteps = m } else { totalSteps = c.epochs * plan.stepsPerEpoch }
         guard totalSteps > 0 else { throw TrainInputError("nothing to train: --max-steps or --epochs gives 0 steps") }
-        optimizer = try Trainer.makeOptimizer(c, lora: model.lora!)
+        optimizer = try Trainer.makeOptimizer(c, segments: Trainer.segments(model))
         state = TrainerState(step: 0, epoch: 0, samplesSeen: 0, configHash: c.trajectoryHash, worldSize: comm.size,
                              loraRank: c.loraRank, loraAlpha: c.loraAlpha, seed: c.seed, consecutiveSkips: 0, skippedSteps: 0,
-                             mixedPrecision: c.mixedPrecision)
-        // Start: rank 0's LoRA everywhere (a resume loads it on every rank from the shared filesystem).
-        model.lora!.initialize(seed: c.seed)
+                             mixedPrecision: c.mixedPrecision, train: full ? "unet" : nil)
+        // Start: rank 0's LoRA (or U-Net) everywhere (a resume loads it on every rank from the shared filesystem).
+        model.lora?.initialize(seed: c.seed)
         if let r = c.resume, let dir = try Checkpoint.resolve(r, runDir: c.output, log: comm.isRoot ? log : { _ in }) { try restore(dir) }
-        try self.comm.broadcast("the initial LoRA", model.lora!.params.buffer)
+        try self.comm.broadcast(full ? "the initial U-Net" : "the initial LoRA", params.buffer)
     }
 
-    static func makeOptimizer(_ c: TrainConfig, lora: LoRAAdapters) throws -> Optimizer {
+    /// The trained parameters and their gradients, flat, same layout: the LoRA's, or (`--train unet`) the U-Net's.
+    var params: Buffer { model.lora?.params ?? model.weights.storage }
+    var grads: Buffer { model.lora?.grads ?? model.weightGrads! }
+
+    /// The optimizer's tensors (8-bit Adam quantizes per tensor): each LoRA A and B, or each U-Net parameter.
+    static func segments(_ model: UNetModel) -> [(offset: Int, count: Int)] {
+        if let lora = model.lora {
+            return lora.targets.flatMap { t in
+                [(offset: t.offsetA, count: lora.rank * t.inFeatures), (offset: t.offsetB, count: t.outFeatures * lora.rank)]
+            }
+        }
+        return model.weights.table.entries.map { (offset: $0.offset, count: $0.count) }
+    }
+
+    static func makeOptimizer(_ c: TrainConfig, segments: [(offset: Int, count: Int)]) throws -> Optimizer {
         var cfg = AdamWConfig()
         cfg.beta1 = c.adamBeta1; cfg.beta2 = c.adamBeta2; cfg.eps = c.adamEps; cfg.weightDecay = c.weightDecay
         switch c.optimizer {
-        case "adamw": return AdamW(count: lora.count, config: cfg)
+        case "adamw": return AdamW(count: segments.reduce(0) { $0 + $1.count }, config: cfg)
         case "adam8bit":
-            // bitsandbytes quantizes per tensor: each LoRA A and B is its own segment (under 4096 elements: fp32 state).
-            let segments = lora.targets.flatMap { t in
-                [(offset: t.offsetA, count: lora.rank * t.inFeatures), (offset: t.offsetB, count: t.outFeatures * lora.rank)]
-            }
+            // bitsandbytes quantizes per tensor: each is its own segment (under 4096 elements: fp32 state).
             return Adam8bit(segments: segments, betas: (c.adamBeta1, c.adamBeta2), eps: c.adamEps, weightDecay: c.weightDecay,
                             decoupled: true)
         default: throw TrainInputError("--optimizer \(c.optimizer): expected adamw or adam8bit")
@@ -127,8 +150,16 @@ public final class Trainer {
             throw TrainInputError("\(dir): was written by a run with other training settings (config hash \(s.configHash), "
                              + "this run \(config.trajectoryHash)); resume with the same settings or start a new --out")
         }
-        let w = try LoRAFile.read((dir as NSString).appendingPathComponent(Checkpoint.loraFile))
-        try model.lora!.assign(w, source: dir)
+        let savedTrain = s.train ?? "lora"
+        guard savedTrain == config.train else {
+            throw TrainInputError("\(dir): was trained with --train \(savedTrain), this run asks for --train \(config.train); "
+                                  + "resume with --train \(savedTrain), or start a new --out")
+        }
+        if let lora = model.lora {
+            try lora.assign(try LoRAFile.read((dir as NSString).appendingPathComponent(Checkpoint.loraFile)), source: dir)
+        } else {
+            try model.weights.load(files: [(dir as NSString).appendingPathComponent(Checkpoint.unetWeightsFile)], model: "U-Net")
+        }
         try optimizer.loadState(from: try SafeTensorsFile(path: (dir as NSString).appendingPathComponent(Checkpoint.optimizerFile)))
         state = s
         state.worldSize = comm.size
@@ -155,7 +186,7 @@ public final class Trainer {
         let metrics = comm.isRoot ? try openMetrics() : nil
         defer { try? metrics?.close() }
         let buffers = MicroBatchBuffers(cache: cache, localBatch: config.localBatch)
-        let gradSum = DoubleBuffer(count: model.lora!.count)
+        let gradSum = DoubleBuffer(count: grads.count)
         let started = Watchdog.now()
         var done = 0
         if let validation, state.step < totalSteps { try validation.runBaseIfNeeded(comm: comm, log: log) }
@@ -200,10 +231,10 @@ public final class Trainer {
         }
     }
 
-    /// Step 1: this rank's micro-batches of the step (read, draw noise and timesteps, forward and backward), their LoRA
+    /// Step 1: this rank's micro-batches of the step (read, draw noise and timesteps, forward and backward), their
     /// gradients summed in double into `gradSum`.
     func accumulateGradients(into gradSum: DoubleBuffer, _ io: MicroBatchBuffers) throws -> Objective.Terms {
-        let lora = model.lora!
+        let grads = self.grads
         let rng = CounterRNG(seed: config.seed)
         let n = io.n, sd = io.s * io.d
         gradSum.zero()
@@ -223,13 +254,13 @@ public final class Trainer {
             let batch = PairBatch(pairs: io.b, winner: io.winners.ptr, loser: io.losers.ptr, noise: io.noise.ptr,
                                   timesteps: timesteps, context: io.context.ptr, channels: io.c, height: io.h, width: io.w,
                                   contextLength: io.s, contextDim: io.d)
-            lora.zeroGrad()
-            terms.add(try accumulatePairGradients(model: model, objective: objective, schedule: schedule, batch: batch,
-                                                  normalizer: config.globalBatch))
+            grads.zero()
+            terms.add(try accumulatePairGradients(model: model, reference: reference, objective: objective, schedule: schedule,
+                                                  batch: batch, normalizer: config.globalBatch))
             // Each micro-batch's gradient is the same bits whatever the rank count (same samples, same order);
             // summing them in double makes the total independent of how they are split over ranks.
-            let g = lora.grads.ptr
-            for i in 0..<lora.count { gradSum.ptr[i] += Double(g[i]) }
+            let g = grads.ptr
+            for i in 0..<grads.count { gradSum.ptr[i] += Double(g[i]) }
         }
         return terms
     }
@@ -248,19 +279,19 @@ public final class Trainer {
 
     /// Step 2: the all-reduces of the gradients (into `lora.grads`) and of the logged terms with the stop flag.
     func reduce(_ gradSum: DoubleBuffer, _ terms: Objective.Terms) throws -> StepFigures {
-        let lora = model.lora!
+        let grads = self.grads
         try faults?.inject(rank: comm.rank, step: state.step + 1, grads: gradSum)
         let commStart = Watchdog.now()
-        try comm.allreduce("the LoRA gradients (step \(state.step))", gradSum.buffer)
+        try comm.allreduce("the gradients (step \(state.step))", gradSum.buffer)
         let commSeconds = Watchdog.now() - commStart
-        for i in 0..<lora.count { lora.grads.ptr[i] = Float(gradSum.ptr[i]) }
+        for i in 0..<grads.count { grads.ptr[i] = Float(gradSum.ptr[i]) }
         var packed = [terms.loss, terms.dpo, terms.stat, terms.correct, terms.insideSum, terms.mseThetaW, terms.mseThetaL,
                       terms.mseRefW, terms.mseRefL, Double(terms.pairs), Double(stopSignal), terms.absInsideSum]
         try comm.allreduce("the step's metrics (step \(state.step))", &packed)
         // Global gradient norm, after the all-reduce.
         var sq = 0.0
-        let g = lora.grads.ptr
-        for i in 0..<lora.count { sq += Double(g[i]) * Double(g[i]) }
+        let g = grads.ptr
+        for i in 0..<grads.count { sq += Double(g[i]) * Double(g[i]) }
         return StepFigures(packed: packed, gradNorm: sq.squareRoot(), commSeconds: commSeconds)
     }
 
@@ -269,16 +300,16 @@ public final class Trainer {
     /// Step 3: clip and apply the update, or skip a non-finite step (failing after --max-skipped-steps in a row);
     /// advance the step counters.
     func applyUpdate(_ f: StepFigures) throws -> StepUpdate {
-        let lora = model.lora!, g = lora.grads.ptr
+        let grads = self.grads, g = grads.ptr
         let lr = learningRate(state.step)
         // As torch.nn.utils.clip_grad_norm_ (diffusers' and Salesforce's DPO scripts, max norm 1.0).
         let clipped = f.finite && config.maxGradNorm > 0 && f.gradNorm > config.maxGradNorm
         if f.finite {
             if clipped {
                 let factor = Float(config.maxGradNorm / (f.gradNorm + 1e-6))
-                for i in 0..<lora.count { g[i] *= factor }
+                for i in 0..<grads.count { g[i] *= factor }
             }
-            optimizer.update(params: lora.params.ptr, grads: g, count: lora.count, lr: lr)
+            optimizer.update(params: params.ptr, grads: g, count: grads.count, lr: lr)
             state.consecutiveSkips = 0
         } else {
             state.consecutiveSkips += 1
@@ -343,7 +374,8 @@ public final class Trainer {
 
     func checkpoint() throws {
         if comm.isRoot {
-            let dir = try Checkpoint.save(runDir: config.output, state: state, lora: model.lora!, optimizer: optimizer,
+            let weights: CheckpointWeights = model.lora.map { .lora($0) } ?? .unet(model, config: unetConfigPath)
+            let dir = try Checkpoint.save(runDir: config.output, state: state, weights: weights, optimizer: optimizer,
                                           keep: config.keepCheckpoints)
             log("checkpoint: \(dir)")
         }
