@@ -306,7 +306,7 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho
 }
 
 /// dinp += ∂L/∂inp of `conv2dForward` given dout = ∂L/∂out. Accumulates; the caller zeroes `dinp`.
-/// No weight or bias gradients: base convolutions are frozen (LoRA trains only the attention projections).
+/// Weight and bias gradients (full-parameter training): `conv2dBackwardWeight`.
 /// - Parameter workspace: at least `conv2dWorkspaceSize(Cin:H:W:kernel:stride:padding:)` floats.
 public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin, H, W)
                                 dout: UnsafePointer<Float>,           // (B, Cout, Ho, Wo)

@@ -1,6 +1,6 @@
 // Fully connected layers and their LoRA adapters, row-major, through sgemm.
-// Base weights are frozen: `linearBackwardInput` gives the input gradient only. LoRA is the only trained thing, so
-// `loraBackward` accumulates dA and dB as well. The frozen weight may be bf16 (mixed precision, `WeightMatrix`):
+// `linearBackwardInput` gives the input gradient; `loraBackward` accumulates LoRA's dA and dB as well, and
+// `linearBackwardWeight` the base weight's and bias's gradients when every parameter is trained (`--train unet`). The frozen weight may be bf16 (mixed precision, `WeightMatrix`):
 // its GEMMs then go through BF16.gemm with fp32 sums; LoRA's A and B and all activations stay fp32.
 import Tensors
 
@@ -29,7 +29,7 @@ public func linearForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<F
     linearForward(out: out, inp: inp, weight: .f32(weight), bias: bias, N: N, I: I, O: O)
 }
 
-/// dinp += dout · weight. Accumulates. (No weight/bias gradients: base layers are frozen.)
+/// dinp += dout · weight. Accumulates. (Weight and bias gradients: `linearBackwardWeight`.)
 public func linearBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (N, I)
                                 dout: UnsafePointer<Float>,          // (N, O)
                                 weight: WeightMatrix,                // (O, I)

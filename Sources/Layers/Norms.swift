@@ -124,7 +124,7 @@ public func groupNormForward(out: UnsafeMutablePointer<Float>,    // (B, C, HW)
                          B: B, C: C, HW: HW, groups: G, eps: eps, silu: false)
 }
 
-/// dinp += ∂L/∂inp of `groupNormForward` (no weight/bias gradients: base norms are frozen). Accumulates.
+/// dinp += ∂L/∂inp of `groupNormForward` (weight and bias gradients: `groupNormBackwardAffine`). Accumulates.
 /// dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)) per group, with dx̂ = dout · weight_c.
 /// Ref: torch.nn.GroupNorm backward (aten native_group_norm_backward).
 public func groupNormBackward(dinp: UnsafeMutablePointer<Float>,   // (B, C, HW)
@@ -273,7 +273,7 @@ public func layerNormForward(out: UnsafeMutablePointer<Float>,    // (N, C)
     }
 }
 
-/// dinp += ∂L/∂inp of `layerNormForward` (no weight/bias gradients). Accumulates.
+/// dinp += ∂L/∂inp of `layerNormForward` (weight and bias gradients: `layerNormBackwardAffine`). Accumulates.
 /// Ref: torch.nn.LayerNorm backward (aten native_layer_norm_backward).
 public func layerNormBackward(dinp: UnsafeMutablePointer<Float>,   // (N, C)
                               dout: UnsafePointer<Float>,          // (N, C)

@@ -1,4 +1,5 @@
-// Checkpoints: RUN_DIR/step-NNNNNN/ with the LoRA (diffusers format, loadable as is), the optimizer state and the
+// Checkpoints: RUN_DIR/step-NNNNNN/ with the LoRA (diffusers format, loadable as is) or, with --train unet, the whole
+// U-Net as a diffusers unet/ folder, the optimizer state and the
 // trainer state, written into a temporary folder, fsynced, renamed into place, then `latest` is pointed at it
 // (atomically); only the last K are kept. A crash at any moment leaves every complete checkpoint intact.
 // trainer_state.json, written last, also records the size and CRC-32 of the other two files, so `verify` can tell a
