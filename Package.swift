@@ -39,12 +39,13 @@ let package = Package(
         .target(name: "VAE", dependencies: ["Tensors", "IO", "Layers"], swiftSettings: optimize),
         .target(name: "Sampling", dependencies: ["Tensors", "IO", "UNet", "TextEncoder", "VAE", "Schedulers"], swiftSettings: optimize),
         .target(name: "Datasets", dependencies: ["Tensors", "IO"], swiftSettings: optimize),
-        .target(name: "Scoring", dependencies: ["Tensors", "IO"], swiftSettings: optimize),
+        .target(name: "Scoring", dependencies: ["Tensors", "IO", "Layers", "TextEncoder"], swiftSettings: optimize),
+        .target(name: "DatasetBuilder", dependencies: ["Tensors", "IO", "Sampling", "Scoring", "Datasets"], swiftSettings: optimize),
         .target(name: "Training", dependencies: ["Tensors", "IO", "UNet", "Schedulers", "Distributed", "Datasets", "Sampling", "TextEncoder", "VAE"], swiftSettings: optimize),
         .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: optimize),
         .target(name: "LatentEncoding", dependencies: ["Tensors", "IO", "Datasets", "VAE", "TextEncoder", "Distributed"], swiftSettings: optimize),
         .target(name: "Commands", dependencies: ["Tensors", "IO", "Layers", "Distributed", "UNet", "Schedulers", "Training", "Datasets",
-                                                  "TextEncoder", "VAE", "LatentEncoding", "Sampling", "Scoring"],
+                                                  "TextEncoder", "VAE", "LatentEncoding", "Sampling", "Scoring", "DatasetBuilder"],
                 swiftSettings: optimize),
         .executableTarget(name: "hgdpo", dependencies: ["Commands", "CKernels", "Tensors"], swiftSettings: optimizeBaseline),
 
@@ -62,6 +63,8 @@ let package = Package(
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport", "hgdpo"]),
         .testTarget(name: "SamplingTests", dependencies: ["Sampling", "Training", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
         .testTarget(name: "CommandsTests", dependencies: ["Commands", "TestSupport", "hgdpo"]),
+        .testTarget(name: "ScoringTests", dependencies: ["Scoring", "TestSupport"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "DatasetBuilderTests", dependencies: ["DatasetBuilder", "Datasets", "TestSupport", "hgdpo"]),
         .testTarget(name: "LatentEncodingTests", dependencies: ["LatentEncoding", "UNet", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
     ]
 )

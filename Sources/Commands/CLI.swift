@@ -41,10 +41,18 @@ public struct OptionSpec: Sendable {
     public let defaultValue: String?
     public let required: Bool
     public let choices: [String]?
+    /// May be given several times (read with `strings`).
+    public var repeatable = false
 
     public static func value(_ name: String, _ valueName: String, _ help: String, default defaultValue: String? = nil,
                              required: Bool = false, choices: [String]? = nil) -> OptionSpec {
         OptionSpec(name: name, valueName: valueName, help: help, defaultValue: defaultValue, required: required, choices: choices)
+    }
+
+    /// An option that may be repeated (`--scorer A --scorer B`).
+    public static func list(_ name: String, _ valueName: String, _ help: String) -> OptionSpec {
+        OptionSpec(name: name, valueName: valueName, help: help + " (repeatable)", defaultValue: nil, required: false, choices: nil,
+                   repeatable: true)
     }
 
     public static func flag(_ name: String, _ help: String) -> OptionSpec {
@@ -110,6 +118,7 @@ public struct CommandSpec: Sendable {
     /// Parses the words after the command's own words.
     public func parse(_ args: [String]) throws -> ParsedArguments {
         var values: [String: String] = [:]
+        var lists: [String: [String]] = [:]
         var flags: Set<String> = []
         var positionals: [String] = []
         var i = 0
@@ -146,6 +155,7 @@ public struct CommandSpec: Sendable {
                 guard i < args.count, !(args[i].hasPrefix("--") && args[i].count > 2) else { throw CLIError.missingValue(option: name) }
                 value = args[i]; i += 1
             }
+            if spec.repeatable { lists[name, default: []].append(value); continue }
             if values[name] != nil { throw CLIError.repeatedOption(option: name) }
             if let choices = spec.choices, !choices.contains(value) {
                 throw CLIError.badValue(option: name, value: value, expected: "one of " + choices.joined(separator: ", "))
@@ -161,7 +171,7 @@ public struct CommandSpec: Sendable {
         for (k, a) in arguments.enumerated() where a.required && k >= positionals.count {
             throw CLIError.missingArgument(command: name, name: a.name)
         }
-        return ParsedArguments(command: self, values: values, flags: flags, positionals: positionals)
+        return ParsedArguments(command: self, values: values, lists: lists, flags: flags, positionals: positionals)
     }
 }
 
@@ -169,6 +179,7 @@ public struct CommandSpec: Sendable {
 public struct ParsedArguments: Sendable {
     public let command: CommandSpec
     let values: [String: String]
+    var lists: [String: [String]] = [:]
     let flags: Set<String>
     public let positionals: [String]
 
@@ -178,9 +189,12 @@ public struct ParsedArguments: Sendable {
     }
 
     /// Whether the user gave this option on the command line.
-    public func given(_ name: String) -> Bool { values[name] != nil || flags.contains(name) }
+    public func given(_ name: String) -> Bool { values[name] != nil || lists[name] != nil || flags.contains(name) }
 
     public func flag(_ name: String) -> Bool { _ = spec(name); return flags.contains(name) }
+
+    /// Every value of a repeatable option, in order.
+    public func strings(_ name: String) -> [String] { _ = spec(name); return lists[name] ?? [] }
 
     public func string(_ name: String) -> String? { values[name] ?? spec(name).defaultValue }
 

@@ -11,7 +11,11 @@ extension Commands {
     }
 
     /// Every scorer kind, by the KIND word of a spec.
-    static let scorerKinds: [String: ScorerKind] = [:]
+    static let scorerKinds: [String: ScorerKind] = [
+        "external": ScorerKind(argument: "a command speaking the JSON-lines protocol (docs/dataset.md)") { spec in
+            try ExternalScorer(name: spec.name, command: spec.argument!)
+        },
+    ]
 
     static func makeScorer(_ text: String) throws -> any Scorer {
         let spec = try ScorerSpec(parsing: text)
