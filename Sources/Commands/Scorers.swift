@@ -12,6 +12,12 @@ extension Commands {
 
     /// Every scorer kind, by the KIND word of a spec.
     static let scorerKinds: [String: ScorerKind] = [
+        "clip": ScorerKind(argument: "a transformers CLIPModel folder: DIR[,weights=FILE][,output=logit|cosine][,batch=N]") { spec in
+            try CLIPScorer(name: spec.name, argument: spec.argument!)
+        },
+        "aesthetic": ScorerKind(argument: "the aesthetic MLP and a CLIP ViT-L/14 folder: FILE,clip=DIR[,batch=N]") { spec in
+            try AestheticScorer(name: spec.name, argument: spec.argument!)
+        },
         "external": ScorerKind(argument: "a command speaking the JSON-lines protocol (docs/dataset.md)") { spec in
             try ExternalScorer(name: spec.name, command: spec.argument!)
         },

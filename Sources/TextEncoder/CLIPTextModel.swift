@@ -1,8 +1,7 @@
 // CLIP's text transformer, forward only: what Stable Diffusion conditions its U-Net on.
 // Ref: transformers 5.24 models/clip/modeling_clip.py, CLIPTextModel.forward → last_hidden_state:
 //   x = token_embedding[ids] + position_embedding[0..<S]
-//   per layer: x += out_proj(attention(layer_norm1(x)))      (causal: token i sees tokens ≤ i; heads of size D/H,
-//              x += fc2(act(fc1(layer_norm2(x))))             scale 1/sqrt(D/H); act quick_gelu or gelu)
+//   the encoder layers (CLIPEncoder.swift), causal: token i sees tokens ≤ i
 //   last_hidden_state = final_layer_norm(x)
 // No padding mask: diffusers' SD pipelines call the text encoder with the ids alone (config.use_attention_mask unset),
 // so padding tokens attend to everything before them, as here.
@@ -37,6 +36,8 @@ public enum TextActivation: String, Sendable {
 public final class CLIPTextModel: @unchecked Sendable {
     public let config: CLIPTextConfig
     public let activation: TextActivation
+    /// The transformer layers (shared with CLIP's vision tower).
+    public let encoderLayers: CLIPEncoderLayers
     /// Every parameter, fp32, in one allocation; `entries` gives each state-dict key (without `text_model.`) its
     /// shape and offset.
     public let storage: Buffer
@@ -66,21 +67,14 @@ public final class CLIPTextModel: @unchecked Sendable {
         }
         self.config = config
         activation = act
-        let D = config.hiddenSize, I = config.intermediateSize
+        encoderLayers = CLIPEncoderLayers(width: config.hiddenSize, intermediate: config.intermediateSize,
+                                          heads: config.numAttentionHeads, activation: act, eps: Float(config.layerNormEps))
+        let D = config.hiddenSize
         var list: [(String, [Int])] = [
             ("embeddings.token_embedding.weight", [config.vocabSize, D]),
             ("embeddings.position_embedding.weight", [config.maxPositionEmbeddings, D]),
         ]
-        for l in 0..<config.numHiddenLayers {
-            let p = "encoder.layers.\(l)."
-            for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-                list += [(p + "self_attn.\(proj).weight", [D, D]), (p + "self_attn.\(proj).bias", [D])]
-            }
-            list += [(p + "layer_norm1.weight", [D]), (p + "layer_norm1.bias", [D]),
-                     (p + "mlp.fc1.weight", [I, D]), (p + "mlp.fc1.bias", [I]),
-                     (p + "mlp.fc2.weight", [D, I]), (p + "mlp.fc2.bias", [D]),
-                     (p + "layer_norm2.weight", [D]), (p + "layer_norm2.bias", [D])]
-        }
+        list += encoderLayers.parameterShapes(count: config.numHiddenLayers)
         list += [("final_layer_norm.weight", [D]), ("final_layer_norm.bias", [D])]
         var offset = 0
         var entries: [(key: String, shape: [Int], offset: Int)] = []
@@ -102,6 +96,14 @@ public final class CLIPTextModel: @unchecked Sendable {
     }
 
     private func p(_ key: String) -> UnsafeMutablePointer<Float> { storage.ptr + entries[index[key]!].offset }
+
+    /// A parameter by its key (without `text_model.`) and its shape, for loaders of models that contain this one.
+    public func parameter(_ key: String) -> (pointer: UnsafeMutablePointer<Float>, shape: [Int])? {
+        index[key].map { (storage.ptr + entries[$0].offset, entries[$0].shape) }
+    }
+
+    /// Every parameter key, in declaration order.
+    public var parameterKeys: [String] { entries.map(\.key) }
 
     /// Fills every parameter from safetensors files; each must be present once with its shape, and nothing else but
     /// `position_ids` may be there.
@@ -156,7 +158,7 @@ public final class CLIPTextModel: @unchecked Sendable {
     /// `skipLastLayers` k runs only the first L − k layers before final_layer_norm (diffusers' `clip_skip`:
     /// `final_layer_norm(hidden_states[-(k + 1)])`); 0 is the plain last_hidden_state.
     public func forward(inputIds: [Int], batch B: Int, length S: Int, skipLastLayers: Int = 0) throws -> Buffer {
-        let D = config.hiddenSize, I = config.intermediateSize, H = config.numAttentionHeads, N = B * S
+        let D = config.hiddenSize, N = B * S
         guard B > 0, S > 0, inputIds.count == N else {
             throw TextModelError.badInput("text encoder: \(inputIds.count) token ids for a batch of \(B) × \(S)")
         }
@@ -179,41 +181,8 @@ public final class CLIPTextModel: @unchecked Sendable {
             for j in 0..<D { row[j] = t[j] + ps[j] }
         }
 
-        let h = Buffer(uninitialized: N * D)                       // (N, D) layer-norm output
-        let q = Buffer(uninitialized: N * D), k = Buffer(uninitialized: N * D), v = Buffer(uninitialized: N * D)
-        let att = Buffer(uninitialized: N * D), proj = Buffer(uninitialized: N * D)
-        let hidden = Buffer(uninitialized: N * I)                  // (N, I) MLP
+        encoderLayers.forward(x.ptr, batch: B, length: S, count: config.numHiddenLayers - skipLastLayers, causal: true, weight: p)
         let mean = Buffer(uninitialized: N), rstd = Buffer(uninitialized: N)
-        let lse = Buffer(uninitialized: B * H * S)
-        let workspace = Buffer(uninitialized: attentionWorkspaceSize(B: B, Nq: S, Nk: S, heads: H, headDim: D / H))
-
-        for l in 0..<(config.numHiddenLayers - skipLastLayers) {
-            let pre = "encoder.layers.\(l)."
-            // x += out_proj(causal_attention(layer_norm1(x)))
-            layerNormForward(out: h.ptr, mean: mean.ptr, rstd: rstd.ptr, inp: x.ptr,
-                             weight: p(pre + "layer_norm1.weight"), bias: p(pre + "layer_norm1.bias"), N: N, C: D, eps: eps)
-            for (out, name) in [(q, "q_proj"), (k, "k_proj"), (v, "v_proj")] {
-                linearForward(out: out.ptr, inp: h.ptr, weight: p(pre + "self_attn.\(name).weight"),
-                              bias: p(pre + "self_attn.\(name).bias"), N: N, I: D, O: D)
-            }
-            attentionForward(out: att.ptr, lse: lse.ptr, q: q.ptr, k: k.ptr, v: v.ptr, B: B, Nq: S, Nk: S, heads: H,
-                             headDim: D / H, workspace: workspace.ptr, causal: true)
-            linearForward(out: proj.ptr, inp: att.ptr, weight: p(pre + "self_attn.out_proj.weight"),
-                          bias: p(pre + "self_attn.out_proj.bias"), N: N, I: D, O: D)
-            addInto(x.ptr, proj.ptr, n: N * D)
-            // x += fc2(act(fc1(layer_norm2(x))))
-            layerNormForward(out: h.ptr, mean: mean.ptr, rstd: rstd.ptr, inp: x.ptr,
-                             weight: p(pre + "layer_norm2.weight"), bias: p(pre + "layer_norm2.bias"), N: N, C: D, eps: eps)
-            linearForward(out: hidden.ptr, inp: h.ptr, weight: p(pre + "mlp.fc1.weight"), bias: p(pre + "mlp.fc1.bias"),
-                          N: N, I: D, O: I)
-            switch activation {
-            case .quickGelu: quickGeluForward(out: hidden.ptr, inp: hidden.ptr, n: N * I)
-            case .gelu: geluForward(out: hidden.ptr, inp: hidden.ptr, n: N * I)
-            }
-            linearForward(out: proj.ptr, inp: hidden.ptr, weight: p(pre + "mlp.fc2.weight"), bias: p(pre + "mlp.fc2.bias"),
-                          N: N, I: I, O: D)
-            addInto(x.ptr, proj.ptr, n: N * D)
-        }
         let out = Buffer(uninitialized: N * D)
         layerNormForward(out: out.ptr, mean: mean.ptr, rstd: rstd.ptr, inp: x.ptr, weight: p("final_layer_norm.weight"),
                          bias: p("final_layer_norm.bias"), N: N, C: D, eps: eps)
