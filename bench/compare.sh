@@ -20,7 +20,7 @@ fi
 # shellcheck source=launch/env.sh
 source "$root/launch/env.sh"
 (cd "$root" && swift build -c release >/dev/null)
-ours=$(HGDPO_THREADS=$threads OPENBLAS_NUM_THREADS=$threads "$root/.build/release/hgdpo" bench step --config "$config" \
+ours=$(HGDPO_THREADS=$threads OPENBLAS_NUM_THREADS=$threads "$root/.build/release/hgdpo" bench step --shape "$config" \
   --latent "$latent" --pairs "$pairs" --steps "$steps" --threads "$threads" ${ours_bf16[@]+"${ours_bf16[@]}"})
 theirs=$(cd "$bench_dir" && OMP_NUM_THREADS=$threads "$py" torch_dpo_step.py --config "$config" --latent "$latent" \
   --pairs "$pairs" --steps "$steps" --threads "$threads" ${theirs_bf16[@]+"${theirs_bf16[@]}"} 2>/dev/null | tail -n 1)

@@ -15,14 +15,14 @@ ranks=("$@"); ((${#ranks[@]})) || ranks=(1 2 4)
 export HGDPO_BIN="$root/.build/release/hgdpo"
 work=$(mktemp -d /tmp/hgdpo-scaling.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-context=$("$HGDPO_BIN" make-model --config "$config" --parts unet --out "$work/model" >/dev/null &&
+context=$("$HGDPO_BIN" make-model --shape "$config" --parts unet --out "$work/model" >/dev/null &&
   python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['cross_attention_dim'])" "$work/model/unet/config.json")
 "$HGDPO_BIN" make-cache --count 256 --latent "4,$latent,$latent" --context "77,$context" --out "$work/cache" >/dev/null
 echo "config $config, latent $latent, global batch 16, local batch 4, $steps steps, $(nproc) cores"
 for np in "${ranks[@]}"; do
   unset HGDPO_THREADS
   "$root/launch/local.sh" --timeout 3600 "$np" hgdpo train --model "$work/model" --data "$work/cache" \
-    --output "$work/run-$np" --global-batch 16 --local-batch 4 --max-steps "$steps" --checkpoint-every 1000000 \
+    --out "$work/run-$np" --global-batch 16 --local-batch 4 --max-steps "$steps" --checkpoint-every 1000000 \
     --log-every 1 --seed 1 >"$work/log-$np" 2>&1 || { echo "ranks $np: failed"; tail -n 20 "$work/log-$np"; exit 1; }
   python3 - "$np" "$work/run-$np/metrics.jsonl" <<'PY'
 import json, sys

@@ -26,7 +26,7 @@ echo "== $np ranks: hgdpo probe mpi"
 "$root/launch/local.sh" --timeout 300 "$np" hgdpo probe mpi
 
 echo "== a random-weight pipeline (tiny: U-Net, CLIP text encoder and tokenizer, VAE) and 64 triplets of random 96x80 images"
-"$HGDPO_BIN" make-model --config tiny --out "$work/model"
+"$HGDPO_BIN" make-model --shape tiny --out "$work/model"
 "$HGDPO_BIN" make-triplets --count 64 --width 96 --height 80 --out "$work/triplets"
 
 echo "== $np ranks: hgdpo encode (resize and crop to 64x64, VAE latents 4x8x8, prompt embeddings 77x32)"
@@ -34,7 +34,7 @@ echo "== $np ranks: hgdpo encode (resize and crop to 64x64, VAE latents 4x8x8, p
   --resolution 64 --shard-size 16
 
 echo "== $np ranks: hgdpo train (6 steps, then resume to 8)"
-train=(hgdpo train --model "$work/model" --data "$work/cache" --output "$work/run" --global-batch 8 --local-batch 2
+train=(hgdpo train --model "$work/model" --data "$work/cache" --out "$work/run" --global-batch 8 --local-batch 2
        --lr 1e-4 --checkpoint-every 2 --seed 1)
 "$root/launch/local.sh" --timeout 900 "$np" "${train[@]}" --max-steps 6
 "$root/launch/local.sh" --timeout 900 "$np" "${train[@]}" --max-steps 8 --resume auto

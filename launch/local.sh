@@ -5,7 +5,7 @@
 #        launch/local.sh --help
 #
 #   COMMAND  `hgdpo` means the built binary ($HGDPO_BIN, default .build/release/hgdpo), e.g.
-#              launch/local.sh 4 hgdpo train --model M --data D --output RUN
+#              launch/local.sh 4 hgdpo train --model M --data D --out RUN
 #            anything else is run as given (a path, or a program on PATH), e.g. launch/local.sh 2 ./a.out
 #   NP       number of ranks (positive integer; more ranks than cores is allowed: --oversubscribe).
 #   --timeout SECONDS  run mpirun under `timeout -k 10 SECONDS`: SIGTERM when time is up, SIGKILL 10 s later

@@ -35,13 +35,13 @@ extension Commands {
     static let benchStep = CommandSpec(
         ["bench", "step"],
         summary: "Time one HG-DPO training step on a random-weight U-Net and print JSON (compare: bench/compare.sh)",
-        details: "Example: hgdpo bench step --config small --latent 32 --pairs 1 --steps 3 --threads 2",
+        details: "Example: hgdpo bench step --shape small --latent 32 --pairs 1 --steps 3 --threads 2",
         options: [
-            .value("--config", "NAME|DIR", "tiny, small, sd15 (../shared/bench/unet_configs.py) or a U-Net folder's config", default: "sd15"),
+            .value("--shape", "NAME|DIR", "tiny, small, sd15 (../shared/bench/unet_configs.py) or a U-Net folder's config", default: "sd15"),
             .value("--latent", "N", "Latent height and width", default: "32"),
             .value("--pairs", "P", "Preference pairs per step", default: "1"),
             .value("--steps", "K", "Timed steps (after one warm-up step)", default: "3"),
-            .value("--rank", "R", "LoRA rank (alpha = rank)", default: "8"),
+            .value("--lora-rank", "R", "LoRA rank (alpha = rank)", default: "8"),
             .value("--context-length", "S", "Text tokens", default: "77"),
             .value("--mixed-precision", "MODE", "no = fp32; bf16 = conv / linear weights in bf16, fp32 sums (see `hgdpo train`)",
                    default: "no", choices: ["no", "bf16"]),
@@ -50,10 +50,10 @@ extension Commands {
         ]
     ) { args in
         try applyThreads(args)
-        let name = try args.requiredString("--config")
+        let name = try args.requiredString("--shape")
         let spec = try UNetSpec(try benchConfig(name))
         let l = try args.int("--latent", in: 8...512)!, b = try args.int("--pairs", in: 1...256)!
-        let steps = try args.int("--steps", in: 1...1000)!, rank = try args.int("--rank", in: 1...1024)!
+        let steps = try args.int("--steps", in: 1...1000)!, rank = try args.int("--lora-rank", in: 1...1024)!
         let s = try args.int("--context-length", in: 1...1024)!
         try spec.checkLatentSize(height: l, width: l)
         let precision = MixedPrecision(rawValue: args.string("--mixed-precision")!)!
@@ -109,15 +109,15 @@ extension Commands {
         ["bench", "allreduce"],
         summary: "Time the all-reduce of the LoRA gradient across the MPI ranks and print JSON (bench/allreduce.sh)",
         details: """
-            The element count defaults to the U-Net LoRA of --config at --rank (sd15, rank 8: 1,594,368), in the trainer's
+            The element count defaults to the U-Net LoRA of --shape at --lora-rank (sd15, rank 8: 1,594,368), in the trainer's
             dtype (f64: it sums gradients in double); each iteration is barrier, all-reduce, and the slowest rank's time.
             Bus bandwidth = bytes × 2(n−1)/n / time (what a ring all-reduce moves per rank), comparable to a link's speed.
             Example: launch/local.sh 4 hgdpo bench allreduce --iters 20
             """,
         options: [
-            .value("--count", "N", "Elements (default: the LoRA of --config at --rank)"),
-            .value("--config", "NAME|DIR", "U-Net whose LoRA sets the count: tiny, small, sd15 or a U-Net folder", default: "sd15"),
-            .value("--rank", "R", "LoRA rank", default: "8"),
+            .value("--count", "N", "Elements (default: the LoRA of --shape at --lora-rank)"),
+            .value("--shape", "NAME|DIR", "U-Net whose LoRA sets the count: tiny, small, sd15 or a U-Net folder", default: "sd15"),
+            .value("--lora-rank", "R", "LoRA rank", default: "8"),
             .value("--dtype", "T", "f64 (what hgdpo train all-reduces) or f32", default: "f64", choices: ["f64", "f32"]),
             .value("--iters", "K", "Timed iterations (after --warmup)", default: "20"),
             .value("--warmup", "W", "Untimed iterations first", default: "3"),
@@ -126,8 +126,8 @@ extension Commands {
         let comm = try Communicator.world()
         let count: Int
         if args.given("--count") { count = try args.int("--count", in: 1...(1 << 31))! } else {
-            let spec = try UNetSpec(try benchConfig(try args.requiredString("--config")))
-            let r = try args.int("--rank", in: 1...1024)!
+            let spec = try UNetSpec(try benchConfig(try args.requiredString("--shape")))
+            let r = try args.int("--lora-rank", in: 1...1024)!
             count = UNetModel(spec: spec, lora: (r, Float(r))).lora!.count  // weights are reserved, never touched
         }
         let iters = try args.int("--iters", in: 1...100_000)!, warmup = try args.int("--warmup", in: 0...100_000)!
@@ -213,11 +213,11 @@ extension Commands {
     static let benchConv = CommandSpec(
         ["bench", "conv"],
         summary: "Time a convolution's forward and input gradient on one shape and print JSON",
-        details: "Example: hgdpo bench conv --batch 2 --in 64 --out 64 --size 32 --kernel 3 --threads 2",
+        details: "Example: hgdpo bench conv --batch 2 --in-channels 64 --out-channels 64 --size 32 --kernel 3 --threads 2",
         options: [
             .value("--batch", "B", "Images", default: "2"),
-            .value("--in", "C", "Input channels", default: "64"),
-            .value("--out", "C", "Output channels", default: "64"),
+            .value("--in-channels", "C", "Input channels", default: "64"),
+            .value("--out-channels", "C", "Output channels", default: "64"),
             .value("--size", "N", "Input height and width", default: "32"),
             .value("--kernel", "K", "Kernel size (padding K/2)", default: "3"),
             .value("--stride", "S", "Stride", default: "1"),
@@ -226,8 +226,8 @@ extension Commands {
         ]
     ) { args in
         try applyThreads(args)
-        let B = try args.int("--batch", in: 1...256)!, cin = try args.int("--in", in: 1...8192)!
-        let cout = try args.int("--out", in: 1...8192)!, n = try args.int("--size", in: 1...4096)!
+        let B = try args.int("--batch", in: 1...256)!, cin = try args.int("--in-channels", in: 1...8192)!
+        let cout = try args.int("--out-channels", in: 1...8192)!, n = try args.int("--size", in: 1...4096)!
         let k = try args.int("--kernel", in: 1...15)!, s = try args.int("--stride", in: 1...8)!
         let iters = try args.int("--iters", in: 1...10000)!
         let p = k / 2, no = (n + 2 * p - k) / s + 1

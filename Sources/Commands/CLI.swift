@@ -4,7 +4,7 @@
 // command's help, with every option and its default.
 import IO
 
-public enum CLIError: Error, CustomStringConvertible, Equatable {
+public enum CLIError: Error, UserInputError, CustomStringConvertible, Equatable {
     case unknownCommand(String, suggestion: String?)
     case unknownOption(command: String, option: String, suggestion: String?)
     case missingValue(option: String)

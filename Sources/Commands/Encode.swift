@@ -39,7 +39,7 @@ extension Commands {
             .value("--mixed-precision", "MODE", "no = fp32; bf16 = the VAE's convolutions multiply bf16 weights with fp32 sums (text encoder fp32)",
                    default: "no", choices: ["no", "bf16"]),
             .value("--variant", "NAME", "Weight variant of the VAE and text encoder, e.g. fp16"),
-            .value("--tile", "N", "Encode in VAE tiles of N px (`auto`: the VAE config's sample_size), for large images"),
+            .value("--vae-tile", "N", "Encode in VAE tiles of N px (`auto`: the VAE config's sample_size), for large images"),
             .value("--threads", "N", "Compute threads per rank (default: HGDPO_THREADS or all cores)"),
             .value("--collective-timeout", "S", "Seconds a collective may take before the job is aborted (lost rank, cut network)", default: "600"),
         ]
@@ -68,9 +68,9 @@ extension Commands {
         s.clipSkip = try args.int("--clip-skip", in: 0...1000)!
         s.variant = args.string("--variant")
         s.bf16 = args.string("--mixed-precision") == "bf16"
-        if let t = args.string("--tile") {
+        if let t = args.string("--vae-tile") {
             guard t == "auto" || (Int(t).map { $0 > 0 } ?? false) else {
-                throw CLIError.badValue(option: "--tile", value: t, expected: "a positive tile size in pixels or `auto`")
+                throw CLIError.badValue(option: "--vae-tile", value: t, expected: "a positive tile size in pixels or `auto`")
             }
             s.tile = t == "auto" ? 0 : Int(t)!
         }

@@ -21,12 +21,12 @@ extension Commands {
         ["make-model"],
         summary: "Write a random-weight Stable Diffusion pipeline folder (U-Net, scheduler, CLIP text encoder and tokenizer, VAE) of a named shape",
         details: """
-            Example: hgdpo make-model --config tiny --out models/tiny
+            Example: hgdpo make-model --shape tiny --out models/tiny
             Shapes: tiny and small have a narrow text encoder (width = the U-Net's cross_attention_dim) and a small VAE;
             sd15 has Stable Diffusion 1.5's shapes throughout (CLIP ViT-L/14 text encoder: 768 wide, 12 layers).
             """,
         options: [
-            .value("--config", "NAME|DIR", "U-Net shape: tiny, small, sd15 (../shared/bench/unet_configs.py) or a U-Net folder's config", default: "tiny"),
+            .value("--shape", "NAME|DIR", "U-Net shape: tiny, small, sd15 (../shared/bench/unet_configs.py) or a U-Net folder's config", default: "tiny"),
             .value("--out", "DIR", "Folder to create (must not exist)", required: true),
             .value("--seed", "S", "Seed of the weights", default: "0"),
             .value("--variant", "NAME", "Also write the weights as a variant file, e.g. fp16", choices: ["fp16"]),
@@ -38,7 +38,7 @@ extension Commands {
         guard let seed = UInt64(args.string("--seed")!) else {
             throw CLIError.badValue(option: "--seed", value: args.string("--seed")!, expected: "a non-negative integer")
         }
-        let name = args.string("--config")!
+        let name = args.string("--shape")!
         let config = try benchConfig(name)
         let model = UNetModel(spec: try UNetSpec(config))
         model.randomizeWeights(seed: seed)

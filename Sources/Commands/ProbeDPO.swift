@@ -14,13 +14,13 @@ extension Commands {
             BATCH holds winner, loser, noise [B,C,H,W], timesteps [B] and encoder_hidden_states [B,S,D]. Prints
             {"loss":…,"dpo_loss":…,"stat_loss":…,"implicit_acc":…} (stat_loss unweighted, loss = dpo + λ·stat, means over
             the B pairs) and writes d loss / d (every LoRA tensor) under the LoRA file's own key names.
-            Example: hgdpo probe dpo-loss --model sd15 --lora lora.safetensors --input batch.safetensors --output grads.safetensors
+            Example: hgdpo probe dpo-loss --model sd15 --lora lora.safetensors --input batch.safetensors --out grads.safetensors
             """,
         options: [
             .value("--model", "DIR", "Pipeline root (unet/ and scheduler/) or a U-Net folder (SD's DDPM schedule is then used)", required: true),
             .value("--lora", "FILE", "LoRA weights (the policy); the reference is the U-Net without them", required: true),
             .value("--input", "BATCH", "Batch tensors (safetensors)", required: true),
-            .value("--output", "GRADS", "Gradients (safetensors, written atomically)", required: true),
+            .value("--out", "GRADS", "Gradients (safetensors, written atomically)", required: true),
             .value("--objective", "NAME", "hgdpo, dpo or sft", default: "hgdpo", choices: ["hgdpo", "dpo", "sft"]),
             .value("--beta", "B", "Diffusion-DPO beta", default: "2500"),
             .value("--stat-weight", "L", "Statistic-matching weight", default: "10000"),
@@ -76,7 +76,7 @@ extension Commands {
             entries.append(SafeTensorsEntry(name: names.up, shape: [target.outFeatures, lora.rank],
                                             floats: UnsafeBufferPointer(start: lora.gradB(target), count: target.outFeatures * lora.rank)))
         }
-        try SafeTensors.write(entries, to: try args.requiredString("--output"))
+        try SafeTensors.write(entries, to: try args.requiredString("--out"))
         let pairs = Double(b)
         print(JSONValue.object([("loss", .double(t.loss)), ("dpo_loss", .double(t.dpo / pairs)), ("stat_loss", .double(t.stat / pairs)),
                                 ("implicit_acc", .double(t.correct / pairs)), ("reward_margin", .double(t.insideSum / pairs)),

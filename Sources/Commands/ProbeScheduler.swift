@@ -27,7 +27,7 @@ extension Commands {
             OUT gets `timesteps` [N], `trajectory` [N+1, …] (the sample, then each step's result), `model_inputs`
             [N, …] (scale_model_input of each step's sample), `init_noise_sigma` [1] and, for Euler and DPM-Solver,
             `sigmas` [N+1]; all float32.
-            Example: hgdpo probe scheduler --model sd15 --scheduler dpmsolver++ --steps 50 --input in.safetensors --output out.safetensors
+            Example: hgdpo probe scheduler --model sd15 --scheduler dpmsolver++ --steps 50 --input in.safetensors --out out.safetensors
             """,
         options: [
             .value("--model", "DIR", "Pipeline root (its scheduler/ is used) or a scheduler folder", required: true),
@@ -35,7 +35,7 @@ extension Commands {
             .value("--steps", "N", "Number of inference steps", required: true),
             .value("--eta", "E", "DDIM's eta (0 = deterministic)", default: "0"),
             .value("--input", "IN", "Input tensors (safetensors)", required: true),
-            .value("--output", "OUT", "Output file (safetensors, written atomically)", required: true),
+            .value("--out", "OUT", "Output file (safetensors, written atomically)", required: true),
         ]
     ) { args in
         let folder = try ModelFolder(path: try args.requiredString("--model")).scheduler()
@@ -109,6 +109,6 @@ extension Commands {
         let sigmas = (scheduler as? EulerDiscreteScheduler)?.sigmas ?? (scheduler as? DPMSolverMultistepScheduler)?.sigmas
         if let sigmas { entries.append(SafeTensorsEntry(name: "sigmas", shape: [sigmas.count], floats: sigmas)) }
         try SafeTensors.write(entries, metadata: ["scheduler": type(of: scheduler).diffusersClassName, "config": configPath],
-                              to: try args.requiredString("--output"))
+                              to: try args.requiredString("--out"))
     }
 }

@@ -16,12 +16,12 @@ extension Commands {
             Weighting (on unless --no-weighting) follows the web UI: (text) ×1.1, [text] ÷1.1, (text:1.3) ×1.3,
             nesting multiplies, \\( \\) \\[ \\] are literal; the encoder runs on the ids without the syntax, then each
             token's hidden state is scaled by its weight and the whole rescaled to its unweighted mean.
-            Example: hgdpo probe text-encoder --model sd15 --prompts prompts.txt --output te.safetensors
+            Example: hgdpo probe text-encoder --model sd15 --prompts prompts.txt --out te.safetensors
             """,
         options: [
             .value("--model", "DIR", "Pipeline root with tokenizer/ and text_encoder/", required: true),
             .value("--prompts", "FILE", "Prompts, one per line", required: true),
-            .value("--output", "OUT", "Output file (safetensors, written atomically)", required: true),
+            .value("--out", "OUT", "Output file (safetensors, written atomically)", required: true),
             .value("--variant", "NAME", "Text encoder weight variant, e.g. fp16 (model.fp16.safetensors)"),
             .value("--clip-skip", "K", "Use the output of layer L−K through final_layer_norm (diffusers' clip_skip)", default: "0"),
             .flag("--no-weighting", "Tokenize prompts as they are (brackets are plain text), all weights 1"),
@@ -48,7 +48,7 @@ extension Commands {
             SafeTensorsEntry(name: "input_ids", shape: [n, s], int64s: encoding.inputIds.map(Int64.init)),
             SafeTensorsEntry(name: "token_weights", shape: [n, s], floats: encoding.weights),
             SafeTensorsEntry(name: "last_hidden_state", shape: [n, s, d], floats: encoding.hiddenStates.array),
-        ], to: try args.requiredString("--output"))
+        ], to: try args.requiredString("--out"))
     }
 
     /// One prompt per line; a final line break does not start another prompt; "\r\n" endings are accepted.

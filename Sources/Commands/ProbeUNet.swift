@@ -12,7 +12,7 @@ extension Commands {
             IN holds `sample` [B,C,H,W], `timestep` [B] (float or int) and `encoder_hidden_states` [B,S,D];
             OUT gets `sample` [B,C,H,W] float32.
             Example: hgdpo probe unet --model sd15 --lora run/step-000100/pytorch_lora_weights.safetensors --lora-scale 0.5 \\
-                       --input in.safetensors --output out.safetensors
+                       --input in.safetensors --out out.safetensors
             """,
         options: [
             .value("--model", "DIR", "Pipeline root (its unet/ is used) or a U-Net folder", required: true),
@@ -20,7 +20,7 @@ extension Commands {
             .value("--lora", "FILE", "LoRA weights (diffusers, peft or kohya format)"),
             .value("--lora-scale", "S", "LoRA scale", default: "1.0"),
             .value("--input", "IN", "Input tensors (safetensors)", required: true),
-            .value("--output", "OUT", "Output file (safetensors, written atomically)", required: true),
+            .value("--out", "OUT", "Output file (safetensors, written atomically)", required: true),
             .value("--mixed-precision", "MODE", "no = fp32; bf16 = conv / linear weights in bf16, fp32 sums (see `hgdpo train`)",
                    default: "no", choices: ["no", "bf16"]),
             .value("--threads", "N", "Compute threads (default: HGDPO_THREADS or all cores)"),
@@ -61,7 +61,7 @@ extension Commands {
                                     height: sample.shape[2], width: sample.shape[3], contextLength: ctx.shape[1],
                                     loraScale: loraWeights == nil ? nil : Float(try args.double("--lora-scale")!))
         let shape = [b, model.spec.outChannels, sample.shape[2], sample.shape[3]]
-        try SafeTensors.write([SafeTensorsEntry(name: "sample", shape: shape, floats: out.array)], to: try args.requiredString("--output"))
+        try SafeTensors.write([SafeTensorsEntry(name: "sample", shape: shape, floats: out.array)], to: try args.requiredString("--out"))
     }
 
     /// `--threads N` (or HGDPO_THREADS): compute threads for our loops and for OpenBLAS.

@@ -13,16 +13,16 @@ extension Commands {
             OUT gets `latent` [B,latent_channels,H/8,W/8] float32 = posterior mean (or a draw) × scaling_factor.
             --mode sample draws ε from hgdpo's Philox RNG (image b uses stream b of --seed), so it is distributed as
             diffusers' latent_dist.sample() but not equal to it.
-            Example: hgdpo probe vae-encode --model sd15 --input images.safetensors --output latents.safetensors --tile auto
+            Example: hgdpo probe vae-encode --model sd15 --input images.safetensors --out latents.safetensors --vae-tile auto
             """,
         options: [
             .value("--model", "DIR", "Pipeline root (its vae/ is used) or an AutoencoderKL folder", required: true),
             .value("--variant", "NAME", "Weight variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)"),
             .value("--input", "IN", "Input tensors (safetensors) with `sample`", required: true),
-            .value("--output", "OUT", "Output file (safetensors, written atomically)", required: true),
+            .value("--out", "OUT", "Output file (safetensors, written atomically)", required: true),
             .value("--mode", "M", "Latent: the posterior mean or a sample from it", default: "mean", choices: ["mean", "sample"]),
             .value("--seed", "S", "Seed of the posterior noise (--mode sample)", default: "0"),
-            .value("--tile", "N", "Encode in tiles of N px as diffusers' enable_tiling (`auto`: the config's sample_size); "
+            .value("--vae-tile", "N", "Encode in tiles of N px as diffusers' enable_tiling (`auto`: the config's sample_size); "
                    + "off by default"),
             .value("--threads", "N", "Compute threads (default: HGDPO_THREADS or all cores)"),
         ]
@@ -42,7 +42,7 @@ extension Commands {
         }
         let latents = try model.encode(input, mode: mode, tiling: try vaeTiling(args, model))
         try SafeTensors.write([SafeTensorsEntry(name: "latent", shape: latents.shape, floats: latents.buffer.array)],
-                              to: try args.requiredString("--output"))
+                              to: try args.requiredString("--out"))
     }
 
     static let probeVAEDecode = CommandSpec(
@@ -51,14 +51,14 @@ extension Commands {
         details: """
             IN holds `latent` [B,latent_channels,h,w] float (scaled, as a U-Net or `probe vae-encode` gives them);
             OUT gets `sample` [B,C,8h,8w] float32, nominally in [-1, 1] (not clamped).
-            Example: hgdpo probe vae-decode --model sd15 --input latents.safetensors --output images.safetensors
+            Example: hgdpo probe vae-decode --model sd15 --input latents.safetensors --out images.safetensors
             """,
         options: [
             .value("--model", "DIR", "Pipeline root (its vae/ is used) or an AutoencoderKL folder", required: true),
             .value("--variant", "NAME", "Weight variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)"),
             .value("--input", "IN", "Input tensors (safetensors) with `latent`", required: true),
-            .value("--output", "OUT", "Output file (safetensors, written atomically)", required: true),
-            .value("--tile", "N", "Decode in tiles of N px as diffusers' enable_tiling (`auto`: the config's sample_size); "
+            .value("--out", "OUT", "Output file (safetensors, written atomically)", required: true),
+            .value("--vae-tile", "N", "Decode in tiles of N px as diffusers' enable_tiling (`auto`: the config's sample_size); "
                    + "off by default"),
             .value("--threads", "N", "Compute threads (default: HGDPO_THREADS or all cores)"),
         ]
@@ -69,7 +69,7 @@ extension Commands {
                                            parts: .decoder)
         let images = try model.decode(input, tiling: try vaeTiling(args, model))
         try SafeTensors.write([SafeTensorsEntry(name: "sample", shape: images.shape, floats: images.buffer.array)],
-                              to: try args.requiredString("--output"))
+                              to: try args.requiredString("--out"))
     }
 
     /// The 4-D float tensor `key` of --input as a feature map.
@@ -90,12 +90,12 @@ extension Commands {
         return FeatureMap(buffer, batch: info.shape[0], channels: info.shape[1], height: info.shape[2], width: info.shape[3])
     }
 
-    /// --tile: nil (off), `auto` (the config's sample_size) or a tile size in image pixels.
+    /// --vae-tile: nil (off), `auto` (the config's sample_size) or a tile size in image pixels.
     private static func vaeTiling(_ args: ParsedArguments, _ model: AutoencoderKL) throws -> VAETiling? {
-        guard let s = args.string("--tile") else { return nil }
+        guard let s = args.string("--vae-tile") else { return nil }
         if s == "auto" { return try model.tiling() }
         guard let n = Int(s), n > 0 else {
-            throw CLIError.badValue(option: "--tile", value: s, expected: "a positive tile size in pixels or `auto`")
+            throw CLIError.badValue(option: "--vae-tile", value: s, expected: "a positive tile size in pixels or `auto`")
         }
         return try model.tiling(sampleTileSize: n)
     }

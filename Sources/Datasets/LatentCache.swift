@@ -42,7 +42,7 @@ public enum LatentCacheFormat {
 
 // MARK: - Errors
 
-public enum LatentCacheError: Error, CustomStringConvertible, Equatable {
+public enum LatentCacheError: Error, UserInputError, CustomStringConvertible, Equatable {
     case cannotRead(path: String, reason: String)
     case invalidIndex(path: String, reason: String)
     case invalidShard(path: String, reason: String)

@@ -6,6 +6,7 @@
 // So the global batch of step s — and, through each sample's (epoch, position), its noise and timestep drawn
 // from the counter RNG — is the same on 1, 2 or 8 ranks: only who computes which part changes.
 
+import IO
 import Foundation
 import Tensors
 
@@ -26,7 +27,7 @@ public struct Sample: Sendable, Hashable, CustomStringConvertible {
     public var description: String { "#\(datasetIndex)@\(epoch):\(position)" }
 }
 
-public enum BatchPlanError: Error, CustomStringConvertible, Equatable {
+public enum BatchPlanError: Error, UserInputError, CustomStringConvertible, Equatable {
     case notPositive(name: String, value: Int)
     case notDivisible(globalBatch: Int, worldSize: Int, localBatch: Int)
     case datasetTooSmall(count: Int, globalBatch: Int)

@@ -46,7 +46,7 @@ public struct Triplet: Sendable, Equatable {
 }
 
 /// A bad line of `triplets.jsonl`.
-public struct TripletProblem: Error, Sendable, Equatable, CustomStringConvertible {
+public struct TripletProblem: Error, UserInputError, Sendable, Equatable, CustomStringConvertible {
     public let line: Int
     /// The line's id when it has a usable one.
     public let id: String?
@@ -64,7 +64,7 @@ public struct TripletProblem: Error, Sendable, Equatable, CustomStringConvertibl
     }
 }
 
-public enum TripletDatasetError: Error, CustomStringConvertible, Equatable {
+public enum TripletDatasetError: Error, UserInputError, CustomStringConvertible, Equatable {
     case cannotRead(path: String, reason: String)
     /// `problems` holds the first few; `total` counts them all.
     case badLines(path: String, problems: [TripletProblem], total: Int, lineCount: Int)

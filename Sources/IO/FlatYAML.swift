@@ -4,7 +4,7 @@
 // values are refused with the line number: the trainer's config is flat, and a silent misreading is worse than an error.
 import Foundation
 
-public struct FlatYAMLError: Error, CustomStringConvertible, Equatable {
+public struct FlatYAMLError: Error, UserInputError, CustomStringConvertible, Equatable {
     public let path: String, line: Int, detail: String
     public var description: String { "\(path):\(line): \(detail)" }
 }

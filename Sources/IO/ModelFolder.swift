@@ -11,7 +11,7 @@
 // Ref: diffusers pipelines/pipeline_utils.py (DiffusionPipeline.from_pretrained), utils/constants.py.
 import Foundation
 
-public enum ModelFolderError: Error, CustomStringConvertible, Equatable {
+public enum ModelFolderError: Error, UserInputError, CustomStringConvertible, Equatable {
     case notAFolder(String)
     case missingFile(String, what: String)
     case badJSON(String, detail: String)

@@ -105,7 +105,7 @@ public struct ByteImage: Sendable, Equatable {
 
 // MARK: - Errors
 
-public enum PNGError: Error, CustomStringConvertible, Equatable {
+public enum PNGError: Error, UserInputError, CustomStringConvertible, Equatable {
     case cannotOpen(path: String, reason: String)
     case notPNG(path: String, reason: String)
     case corrupt(path: String, detail: String)

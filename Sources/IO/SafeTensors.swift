@@ -15,7 +15,7 @@ import Tensors
 
 // MARK: - Errors
 
-public enum SafeTensorsError: Error, CustomStringConvertible, Equatable {
+public enum SafeTensorsError: Error, UserInputError, CustomStringConvertible, Equatable {
     // Opening
     case cannotOpen(path: String, reason: String)
     // Rust HeaderTooSmall / HeaderTooLarge / InvalidHeaderLength / InvalidHeader

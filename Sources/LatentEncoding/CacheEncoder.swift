@@ -72,7 +72,7 @@ public struct EncodeSettings: Sendable {
     }
 }
 
-public enum EncodeError: Error, CustomStringConvertible {
+public enum EncodeError: Error, UserInputError, CustomStringConvertible {
     case badSetting(String)
     case outputExists(path: String, reason: String)
     case settingsChanged(path: String, differences: [String])

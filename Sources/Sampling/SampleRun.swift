@@ -76,7 +76,7 @@ public struct SampleRunSettings: Sendable {
 
 func formatNumber(_ x: Float) -> String { x == x.rounded() && abs(x) < 1e7 ? String(Int(x)) : String(x) }
 
-public struct SampleRunError: Error, CustomStringConvertible {
+public struct SampleRunError: Error, UserInputError, CustomStringConvertible {
     public let message: String
     public var description: String { message }
 }

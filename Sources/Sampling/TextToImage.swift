@@ -34,7 +34,7 @@ import TextEncoder
 import UNet
 import VAE
 
-public struct SamplingError: Error, CustomStringConvertible {
+public struct SamplingError: Error, UserInputError, CustomStringConvertible {
     public let message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }

@@ -4,7 +4,7 @@
 // against correctly rounded ones, Tests/SchedulersTests). Ref: diffusers schedulers/scheduling_ddpm.py (__init__, add_noise).
 import IO
 
-public struct NoiseScheduleError: Error, CustomStringConvertible {
+public struct NoiseScheduleError: Error, UserInputError, CustomStringConvertible {
     public let message: String
     public var description: String { message }
 }

@@ -12,7 +12,7 @@
 import Foundation
 import IO
 
-public struct SchedulerError: Error, CustomStringConvertible, Equatable {
+public struct SchedulerError: Error, UserInputError, CustomStringConvertible, Equatable {
     public let message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }

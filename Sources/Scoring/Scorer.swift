@@ -31,7 +31,7 @@ extension Scorer {
     public var name: String { descriptor.name }
 }
 
-public enum ScorerSpecError: Error, CustomStringConvertible, Equatable {
+public enum ScorerSpecError: Error, UserInputError, CustomStringConvertible, Equatable {
     case malformed(String)
     case unknownKind(spec: String, kind: String, known: [String])
     case missingArgument(spec: String, kind: String, what: String)

@@ -14,7 +14,7 @@ import IO
 import Layers
 import Tensors
 
-public enum TextModelError: Error, CustomStringConvertible, Equatable {
+public enum TextModelError: Error, UserInputError, CustomStringConvertible, Equatable {
     case badConfig(path: String, key: String, detail: String)
     case weights(source: String, detail: String)
     case badInput(String)

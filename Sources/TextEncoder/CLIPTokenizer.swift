@@ -28,7 +28,7 @@
 import Foundation
 import IO
 
-public enum TokenizerError: Error, CustomStringConvertible, Equatable {
+public enum TokenizerError: Error, UserInputError, CustomStringConvertible, Equatable {
     case badVocabulary(path: String, detail: String)
     case badMerges(path: String, line: Int, detail: String)
     case badConfig(path: String, key: String, detail: String)

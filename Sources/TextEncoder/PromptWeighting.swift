@@ -18,9 +18,10 @@
 // web UI takes it over its whole batch, so a prompt's result depends on its batch mates; for one prompt they
 // agree); prompts longer than 75 tokens are truncated as diffusers does, not continued in further 77-token chunks,
 // and `BREAK` is plain text; a number that is not a decimal (e.g. `1.2.3`, where the web UI fails) is an error.
+import IO
 import Foundation
 
-public enum PromptWeightingError: Error, CustomStringConvertible, Equatable {
+public enum PromptWeightingError: Error, UserInputError, CustomStringConvertible, Equatable {
     case badWeight(prompt: String, weight: String)
 
     public var description: String {

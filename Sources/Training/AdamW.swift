@@ -28,7 +28,7 @@ public final class AdamW: Optimizer, @unchecked Sendable {
         precondition(count == m.count, "AdamW.update: \(count) parameters, state for \(m.count)")
         stepCount += 1
         let step = stepCount
-        let b1 = Float(config.beta1), b2 = Float(config.beta2), eps = Float(config.eps)
+        let b2 = Float(config.beta2), eps = Float(config.eps)
         let oneMinusB1 = Float(1 - config.beta1), oneMinusB2 = Float(1 - config.beta2)
         let bc1 = 1 - config.beta1.pow(step), bc2 = 1 - config.beta2.pow(step)
         let stepSize = Float(Double(lr) / bc1), bc2Sqrt = Float(bc2.squareRoot())
@@ -64,7 +64,7 @@ public final class AdamW: Optimizer, @unchecked Sendable {
     }
 }
 
-public struct OptimizerStateError: Error, CustomStringConvertible {
+public struct OptimizerStateError: Error, UserInputError, CustomStringConvertible {
     public let path: String
     public let message: String
     public var description: String { "\(path): \(message)" }

@@ -29,7 +29,7 @@ public struct TrainerState: Codable, Sendable, Equatable {
     }
 }
 
-public struct CheckpointError: Error, CustomStringConvertible {
+public struct CheckpointError: Error, UserInputError, CustomStringConvertible {
     public let path: String
     public let message: String
     public var description: String { "\(path): \(message)" }

@@ -3,10 +3,15 @@
 //
 // For pair j (winner w, loser l; one noise ε_j and timestep t_j shared by the pair):
 //   mse_*      = mean over C,H,W of (ε_pred − ε)²                     for θ (LoRA on) and ref (LoRA off)
-//   inside_j   = −½·β·((mse_θ^w − mse_θ^l) − (mse_ref^w − mse_ref^l))
+//   inside_j   = β·((mse_ref^w − mse_ref^l) − (mse_θ^w − mse_θ^l))     (the reward margin; β = 2500 as the paper)
 //   dpo        = mean_j −log σ(inside_j)                                (Diffusion-DPO, Eq. 3)
+//   implicit accuracy = mean_j [inside_j > 0], a tie counting ½ (diffusers' train_diffusion_dpo.py)
 //   stat       = mean_j Σ_c (mean_hw l_θ^{t'} − mean_hw l_ref^{t'})²   (statistic matching, Eq. 8)
 //   loss       = dpo + λ_stat·stat                                      (Eq. 9)
+// Ref: diffusers examples/research_projects/diffusion_dpo/train_diffusion_dpo.py, `-logsigmoid(beta_dpo * (ref_diff -
+// model_diff))` with beta_dpo 2500; SalesforceAIResearch/DiffusionDPO train.py, `-0.5 * beta_dpo * (model_diff -
+// ref_diff)` with beta_dpo 5000: both apply 2500 to the MSE differences.
+// `sft` is the noise-prediction MSE on the winners alone (the policy ran on the B winners only, no reference).
 // where l^{t'} is the DDPM posterior mean one sampler step from the winner's x_t to t' = t − stride (stride 1 by
 // default: t−1); with x0 = (x_t − √(1−ᾱ_t)·ε)/√ᾱ_t and μ = c0·x0 + c1·x_t, the two models' means differ by
 // k_j·(ε_θ − ε_ref) with k_j = −c0·√(1−ᾱ_t)/√ᾱ_t, c0 = √ᾱ_{t'}·(1 − ᾱ_t/ᾱ_{t'})/(1 − ᾱ_t), ᾱ_{t'<0} = 1; x_t and the
@@ -31,18 +36,20 @@ public struct Objective: Sendable {
     public struct Terms: Sendable, Equatable {
         public var pairs = 0
         public var loss = 0.0, dpo = 0.0, stat = 0.0
-        public var correct = 0.0, insideSum = 0.0
+        public var correct = 0.0, insideSum = 0.0, absInsideSum = 0.0
         public var mseThetaW = 0.0, mseThetaL = 0.0, mseRefW = 0.0, mseRefL = 0.0
         public init() {}
 
         public mutating func add(_ o: Terms) {
             pairs += o.pairs; loss += o.loss; dpo += o.dpo; stat += o.stat; correct += o.correct; insideSum += o.insideSum
+            absInsideSum += o.absInsideSum
             mseThetaW += o.mseThetaW; mseThetaL += o.mseThetaL; mseRefW += o.mseRefW; mseRefL += o.mseRefL
         }
     }
 
-    /// policy, reference: (2B, C, H, W), the B winners first, then the B losers (reference unused for `sft`).
-    /// noise: (B, C, H, W). Writes d(loss)/d(policy) into `dPolicy` (2B, C, H, W), where loss is the sum over these
+    /// policy, reference: (2B, C, H, W), the B winners first, then the B losers; for `sft` the policy is the B winners
+    /// alone and there is no reference. noise: (B, C, H, W). Writes d(loss)/d(policy) into `dPolicy` (shaped as
+    /// `policy`), where loss is the sum over these
     /// pairs divided by `normalizer` (the global batch size, so that gradients all-reduced by sum give the mean).
     public func evaluate(policy: UnsafePointer<Float>, reference: UnsafePointer<Float>?, noise: UnsafePointer<Float>,
                          timesteps: [Int], pairs b: Int, channels c: Int, spatial hw: Int, schedule: NoiseSchedule,
@@ -51,18 +58,17 @@ public struct Objective: Sendable {
         let g = 1 / Double(normalizer)
         var terms = Terms()
         terms.pairs = b
-        dPolicy.update(repeating: 0, count: 2 * b * n)
+        dPolicy.update(repeating: 0, count: (kind == .sft ? 1 : 2) * b * n)
         func mse(_ x: UnsafePointer<Float>, _ e: UnsafePointer<Float>) -> Double {
             var s = 0.0
-            for i in 0..<n { let d = Double(x[i]) - Double(e[i]); s += d * d }   // β/2 = 1250 amplifies rounding here
+            for i in 0..<n { let d = Double(x[i]) - Double(e[i]); s += d * d }   // β = 2500 amplifies rounding here
             return s / Double(n)
         }
         for j in 0..<b {
             let eps = noise + j * n
-            let pw = policy + j * n, pl = policy + (b + j) * n
-            let dW = dPolicy + j * n, dL = dPolicy + (b + j) * n
-            let mtw = mse(pw, eps), mtl = mse(pl, eps)
-            terms.mseThetaW += mtw; terms.mseThetaL += mtl
+            let pw = policy + j * n, dW = dPolicy + j * n
+            let mtw = mse(pw, eps)
+            terms.mseThetaW += mtw
             if kind == .sft {
                 // Noise-prediction MSE on winners only (the paper's SFT baseline).
                 terms.loss += mtw * g
@@ -70,17 +76,20 @@ public struct Objective: Sendable {
                 for i in 0..<n { dW[i] = f * (pw[i] - eps[i]) }
                 continue
             }
+            let pl = policy + (b + j) * n, dL = dPolicy + (b + j) * n
+            let mtl = mse(pl, eps)
+            terms.mseThetaL += mtl
             guard let reference else { preconditionFailure("Objective.evaluate: \(kind) needs reference predictions") }
             let rw = reference + j * n, rl = reference + (b + j) * n
             let mrw = mse(rw, eps), mrl = mse(rl, eps)
             terms.mseRefW += mrw; terms.mseRefL += mrl
-            let inside = -0.5 * Double(beta) * ((mtw - mtl) - (mrw - mrl))
+            let inside = Double(beta) * ((mrw - mrl) - (mtw - mtl))
             let dpo = softplus(-inside)                           // −log σ(inside)
-            terms.dpo += dpo; terms.insideSum += inside
-            terms.correct += inside > 0 ? 1 : 0
-            // d dpo / d inside = −σ(−inside); d inside / d mse_θ^w = −β/2, / d mse_θ^l = +β/2; d mse / d pred = 2(pred − ε)/n
+            terms.dpo += dpo; terms.insideSum += inside; terms.absInsideSum += abs(inside)
+            terms.correct += inside > 0 ? 1 : inside == 0 ? 0.5 : 0
+            // d dpo / d inside = −σ(−inside); d inside / d mse_θ^w = −β, / d mse_θ^l = +β; d mse / d pred = 2(pred − ε)/n
             let dInside = -sigmoid(-inside) * g
-            let fw = Float(dInside * -0.5 * Double(beta) * 2 / Double(n))
+            let fw = Float(dInside * -Double(beta) * 2 / Double(n))
             let fl = -fw
             for i in 0..<n { dW[i] = fw * (pw[i] - eps[i]); dL[i] = fl * (pl[i] - eps[i]) }
             var loss = dpo

@@ -1,6 +1,7 @@
 // One micro-batch of the HG-DPO step, shared by the trainer and `hgdpo probe dpo-loss`: noise the winners and losers
 // with their shared noise and timestep, run the policy (LoRA on, caching for backward) and the reference (LoRA off,
 // same weights) over the 2B latents, evaluate the objective and backpropagate into the LoRA gradients (accumulated).
+// `sft` runs the policy on the B winners only: a third of the U-Net work of a DPO step.
 import Schedulers
 import Tensors
 import UNet
@@ -26,24 +27,27 @@ public struct PairBatch {
 public func accumulatePairGradients(model: UNetModel, objective: Objective, schedule: NoiseSchedule, batch: PairBatch,
                                     normalizer: Int) throws -> Objective.Terms {
     let b = batch.pairs, n = batch.channels * batch.height * batch.width, sd = batch.contextLength * batch.contextDim
-    let xt = Buffer(uninitialized: 2 * b * n), context = Buffer(uninitialized: 2 * b * sd)
+    // sft: the winners alone (no loser, no reference pass); otherwise winners then losers, one batch of 2B.
+    let sides = objective.kind == .sft ? 1 : 2
+    let xt = Buffer(uninitialized: sides * b * n), context = Buffer(uninitialized: sides * b * sd)
     for j in 0..<b {
         let t = batch.timesteps[j]
         guard t >= 0 && t < schedule.trainTimesteps else {
-            throw TrainError("timestep \(t) is outside 0...\(schedule.trainTimesteps - 1)")
+            throw TrainInputError("timestep \(t) is outside 0...\(schedule.trainTimesteps - 1)")
         }
         schedule.addNoise(batch.winner + j * n, noise: batch.noise + j * n, timestep: t, count: n, into: xt.ptr + j * n)
-        schedule.addNoise(batch.loser + j * n, noise: batch.noise + j * n, timestep: t, count: n, into: xt.ptr + (b + j) * n)
+        if sides == 2 {
+            schedule.addNoise(batch.loser + j * n, noise: batch.noise + j * n, timestep: t, count: n, into: xt.ptr + (b + j) * n)
+        }
     }
-    context.ptr.update(from: batch.context, count: b * sd)
-    (context.ptr + b * sd).update(from: batch.context, count: b * sd)
-    let tt = (batch.timesteps + batch.timesteps).map(Float.init)
-    let policy = try model.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: batch.height,
+    for side in 0..<sides { (context.ptr + side * b * sd).update(from: batch.context, count: b * sd) }
+    let tt = Array(repeating: batch.timesteps, count: sides).flatMap { $0 }.map(Float.init)
+    let policy = try model.forward(sample: xt, timesteps: tt, context: context, batch: sides * b, height: batch.height,
                                    width: batch.width, contextLength: batch.contextLength, loraScale: 1, training: true)
     let reference: Buffer? = objective.kind == .sft ? nil
         : try model.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: batch.height, width: batch.width,
                             contextLength: batch.contextLength, loraScale: nil)
-    let dPolicy = Buffer(uninitialized: 2 * b * n)
+    let dPolicy = Buffer(uninitialized: sides * b * n)
     let terms = objective.evaluate(policy: policy.ptr, reference: reference?.ptr, noise: batch.noise, timesteps: batch.timesteps,
                                    pairs: b, channels: batch.channels, spatial: batch.height * batch.width, schedule: schedule,
                                    normalizer: normalizer, dPolicy: dPolicy.ptr)

@@ -36,6 +36,7 @@ public final class Trainer {
     let faults = FaultInjection.fromEnvironment()
     /// Validation images (--validation-prompts), nil without.
     let validation: Validation?
+    var divergenceGuard: DivergenceGuard
     let log: (String) -> Void
 
     // Random-draw purposes (the counter RNG's stream path starts with one of these).
@@ -52,10 +53,8 @@ public final class Trainer {
         signal(SIGUSR1) { _ in stopSignal = 1 }
         watchdog = Watchdog(timeout: c.collectiveTimeout, rank: comm.rank, host: comm.host)
         guard let precision = MixedPrecision(rawValue: c.mixedPrecision) else {
-            throw TrainError("--mixed-precision \(c.mixedPrecision): expected no (fp32) or bf16")
+            throw TrainInputError("--mixed-precision \(c.mixedPrecision): expected no (fp32) or bf16")
         }
-        guard c.globalBatch > 0, c.localBatch > 0 else { throw TrainError("--global-batch and --local-batch must be positive") }
-        guard c.loraRank > 0 else { throw TrainError("--lora-rank must be positive") }
         let folder = try ModelFolder(path: c.model)
         let unetFolder = try folder.unet()
         schedule = try NoiseSchedule(try ComponentFolder(path: (c.model as NSString).appendingPathComponent("scheduler"))
@@ -68,25 +67,27 @@ public final class Trainer {
         let stride: Int
         if let n = c.statInferenceSteps {
             guard n > 0, n <= schedule.trainTimesteps else {
-                throw TrainError("--stat-inference-steps must be in 1...\(schedule.trainTimesteps), is \(n)")
+                throw TrainInputError("--stat-inference-steps must be in 1...\(schedule.trainTimesteps), is \(n)")
             }
             stride = schedule.trainTimesteps / n
         } else { stride = 1 }
         objective = Objective(kind: c.objective, beta: Float(c.beta), statWeight: Float(c.statWeight), statStride: stride)
+        divergenceGuard = DivergenceGuard(mseRatio: c.divergenceMSERatio, margin: c.divergenceMargin, patience: c.divergencePatience,
+                                          active: c.objective != .sft)
         cache = try LatentCache.open(c.data)
         guard cache.latentShape[0] == model.spec.inChannels else {
-            throw TrainError("\(c.data): latents have \(cache.latentShape[0]) channels, the U-Net takes \(model.spec.inChannels)")
+            throw TrainInputError("\(c.data): latents have \(cache.latentShape[0]) channels, the U-Net takes \(model.spec.inChannels)")
         }
         guard cache.contextShape[1] == model.spec.crossAttentionDim else {
-            throw TrainError("\(c.data): prompt embeddings are \(cache.contextShape[1]) wide, the U-Net's cross_attention_dim is \(model.spec.crossAttentionDim)")
+            throw TrainInputError("\(c.data): prompt embeddings are \(cache.contextShape[1]) wide, the U-Net's cross_attention_dim is \(model.spec.crossAttentionDim)")
         }
         try model.spec.checkLatentSize(height: cache.latentShape[1], width: cache.latentShape[2])
         validation = c.validationPrompts == nil ? nil
             : try Validation(config: c, unet: model, latentHeight: cache.latentShape[1], latentWidth: cache.latentShape[2])
         plan = try GlobalBatchPlan(count: cache.count, globalBatch: c.globalBatch, worldSize: comm.size, localBatch: c.localBatch,
                                    seed: c.seed)
-        if let m = c.maxSteps { totalSteps = m } else { totalSteps = (c.epochs ?? 1) * plan.stepsPerEpoch }
-        guard totalSteps > 0 else { throw TrainError("nothing to train: --max-steps or --epochs gives 0 steps") }
+        if let m = c.maxSteps { totalSteps = m } else { totalSteps = c.epochs * plan.stepsPerEpoch }
+        guard totalSteps > 0 else { throw TrainInputError("nothing to train: --max-steps or --epochs gives 0 steps") }
         optimizer = try Trainer.makeOptimizer(c, lora: model.lora!)
         state = TrainerState(step: 0, epoch: 0, samplesSeen: 0, configHash: c.trajectoryHash, worldSize: comm.size,
                              loraRank: c.loraRank, loraAlpha: c.loraAlpha, seed: c.seed, consecutiveSkips: 0, skippedSteps: 0,
@@ -109,7 +110,7 @@ public final class Trainer {
             }
             return Adam8bit(segments: segments, betas: (c.adamBeta1, c.adamBeta2), eps: c.adamEps, weightDecay: c.weightDecay,
                             decoupled: true)
-        default: throw TrainError("--optimizer \(c.optimizer): expected adamw or adam8bit")
+        default: throw TrainInputError("--optimizer \(c.optimizer): expected adamw or adam8bit")
         }
     }
 
@@ -118,12 +119,12 @@ public final class Trainer {
         // The precision is part of the trajectory (bf16 weights give other gradients): a change is refused, by name.
         let saved = s.mixedPrecision ?? "no"
         guard saved == config.mixedPrecision else {
-            throw TrainError("\(dir): was trained with --mixed-precision \(saved), this run asks for \(config.mixedPrecision); "
-                             + "resume with --mixed-precision \(saved), or start a new --output")
+            throw TrainInputError("\(dir): was trained with --mixed-precision \(saved), this run asks for \(config.mixedPrecision); "
+                             + "resume with --mixed-precision \(saved), or start a new --out")
         }
         guard s.configHash == config.trajectoryHash else {
-            throw TrainError("\(dir): was written by a run with other training settings (config hash \(s.configHash), "
-                             + "this run \(config.trajectoryHash)); resume with the same settings or start a new --output")
+            throw TrainInputError("\(dir): was written by a run with other training settings (config hash \(s.configHash), "
+                             + "this run \(config.trajectoryHash)); resume with the same settings or start a new --out")
         }
         let w = try LoRAFile.read((dir as NSString).appendingPathComponent(Checkpoint.loraFile))
         try model.lora!.assign(w, source: dir)
@@ -157,7 +158,7 @@ public final class Trainer {
         let metricsPath = (config.output as NSString).appendingPathComponent("metrics.jsonl")
         var metrics: FileHandle?
         if comm.isRoot {
-            if !FileManager.default.fileExists(atPath: metricsPath) { FileManager.default.createFile(atPath: metricsPath, contents: nil) }
+            if !FileManager.default.fileExists(atPath: metricsPath) { _ = FileManager.default.createFile(atPath: metricsPath, contents: nil) }
             metrics = FileHandle(forWritingAtPath: metricsPath)
             metrics?.seekToEndOfFile()
         }
@@ -204,7 +205,7 @@ public final class Trainer {
             let commSeconds = Watchdog.now() - commStart
             for i in 0..<lora.count { lora.grads.ptr[i] = Float(gradSum.ptr[i]) }
             var packed = [terms.loss, terms.dpo, terms.stat, terms.correct, terms.insideSum, terms.mseThetaW, terms.mseThetaL,
-                          terms.mseRefW, terms.mseRefL, Double(terms.pairs), Double(stopSignal)]
+                          terms.mseRefW, terms.mseRefL, Double(terms.pairs), Double(stopSignal), terms.absInsideSum]
             try watchdog.guarded("MPI_Allreduce of the step's metrics (step \(state.step))") { try comm.allreduce(&packed) }
             let pairs = packed[9]
             // Global gradient norm, after the all-reduce: identical on every rank, so every rank decides the same.
@@ -214,9 +215,11 @@ public final class Trainer {
             let gradNorm = sq.squareRoot()
             let finite = gradNorm.isFinite && packed[0].isFinite
             let lr = learningRate(state.step)
+            // As torch.nn.utils.clip_grad_norm_ (diffusers' and Salesforce's DPO scripts, max norm 1.0).
+            let clipped = finite && config.maxGradNorm > 0 && gradNorm > config.maxGradNorm
             if finite {
-                if let maxNorm = config.maxGradNorm, gradNorm > maxNorm {
-                    let f = Float(maxNorm / (gradNorm + 1e-6))
+                if clipped {
+                    let f = Float(config.maxGradNorm / (gradNorm + 1e-6))
                     for i in 0..<lora.count { g[i] *= f }
                 }
                 optimizer.update(params: lora.params.ptr, grads: g, count: lora.count, lr: lr)
@@ -244,9 +247,11 @@ public final class Trainer {
                     ("dpo", .double(packed[1] / pairs)), ("stat", .double(packed[2] / pairs)),
                     ("stat_weighted", .double(Double(objective.statWeight) * packed[2] / pairs)),
                     ("implicit_acc", .double(packed[3] / pairs)), ("reward_margin", .double(packed[4] / pairs)),
+                    ("reward_margin_abs", .double(packed[11] / pairs)),
                     ("mse_theta_w", .double(packed[5] / pairs)), ("mse_theta_l", .double(packed[6] / pairs)),
                     ("mse_ref_w", .double(packed[7] / pairs)), ("mse_ref_l", .double(packed[8] / pairs)),
-                    ("lr", .double(Double(lr))), ("grad_norm", .double(gradNorm)), ("skipped", .bool(!finite)),
+                    ("lr", .double(Double(lr))), ("grad_norm", .double(gradNorm)), ("clipped", .bool(clipped)),
+                    ("skipped", .bool(!finite)),
                     ("samples_per_s", .double(rate)), ("step_s", .double(now - stepStart)), ("allreduce_s", .double(commSeconds)), ("world_size", .int(comm.size)),
                 ])
                 metrics?.write((record.serialized() + "\n").data(using: .utf8)!)
@@ -255,8 +260,17 @@ public final class Trainer {
                            formatDuration(eta)))
             }
             let stop = packed[10] > 0
-            if state.step % max(1, config.checkpointEvery) == 0 || state.step == totalSteps || stop {
+            // Every rank sees the same all-reduced figures, so every rank takes the same decision.
+            let divergence = finite ? divergenceGuard.observe(step: state.step, mseThetaW: packed[5] / pairs,
+                                                              mseRefW: packed[7] / pairs, absMargin: packed[11] / pairs) : nil
+            if let divergence, comm.isRoot { log("warning: \(divergence)") }
+            let stopDiverged = divergence != nil && config.stopOnDivergence
+            if state.step % max(1, config.checkpointEvery) == 0 || state.step == totalSteps || stop || stopDiverged {
                 try checkpoint()
+            }
+            if stopDiverged {
+                throw TrainDivergedError(message: "\(divergence!); stopped by --stop-on-divergence after writing the checkpoint of step "
+                                         + "\(state.step) (\(Checkpoint.list(runDir: config.output).last?.path ?? "none"))")
             }
             // After the checkpoint (a crash while sampling loses nothing) and not when stopping (Slurm's grace time).
             if let validation, !stop, validation.due(step: state.step, last: totalSteps) {
@@ -319,6 +333,32 @@ final class DoubleBuffer {
     deinit { ptr.deallocate() }
     var buffer: UnsafeMutableBufferPointer<Double> { UnsafeMutableBufferPointer(start: ptr, count: count) }
     func zero() { ptr.update(repeating: 0, count: count) }
+}
+
+/// Watches a preference run for the divergence users of DPO trainers report (the loss collapses while samples turn
+/// to noise): a step is suspect when the policy's MSE on the winners exceeds `mseRatio` × the reference's (the policy
+/// got worse at the data it should prefer) or when the pairs' mean |reward margin| |β·(Δref − Δθ)| exceeds `margin`
+/// (the policy's MSEs moved so far from the reference's that the sigmoid saturates: the loss spikes, or the loser's
+/// MSE is driven up without bound; healthy runs stay within a few units). After `patience` suspect steps in a row it
+/// returns a warning naming the step and the figures, once per streak. Not active for `sft` (no reference).
+struct DivergenceGuard {
+    let mseRatio: Double, margin: Double, patience: Int, active: Bool
+    private(set) var streak = 0
+
+    init(mseRatio: Double, margin: Double, patience: Int, active: Bool) {
+        self.mseRatio = mseRatio; self.margin = margin; self.patience = patience; self.active = active
+    }
+
+    mutating func observe(step: Int, mseThetaW: Double, mseRefW: Double, absMargin m: Double) -> String? {
+        guard active else { return nil }
+        let ratio = mseThetaW / max(mseRefW, 1e-30)
+        guard ratio > mseRatio || m > margin else { streak = 0; return nil }
+        streak += 1
+        guard streak == patience else { return nil }
+        return String(format: "training looks diverged at step %d: %d steps in a row with the policy's winner MSE %.4g = %.3g × "
+                      + "the reference's %.4g (limit %.3g×) or the mean |reward margin| %.4g above %.4g; lower --lr or raise --beta",
+                      step, streak, mseThetaW, ratio, mseRefW, mseRatio, m, margin)
+    }
 }
 
 func formatDuration(_ s: Double) -> String {

@@ -36,15 +36,15 @@ final class Validation {
         guard let promptsPath = c.validationPrompts else { preconditionFailure("Validation without prompts") }
         let folder = try ModelFolder(path: c.model)
         do { try TextToImagePipeline.checkPipelineFolder(folder) } catch let e as SamplingError {
-            throw TrainError("--validation-prompts: \(e.message)")
+            throw TrainInputError("--validation-prompts: \(e.message)")
         }
         guard let data = FileManager.default.contents(atPath: promptsPath), let text = String(data: data, encoding: .utf8) else {
-            throw TrainError("--validation-prompts \(promptsPath): cannot read the file as UTF-8 text")
+            throw TrainInputError("--validation-prompts \(promptsPath): cannot read the file as UTF-8 text")
         }
         let prompts = text.split(separator: "\n", omittingEmptySubsequences: false)
             .map { $0.hasSuffix("\r") ? String($0.dropLast()) : String($0) }
             .filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
-        guard !prompts.isEmpty else { throw TrainError("--validation-prompts \(promptsPath): no prompts") }
+        guard !prompts.isEmpty else { throw TrainInputError("--validation-prompts \(promptsPath): no prompts") }
         let vae = try AutoencoderKL.load(folder: folder.vae(), variant: c.variant, parts: .decoder)
         let f = vae.downsamplingFactor
         var params = SamplingParameters(steps: c.validationSteps ?? Validation.defaultSteps,
@@ -56,7 +56,7 @@ final class Validation {
         pipeline = try TextToImagePipeline(unet: unet, vae: vae, scheduler: SchedulerRecipe.load(folder, name: "dpmsolver++"),
                                            promptEncoder: nil)
         do { _ = try pipeline.latentSize(height: params.height, width: params.width) } catch let e as SamplingError {
-            throw TrainError("validation image size: \(e.message)")
+            throw TrainInputError("validation image size: \(e.message)")
         }
         jobs = SampleJob.plan(prompts: prompts, negativePrompt: "", imagesPerPrompt: 1, firstSeed: c.validationSeed ?? Validation.defaultSeed)
         // Encoded once, here: the text encoder is not kept.
@@ -66,10 +66,10 @@ final class Validation {
             conditioning = Conditioning(count: prompts.count, length: cond.length, width: cond.width, cond: cond.hiddenStates,
                                         uncond: uncond.hiddenStates)
         } catch {
-            throw TrainError("--validation-prompts \(promptsPath): \(error)")
+            throw TrainInputError("--validation-prompts \(promptsPath): \(error)")
         }
         guard conditioning.width == unet.spec.crossAttentionDim else {
-            throw TrainError("--validation-prompts: the text encoder's width \(conditioning.width) differs from the U-Net's "
+            throw TrainInputError("--validation-prompts: the text encoder's width \(conditioning.width) differs from the U-Net's "
                              + "cross_attention_dim \(unet.spec.crossAttentionDim)")
         }
         settings = SampleRunSettings(parameters: params, scheduler: "dpmsolver++", model: c.model, lora: nil, batch: 1)

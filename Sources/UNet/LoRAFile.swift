@@ -14,7 +14,7 @@ import Tensors
 
 public enum LoRAFormat: String, Sendable { case diffusers, peft, kohya, attnProcs = "attn-procs" }
 
-public struct LoRAFileError: Error, CustomStringConvertible {
+public struct LoRAFileError: Error, UserInputError, CustomStringConvertible {
     public let path: String
     public let message: String
     public var description: String { "\(path): \(message)" }

@@ -62,7 +62,7 @@ public final class ParameterTable: @unchecked Sendable {
     public func entry(_ key: String) -> ParameterEntry? { index[key].map { entries[$0] } }
 }
 
-public struct WeightLoadError: Error, CustomStringConvertible {
+public struct WeightLoadError: Error, UserInputError, CustomStringConvertible {
     public let source: String
     public let missing: [String]
     public let unexpected: [String]

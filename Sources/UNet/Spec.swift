@@ -3,7 +3,7 @@
 // Ref: diffusers models/unets/unet_2d_condition.py (__init__), unet_2d_blocks.py (get_down_block / get_up_block).
 import IO
 
-public struct UNetConfigError: Error, CustomStringConvertible, Equatable {
+public struct UNetConfigError: Error, UserInputError, CustomStringConvertible, Equatable {
     public let key: String
     public let message: String
     public var description: String { "unsupported U-Net config: '\(key)' \(message)" }

@@ -7,7 +7,7 @@ import IO
 import Tensors
 
 /// Errors a user can cause with a VAE folder or VAE inputs; each names the file, key or tensor.
-public enum VAEError: Error, CustomStringConvertible, Equatable {
+public enum VAEError: Error, UserInputError, CustomStringConvertible, Equatable {
     /// A config value this implementation does not support (or that is invalid), with the config file.
     case unsupportedConfig(path: String, key: String, detail: String)
     case weights(source: String, missing: [String], unexpected: [String], mismatched: [String], duplicated: [String])

@@ -163,7 +163,7 @@ final class ProbeCommandTests: XCTestCase {
         let fixture = repoRoot + "/Tests/TrainingTests/Fixtures/dpo_loss.safetensors"
         let dir = try temporaryDirectory(self)
         let r = try hgdpo(["probe", "dpo-loss", "--model", unet, "--lora", unet + "/lora_diffusers.safetensors", "--input", fixture,
-                           "--output", dir + "/g.safetensors", "--beta", "2500", "--stat-weight", "10000"])
+                           "--out", dir + "/g.safetensors", "--beta", "2500", "--stat-weight", "10000"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let out = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Double]
         let ref = try SafeTensorsFile(path: fixture)
@@ -179,7 +179,7 @@ final class ProbeCommandTests: XCTestCase {
         assertClose(g, e, rtol: 1e-3, atol: 1e-3 * (e.map(abs).max() ?? 1), label: name)
         // A batch without the required tensors is a clear error naming the file and the tensor.
         let bad = try hgdpo(["probe", "dpo-loss", "--model", unet, "--lora", unet + "/lora_diffusers.safetensors",
-                             "--input", unet + "/io.safetensors", "--output", dir + "/x.safetensors"])
+                             "--input", unet + "/io.safetensors", "--out", dir + "/x.safetensors"])
         XCTAssertEqual(bad.status, 2)
         XCTAssertTrue(bad.stderr.contains("io.safetensors") && bad.stderr.contains("winner"), bad.stderr)
     }
@@ -199,12 +199,12 @@ final class ProbeCommandTests: XCTestCase {
         for (mode, low, high) in [("no", 0.0, 1e-5), ("bf16", 1e-5, 1.5e-2)] {
             let out = "\(dir)/\(mode).safetensors"
             let r = try hgdpo(["probe", "unet", "--model", unet, "--lora", unet + "/lora_diffusers.safetensors", "--input",
-                               unet + "/io.safetensors", "--output", out, "--mixed-precision", mode])
+                               unet + "/io.safetensors", "--out", out, "--mixed-precision", mode])
             XCTAssertEqual(r.status, 0, r.stderr)
             let e = relativeError(try SafeTensorsFile(path: out).floats("sample"))
             XCTAssertTrue(e >= low && e < high, "\(mode): relative error \(e)")
         }
-        let bad = try hgdpo(["probe", "unet", "--model", unet, "--input", unet + "/io.safetensors", "--output", dir + "/x.safetensors",
+        let bad = try hgdpo(["probe", "unet", "--model", unet, "--input", unet + "/io.safetensors", "--out", dir + "/x.safetensors",
                              "--mixed-precision", "fp16"])
         XCTAssertEqual(bad.status, 2)
         XCTAssertTrue(bad.stderr.contains("--mixed-precision") && bad.stderr.contains("fp16"), bad.stderr)

@@ -36,7 +36,7 @@ final class ProbeSchedulerTests: XCTestCase {
         let (model, input, dir, f) = try setUpFiles()
         let out = dir + "/out.safetensors"
         let r = try hgdpo(["probe", "scheduler", "--model", model, "--scheduler", "dpmsolver++", "--steps", "50",
-                           "--input", input, "--output", out])
+                           "--input", input, "--out", out])
         XCTAssertEqual(r.status, 0, r.stderr)
         let o = try SafeTensorsFile(path: out)
         XCTAssertEqual(o.metadata["scheduler"], "DPMSolverMultistepScheduler")
@@ -52,7 +52,7 @@ final class ProbeSchedulerTests: XCTestCase {
         let (model, input, dir, _) = try setUpFiles()
         let out = dir + "/out.safetensors"
         func run(_ extra: [String], steps: String = "50") throws -> ProcessResult {
-            try hgdpo(["probe", "scheduler", "--model", model, "--steps", steps, "--input", input, "--output", out] + extra)
+            try hgdpo(["probe", "scheduler", "--model", model, "--steps", steps, "--input", input, "--out", out] + extra)
         }
         // The config's own class (PNDM) is not implemented: say so and list the choices.
         var r = try run([])

@@ -18,7 +18,7 @@ final class EncodeCommandTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: dir)
         try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let model = dir + "/model", data = dir + "/data"
-        var r = try! hgdpo(["make-model", "--config", "tiny", "--out", model, "--seed", "4"])
+        var r = try! hgdpo(["make-model", "--shape", "tiny", "--out", model, "--seed", "4"])
         precondition(r.status == 0, r.stderr)
         r = try! hgdpo(["make-triplets", "--count", "6", "--width", "80", "--height", "64", "--out", data, "--seed", "2"])
         precondition(r.status == 0, r.stderr)
@@ -87,7 +87,7 @@ final class EncodeCommandTests: XCTestCase {
 
         let run = dir + "/run"
         r = try runProcess("/bin/bash", [repoRoot + "/launch/local.sh", "--timeout", "120", "2", "hgdpo", "train", "--model",
-                                         Self.world.model, "--data", dir + "/two", "--output", run, "--global-batch", "2",
+                                         Self.world.model, "--data", dir + "/two", "--out", run, "--global-batch", "2",
                                          "--local-batch", "1", "--max-steps", "2", "--threads", "1"],
                            environment: ["HGDPO_BIN": hgdpoBinary], timeout: 150)
         XCTAssertEqual(r.status, 0, r.stderr)

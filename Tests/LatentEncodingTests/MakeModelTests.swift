@@ -18,7 +18,7 @@ final class MakeModelTests: XCTestCase {
 
     func testTinyPipelineLoadsInOurLoaders() throws {
         let model = try temporaryDirectory(self) + "/tiny"
-        let r = try hgdpo(["make-model", "--config", "tiny", "--out", model, "--variant", "fp16"])
+        let r = try hgdpo(["make-model", "--shape", "tiny", "--out", model, "--variant", "fp16"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let folder = try ModelFolder(path: model)
         XCTAssertEqual(Set(folder.components.keys), ["unet", "scheduler", "text_encoder", "tokenizer", "vae"])
@@ -67,11 +67,11 @@ final class MakeModelTests: XCTestCase {
 
     func testPartsUnetWritesTheOldLayout() throws {
         let model = try temporaryDirectory(self) + "/unet-only"
-        let r = try hgdpo(["make-model", "--config", "tiny", "--out", model, "--parts", "unet"])
+        let r = try hgdpo(["make-model", "--shape", "tiny", "--out", model, "--parts", "unet"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(Set(try ModelFolder(path: model).components.keys), ["unet", "scheduler"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: model + "/vae"))
-        let bad = try hgdpo(["make-model", "--config", "tiny", "--out", model + "2", "--parts", "vae"])
+        let bad = try hgdpo(["make-model", "--shape", "tiny", "--out", model + "2", "--parts", "vae"])
         XCTAssertEqual(bad.status, 2)
         XCTAssertTrue(bad.stderr.contains("--parts"), bad.stderr)
     }

@@ -20,7 +20,7 @@ final class TrainValidationTests: XCTestCase {
 
     /// `launch/local.sh RANKS hgdpo train` with the tests' defaults, `options` overriding or adding (name → value).
     func train(ranks: Int, output: String, model: String = samplingFixtures + "/pipeline", options: [String: String] = [:]) throws -> ProcessResult {
-        var opts = ["--model": model, "--data": Self.world.cache, "--output": output, "--global-batch": "4", "--local-batch": "2",
+        var opts = ["--model": model, "--data": Self.world.cache, "--out": output, "--global-batch": "4", "--local-batch": "2",
                     "--max-steps": "2", "--lr": "1e-2", "--optimizer": "adamw", "--threads": "1", "--collective-timeout": "60",
                     "--validation-prompts": Self.world.prompts, "--validation-every": "2", "--validation-steps": "3"]
         for (k, v) in options { opts[k] = v }
@@ -88,7 +88,7 @@ final class TrainValidationTests: XCTestCase {
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(r.stderr.contains("--validation-prompts") && r.stderr.contains("missing: text_encoder/"), r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/run/metrics.jsonl"))
-        let m = try hgdpo(["train", "--model", samplingFixtures + "/pipeline", "--data", Self.world.cache, "--output", dir + "/x",
+        let m = try hgdpo(["train", "--model", samplingFixtures + "/pipeline", "--data", Self.world.cache, "--out", dir + "/x",
                            "--validation-every", "3"])
         XCTAssertEqual(m.status, 2)
         XCTAssertTrue(m.stderr.contains("--validation-every needs --validation-prompts"), m.stderr)

@@ -40,17 +40,18 @@ public func runProcess(_ executable: String, _ arguments: [String], environment:
     p.standardInput = FileHandle.nullDevice
     try p.run()
     // Drain both pipes while the process runs, so a chatty child cannot block on a full pipe.
-    var outData = Data(), errData = Data()
+    final class Drained: @unchecked Sendable { var data = Data() }   // each written by one reader, read after group.wait()
+    let outData = Drained(), errData = Drained()
     let group = DispatchGroup()
-    group.enter(); DispatchQueue.global().async { outData = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-    group.enter(); DispatchQueue.global().async { errData = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    group.enter(); DispatchQueue.global().async { outData.data = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    group.enter(); DispatchQueue.global().async { errData.data = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
     let deadline = Date().addingTimeInterval(timeout)
     while p.isRunning && Date() < deadline { usleep(20_000) }
     if p.isRunning { p.terminate(); usleep(500_000); if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
     p.waitUntilExit()
     group.wait()
-    return ProcessResult(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                         stderr: String(decoding: errData, as: UTF8.self))
+    return ProcessResult(status: p.terminationStatus, stdout: String(decoding: outData.data, as: UTF8.self),
+                         stderr: String(decoding: errData.data, as: UTF8.self))
 }
 
 /// Runs the built `hgdpo` with arguments.

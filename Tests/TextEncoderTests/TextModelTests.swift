@@ -122,7 +122,7 @@ final class TextModelTests: XCTestCase {
         let dir = try temporaryDirectory(self)
         try (prompts.joined(separator: "\n") + "\n").write(toFile: dir + "/prompts.txt", atomically: true, encoding: .utf8)
         let r = try hgdpo(["probe", "text-encoder", "--model", textEncoderFixtures + "/pipeline", "--prompts", dir + "/prompts.txt",
-                           "--output", dir + "/out.safetensors"])
+                           "--out", dir + "/out.safetensors"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let out = try SafeTensorsFile(path: dir + "/out.safetensors")
         XCTAssertEqual(out.info("input_ids")?.dtype, .I64)
@@ -135,7 +135,7 @@ final class TextModelTests: XCTestCase {
         let gelu = try io("pipeline_gelu")
         try (gelu.prompts.joined(separator: "\r\n")).write(toFile: dir + "/p2.txt", atomically: true, encoding: .utf8)
         let r2 = try hgdpo(["probe", "text-encoder", "--model", textEncoderFixtures + "/pipeline_gelu", "--prompts", dir + "/p2.txt",
-                            "--output", dir + "/out2.safetensors", "--variant", "fp16", "--clip-skip", "1", "--no-weighting"])
+                            "--out", dir + "/out2.safetensors", "--variant", "fp16", "--clip-skip", "1", "--no-weighting"])
         XCTAssertEqual(r2.status, 0, r2.stderr)
         let out2 = try SafeTensorsFile(path: dir + "/out2.safetensors")
         assertScaled(try out2.floats("last_hidden_state"), try gelu.file.floats("clip_skip_1"), label: "probe clip skip")
@@ -143,16 +143,16 @@ final class TextModelTests: XCTestCase {
         // User errors exit 2 and name what is wrong.
         try "(a:1.2.3)\n".write(toFile: dir + "/bad.txt", atomically: true, encoding: .utf8)
         let bad = try hgdpo(["probe", "text-encoder", "--model", textEncoderFixtures + "/pipeline", "--prompts", dir + "/bad.txt",
-                             "--output", dir + "/x.safetensors"])
+                             "--out", dir + "/x.safetensors"])
         XCTAssertEqual(bad.status, 2)
         XCTAssertTrue(bad.stderr.contains("bad.txt") && bad.stderr.contains("1.2.3"), bad.stderr)
         let skip = try hgdpo(["probe", "text-encoder", "--model", textEncoderFixtures + "/pipeline", "--prompts", dir + "/prompts.txt",
-                              "--output", dir + "/x.safetensors", "--clip-skip", "2"])
+                              "--out", dir + "/x.safetensors", "--clip-skip", "2"])
         XCTAssertEqual(skip.status, 2)
         XCTAssertTrue(skip.stderr.contains("--clip-skip"), skip.stderr)
         try "".write(toFile: dir + "/empty.txt", atomically: true, encoding: .utf8)
         let empty = try hgdpo(["probe", "text-encoder", "--model", textEncoderFixtures + "/pipeline", "--prompts", dir + "/empty.txt",
-                               "--output", dir + "/x.safetensors"])
+                               "--out", dir + "/x.safetensors"])
         XCTAssertEqual(empty.status, 2)
         XCTAssertTrue(empty.stderr.contains("no prompts"), empty.stderr)
     }

@@ -16,7 +16,7 @@ final class TrainerTests: XCTestCase {
         try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let model = dir + "/model", cache = dir + "/cache"
         // The two-level U-Net of the parity fixtures (block_out_channels 32, 64; cross_attention_dim 24), random weights.
-        let r = try! runProcess(hgdpoBinary, ["make-model", "--config", repoRoot + "/Tests/UNetTests/Fixtures/unet_conv", "--out", model, "--seed", "3"])
+        let r = try! runProcess(hgdpoBinary, ["make-model", "--shape", repoRoot + "/Tests/UNetTests/Fixtures/unet_conv", "--out", model, "--seed", "3"])
         precondition(r.status == 0, r.stderr)
         // 40 triplets of 4x8x8 latents with 6x24 prompt embeddings.
         let w = try! LatentCacheWriter(folder: cache, latentShape: [4, 8, 8], contextShape: [6, 24], dtype: .F32, shardSize: 16)
@@ -32,11 +32,13 @@ final class TrainerTests: XCTestCase {
     /// `launch/local.sh RANKS hgdpo train` with the tests' defaults, `options` overriding or adding (name → value).
     func train(ranks: Int, output: String, options: [String: String] = [:], environment: [String: String] = [:],
                timeout: Int = 240) throws -> ProcessResult {
-        var opts = ["--model": Self.world.model, "--data": Self.world.cache, "--output": output, "--global-batch": "8",
+        var opts = ["--model": Self.world.model, "--data": Self.world.cache, "--out": output, "--global-batch": "8",
                     "--local-batch": "2", "--max-steps": "3", "--lr": "1e-3", "--optimizer": "adamw", "--seed": "5",
                     "--threads": "1", "--collective-timeout": "60"]
         for (k, v) in options { opts[k] = v }
-        let args = ["--timeout", String(timeout), String(ranks), "hgdpo", "train"] + opts.sorted { $0.key < $1.key }.flatMap { [$0.key, $0.value] }
+        // An empty value gives a flag (e.g. "--stop-on-divergence": "").
+        let args = ["--timeout", String(timeout), String(ranks), "hgdpo", "train"]
+            + opts.sorted { $0.key < $1.key }.flatMap { $0.value.isEmpty ? [$0.key] : [$0.key, $0.value] }
         var env = ["HGDPO_BIN": hgdpoBinary]
         for (k, v) in environment { env[k] = v }
         return try runProcess("/bin/bash", [repoRoot + "/launch/local.sh"] + args, environment: env, timeout: TimeInterval(timeout + 30))
@@ -75,7 +77,7 @@ final class TrainerTests: XCTestCase {
         let lines = try String(contentsOfFile: "\(dir)/w4/metrics.jsonl", encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(lines.count, 3)
         let rec = try JSONSerialization.jsonObject(with: Data(lines[2].utf8)) as! [String: Any]
-        for key in ["loss", "dpo", "stat", "implicit_acc", "reward_margin", "grad_norm", "lr", "samples_per_s"] {
+        for key in ["loss", "dpo", "stat", "implicit_acc", "reward_margin", "grad_norm", "clipped", "lr", "samples_per_s"] {
             XCTAssertNotNil(rec[key], key)
         }
         XCTAssertEqual(rec["step"] as? Int, 3)
@@ -103,8 +105,8 @@ final class TrainerTests: XCTestCase {
         }
         let e2 = assertSameLoRA(results[1], results[0], rtol: 1e-5, label: "bf16: 2 ranks vs 1")
         let e4 = assertSameLoRA(results[2], results[0], rtol: 1e-5, label: "bf16: 4 ranks vs 1")
-        let config = try String(contentsOfFile: "\(dir)/w4/config.json", encoding: .utf8)
-        XCTAssertTrue(config.contains("\"mixed_precision\" : \"bf16\""), config)
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(dir)/w4/config.json"))) as! [String: Any]
+        XCTAssertEqual(config["mixed_precision"] as? String, "bf16", "\(config)")
         // Against the same run in fp32: all of the LoRA, and B alone (zero at init, so B is what training learnt).
         let fp32 = try train(ranks: 2, output: "\(dir)/fp32")
         XCTAssertEqual(fp32.status, 0, fp32.stderr)
@@ -171,7 +173,7 @@ final class TrainerTests: XCTestCase {
         let dir = try temporaryDirectory(self)
         let f = try train(ranks: 2, output: "\(dir)/f", options: ["--max-steps": "6", "--checkpoint-every": "1", "--max-skipped-steps": "2"],
                           environment: ["HGDPO_FAULT_NAN": "rank=1,from_step=3"], timeout: 200)
-        XCTAssertNotEqual(f.status, 0)
+        XCTAssertEqual(f.status, 1, "a failure while running, not a usage error")
         XCTAssertTrue(f.stderr.contains("consecutive steps had a non-finite"), f.stderr)
         XCTAssertTrue(f.stdout.contains("step 3: non-finite loss or gradient, step skipped"), f.stdout)
         // Steps 1 and 2 completed and were checkpointed; the LoRA there is finite and loads.
@@ -204,12 +206,77 @@ final class TrainerTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/run/latest"))
     }
 
+    /// --max-grad-norm (default 1.0 as the reference DPO scripts) clips the all-reduced gradient; metrics.jsonl logs
+    /// the norm before clipping and whether the step clipped. A tiny limit clips every step and changes the result.
+    func testGradientClipping() throws {
+        let dir = try temporaryDirectory(self)
+        XCTAssertEqual(try train(ranks: 1, output: "\(dir)/off", options: ["--max-grad-norm": "0"]).status, 0)
+        XCTAssertEqual(try train(ranks: 1, output: "\(dir)/tiny", options: ["--max-grad-norm": "1e-9", "--optimizer": "adamw"]).status, 0)
+        func records(_ run: String) throws -> [[String: Any]] {
+            try String(contentsOfFile: "\(run)/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+                .map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        }
+        let off = try records("\(dir)/off"), tiny = try records("\(dir)/tiny")
+        XCTAssertTrue(off.allSatisfy { ($0["clipped"] as? Bool) == false })
+        XCTAssertTrue(tiny.allSatisfy { ($0["clipped"] as? Bool) == true })
+        // The logged norm is the one before clipping: the same first step either way.
+        XCTAssertEqual(off[0]["grad_norm"] as! Double, tiny[0]["grad_norm"] as! Double, accuracy: 1e-12)
+        XCTAssertGreaterThan(off[0]["grad_norm"] as! Double, 1e-9)
+        XCTAssertNotEqual(try lora("\(dir)/off"), try lora("\(dir)/tiny"))
+    }
+
+    /// A huge learning rate makes the policy's winner MSE run far above the reference's: the guard warns, naming the
+    /// step and the figures, and with --stop-on-divergence the run checkpoints and exits with code 3.
+    func testDivergenceGuardWarnsAndStops() throws {
+        let dir = try temporaryDirectory(self)
+        let opts = ["--lr": "5", "--max-steps": "12", "--checkpoint-every": "100", "--divergence-patience": "2"]
+        let warned = try train(ranks: 2, output: "\(dir)/warn", options: opts)
+        XCTAssertEqual(warned.status, 0, warned.stderr)
+        XCTAssertTrue(warned.stdout.contains("warning: training looks diverged at step"), warned.stdout)
+        var stopOpts = opts
+        stopOpts["--stop-on-divergence"] = ""
+        let stopped = try train(ranks: 2, output: "\(dir)/stop", options: stopOpts)
+        XCTAssertEqual(stopped.status, 3, stopped.stderr)
+        XCTAssertTrue(stopped.stderr.contains("stopped by --stop-on-divergence"), stopped.stderr)
+        let step = try XCTUnwrap(Checkpoint.list(runDir: "\(dir)/stop").last?.step)
+        XCTAssertLessThan(step, 12, "stopped early")
+        XCTAssertTrue(stopped.stderr.contains(Checkpoint.name(step: step)), stopped.stderr)
+        // A healthy run (the tests' lr 1e-3 for 3 steps) never warns.
+        let healthy = try train(ranks: 1, output: "\(dir)/ok", options: ["--divergence-patience": "1"])
+        XCTAssertEqual(healthy.status, 0, healthy.stderr)
+        XCTAssertFalse(healthy.stdout.contains("diverged"), healthy.stdout)
+    }
+
+    /// A misspelt key or a bad enumeration value in --config fails before any work, naming the key, with exit code 2;
+    /// the command line overrides the file.
+    func testConfigFileIsStrictAndOverridden() throws {
+        let dir = try temporaryDirectory(self)
+        try "model: \(Self.world.model)\ndata: \(Self.world.cache)\nlr_schedul: cosine\n".write(toFile: "\(dir)/typo.yaml", atomically: true, encoding: .utf8)
+        let typo = try hgdpo(["train", "--config", "\(dir)/typo.yaml", "--out", "\(dir)/typo"])
+        XCTAssertEqual(typo.status, 2)
+        XCTAssertTrue(typo.stderr.contains("unknown key 'lr_schedul' (did you mean 'lr_schedule'?)"), typo.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/typo"), "nothing written")
+        try #"{"lr_schedule": "cosin"}"#.write(toFile: "\(dir)/enum.json", atomically: true, encoding: .utf8)
+        let bad = try hgdpo(["train", "--config", "\(dir)/enum.json", "--model", Self.world.model, "--data", Self.world.cache,
+                             "--out", "\(dir)/enum"])
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.stderr.contains("key 'lr_schedule'") && bad.stderr.contains("one of constant, cosine"), bad.stderr)
+        try "global_batch: 8\nlocal_batch: 2\nmax_steps: 1\nlr: 1e-3\nthreads: 1\n".write(toFile: "\(dir)/run.yaml", atomically: true, encoding: .utf8)
+        let run = try hgdpo(["train", "--config", "\(dir)/run.yaml", "--model", Self.world.model, "--data", Self.world.cache,
+                             "--out", "\(dir)/run", "--lr", "2e-3"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let saved = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(dir)/run/config.json"))) as! [String: Any]
+        XCTAssertEqual(saved["lr"] as? Double, 2e-3, "the command line wins")
+        XCTAssertEqual(saved["global_batch"] as? Int, 8, "the file's value")
+        XCTAssertEqual(saved["lr_schedule"] as? String, "constant", "the default")
+    }
+
     func testBadOptionsAreClearErrors() throws {
         let dir = try temporaryDirectory(self)
         let r = try train(ranks: 1, output: "\(dir)/x", options: ["--global-batch": "6", "--local-batch": "4"])
-        XCTAssertNotEqual(r.status, 0)
+        XCTAssertEqual(r.status, 2)
         XCTAssertTrue(r.stderr.contains("6") && r.stderr.contains("4"), r.stderr)
-        let m = try hgdpo(["train", "--data", Self.world.cache, "--output", "\(dir)/y"])
+        let m = try hgdpo(["train", "--data", Self.world.cache, "--out", "\(dir)/y"])
         XCTAssertEqual(m.status, 2)
         XCTAssertTrue(m.stderr.contains("--model"), m.stderr)
     }

@@ -2,7 +2,7 @@
 """Checks a whole `hgdpo encode` run against diffusers and transformers (a check to run by hand; the committed
 fixtures for `swift test` come from make_encode_fixtures.py).
 
-    /work/main/.venv-fixtures/bin/python Tests/parity/check_encode.py [--hgdpo PATH] [--config tiny]
+    /work/main/.venv-fixtures/bin/python Tests/parity/check_encode.py [--hgdpo PATH] [--shape tiny]
 
 It makes a random pipeline (`hgdpo make-model`) and 8 triplets of random 80x64 images, with one loser replaced by a
 48x72 portrait (`hgdpo make-triplets`), encodes them at 64x64 and 128x64 (`--latent-mode mean --dtype F32
@@ -65,11 +65,11 @@ def prepare(path, W, H, method):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--hgdpo", default=os.path.join(ROOT, ".build", "debug", "hgdpo"))
-    ap.add_argument("--config", default="tiny")
+    ap.add_argument("--shape", default="tiny")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model, data = os.path.join(tmp, "model"), os.path.join(tmp, "data")
-        run([args.hgdpo, "make-model", "--config", args.config, "--out", model, "--seed", "5"])
+        run([args.hgdpo, "make-model", "--shape", args.shape, "--out", model, "--seed", "5"])
         run([args.hgdpo, "make-triplets", "--count", "8", "--width", "80", "--height", "64", "--out", data])
         rng = np.random.default_rng(3)
         Image.fromarray(rng.integers(0, 256, size=(72, 48, 3), dtype=np.uint8)).save(os.path.join(data, "images", "3-loser.png"))

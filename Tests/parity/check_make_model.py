@@ -79,7 +79,7 @@ class LogCapture:
 def check_config(name, hgdpo, tmp, size):
     print(f"== make-model --config {name}")
     folder = os.path.join(tmp, name)
-    print("  " + run([hgdpo, "make-model", "--config", name, "--out", folder, "--seed", "7"]).strip())
+    print("  " + run([hgdpo, "make-model", "--shape", name, "--out", folder, "--seed", "7"]).strip())
 
     logs = LogCapture()
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
@@ -110,7 +110,7 @@ def check_config(name, hgdpo, tmp, size):
     prompts_file = os.path.join(tmp, "prompts.txt")
     open(prompts_file, "w").write("\n".join(PROMPTS[:2]) + "\n")
     ours_file = os.path.join(tmp, f"te-{name}.safetensors")
-    run([hgdpo, "probe", "text-encoder", "--model", folder, "--prompts", prompts_file, "--output", ours_file, "--no-weighting"])
+    run([hgdpo, "probe", "text-encoder", "--model", folder, "--prompts", prompts_file, "--out", ours_file, "--no-weighting"])
     ours = load_file(ours_file)
     ids = pipe.tokenizer(PROMPTS[:2], padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
                          return_tensors="pt").input_ids
@@ -125,7 +125,7 @@ def check_config(name, hgdpo, tmp, size):
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
     vin, vout = os.path.join(tmp, f"vin-{name}.safetensors"), os.path.join(tmp, f"vout-{name}.safetensors")
     save_file({"sample": image}, vin)
-    run([hgdpo, "probe", "vae-encode", "--model", folder, "--input", vin, "--output", vout, "--mode", "mean"])
+    run([hgdpo, "probe", "vae-encode", "--model", folder, "--input", vin, "--out", vout, "--mode", "mean"])
     with torch.no_grad():
         ref = pipe.vae.double().encode(image.double()).latent_dist.mode() * pipe.vae.config.scaling_factor
     err = (load_file(vout)["latent"].double() - ref).abs().max().item()

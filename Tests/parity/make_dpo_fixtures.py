@@ -20,7 +20,7 @@ Output Tests/TrainingTests/Fixtures/dpo_loss.safetensors. Keys:
 
   winner, noise               (B=3, 4, 8, 8) float32, N(0,1)
   loser                       (3, 4, 8, 8) float32, winner + LOSER_SPREAD_j·N(0,1): the spreads put every pair's
-                              inside_j at 1.9…3 in size with mixed signs (implicit accuracy 1/3), so no pair's
+                              inside_j at 2.1…3.1 in size with mixed signs (implicit accuracy 1/3), so no pair's
                               −log σ is saturated (each gives DPO gradient) and float32 cannot flip a sign
   timesteps                   (3,) int64 = [0, 517, 999]  (t = 0: ᾱ of the step before is 1)
   encoder_hidden_states       (3, 7, 24) float32, N(0,1)
@@ -36,8 +36,8 @@ Output Tests/TrainingTests/Fixtures/dpo_loss.safetensors. Keys:
                                            (HG-DPO Eq. 8), μ = DDPM posterior mean of x_{t−stride} from the
                                            winner's x_t, written out as the sampler computes it (x0, then
                                            c0·x0 + c1·x_t; ᾱ of a negative timestep is 1), not simplified
-  S.implicit_acc              () float64: mean over pairs of [inside_j > 0]
-  S.inside                    (3,) float64: inside_j = −½β((mse_θ^w − mse_θ^l) − (mse_ref^w − mse_ref^l))
+  S.implicit_acc              () float64: mean over pairs of [inside_j > 0] + ½[inside_j = 0]
+  S.inside                    (3,) float64: inside_j = β((mse_ref^w − mse_ref^l) − (mse_θ^w − mse_θ^l))
   S.grad_policy_eps           (6, 4, 8, 8) float32: d S.loss / d policy_eps
   S.grad.<module>.lora_A.weight, S.grad.<module>.lora_B.weight
                               float32 (rank 4, in) / (out, 4): d S.loss / d LoRA parameter, autograd in float64
@@ -67,7 +67,7 @@ OUT = os.path.join(TESTS, "TrainingTests", "Fixtures", "dpo_loss.safetensors")
 
 B, C, H, W, S, D = 3, 4, 8, 8, 7, 24
 TIMESTEPS = [0, 517, 999]
-LOSER_SPREAD = [0.03, 0.3, 1.0]  # per pair; an independent loser would give inside ≈ 88 at t = 0 (σ saturated)
+LOSER_SPREAD = [0.015, 0.15, 0.6]  # per pair; an independent loser would give inside ≈ 176 at t = 0 (σ saturated)
 # name: (beta, stat_weight λ, stat_stride)
 SETTINGS = {
     "both": (2500.0, 1e4, 1),
@@ -163,7 +163,8 @@ def main():
     params = [lora[n] for n in names]
     f64 = lambda v: torch.tensor(float(v), dtype=torch.float64)
     for setting, (beta, lam, stride) in SETTINGS.items():
-        inside = -0.5 * beta * ((mse[:B] - mse[B:]) - (rmse[:B] - rmse[B:]))
+        # Paper Eq. 3 and diffusers' train_diffusion_dpo.py: beta_dpo * (ref_diff - model_diff), beta 2500.
+        inside = beta * ((rmse[:B] - rmse[B:]) - (mse[:B] - mse[B:]))
         dpo = -torch.nn.functional.logsigmoid(inside).mean()
         stat, stat_pairs = stat_loss(xt[:B], pred[:B], ref[:B], abar_all, t, stride)
         loss = dpo + lam * stat
@@ -176,7 +177,8 @@ def main():
         out[f"{setting}.loss"] = loss.detach()
         out[f"{setting}.dpo_loss"] = dpo.detach()
         out[f"{setting}.stat_loss"] = stat.detach()
-        out[f"{setting}.implicit_acc"] = (inside > 0).double().mean().detach()
+        # diffusers counts a tie as half: (inside > 0).sum() + 0.5 * (inside == 0).sum()
+        out[f"{setting}.implicit_acc"] = ((inside > 0).double() + 0.5 * (inside == 0).double()).mean().detach()
         out[f"{setting}.inside"] = inside.detach()
         gnorm = 0.0
         for n, gr in zip(names, grads):

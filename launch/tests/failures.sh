@@ -35,7 +35,7 @@ checkpoint_intact() {
     t_fail "$name: last checkpoint readable" "latest step '$last'"
     return
   fi
-  t_job 120 "$T_ROOT/launch/local.sh" --timeout 100 "$ranks" "${train[@]}" --output "$run" --resume auto \
+  t_job 120 "$T_ROOT/launch/local.sh" --timeout 100 "$ranks" "${train[@]}" --out "$run" --resume auto \
     --max-steps $((last + 1)) >"$run.resume.log" 2>&1
   if ((T_RC == 0)) && grep -q "resumed from .*step-$(printf %06d "$last") at step $last" "$run.resume.log" &&
     [[ "$(t_latest_step "$run")" == $((last + 1)) ]]; then
@@ -67,7 +67,7 @@ says() {
 
 # --- 1. kill -9 of one rank -------------------------------------------------------------------------------
 run="$T/kill9"
-t_bg 150 "$run.log" "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" "${long[@]}" --output "$run" --collective-timeout 60
+t_bg 150 "$run.log" "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" "${long[@]}" --out "$run" --collective-timeout 60
 if t_wait_for 100 t_has_lines "$run/metrics.jsonl" 2 && pid="$(t_rank_pid 1)"; then
   t_fault=$(date +%s.%N)
   kill -9 "$pid"
@@ -81,7 +81,7 @@ fi
 # --- 2. an error on one rank ----------------------------------------------------------------------------------
 run="$T/throw"
 HGDPO_FAULT_THROW="rank=1,step=3" t_bg 150 "$run.log" "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" \
-  "${long[@]}" --output "$run" --collective-timeout 60
+  "${long[@]}" --out "$run" --collective-timeout 60
 t_fault=$(date +%s.%N)
 if t_wait_for 100 t_has_lines "$run/metrics.jsonl" 2; then t_fault=$(date +%s.%N); fi
 ended_in "error on rank 1" 30
@@ -90,7 +90,7 @@ checkpoint_intact "error on rank 1" "$run" 2
 
 # --- 3. a hung rank ---------------------------------------------------------------------------------------------
 run="$T/hung"
-t_bg 150 "$run.log" "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" "${long[@]}" --output "$run" --collective-timeout 10
+t_bg 150 "$run.log" "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" "${long[@]}" --out "$run" --collective-timeout 10
 if t_wait_for 100 t_has_lines "$run/metrics.jsonl" 2 && pid="$(t_rank_pid 1)"; then
   t_fault=$(date +%s.%N)
   kill -STOP "$pid"
@@ -107,7 +107,7 @@ fi
 enc="$T/encode"
 encode=(hgdpo encode --model "$enc/model" --data "$enc/triplets" --out "$enc/cache" --resolution 64 --shard-size 4
   --batch 1 --threads 1 --collective-timeout 10)
-if "$HGDPO_BIN" make-model --config tiny --out "$enc/model" >/dev/null &&
+if "$HGDPO_BIN" make-model --shape tiny --out "$enc/model" >/dev/null &&
   "$HGDPO_BIN" make-triplets --count 256 --width 64 --height 64 --out "$enc/triplets" >/dev/null; then
   t_bg 150 "$enc.log" "$T_ROOT/launch/local.sh" --timeout 120 2 "${encode[@]}"
   if t_wait_for 100 test -s "$enc/cache/shard-00001.safetensors" && pid="$(t_rank_pid 1)"; then
@@ -149,7 +149,7 @@ for how in cut killed; do
   name="node b lost ($([[ $how == cut ]] && echo "network cut" || echo "its processes killed"))"
   # The watchdog's bound above the keepalive's (see HGDPO_OOB_KEEPALIVE in launch/env.sh).
   t_bg 200 "$run.log" "${T_ON0[@]}" "$T_ROOT/launch/mpirun.sh" --timeout 180 "$T/hostfile" 2 "${train[@]}" \
-    "${long[@]}" --output "$run" --collective-timeout 60
+    "${long[@]}" --out "$run" --collective-timeout 60
   if ! t_wait_for 100 t_has_lines "$run/metrics.jsonl" 2; then
     t_fail "$name: the run did not start" "$(tail -n 5 "$run.log")"
     continue

@@ -180,11 +180,11 @@ t_need_cmd() {
 }
 
 # --- the tiny training world ------------------------------------------------------------------------
-# t_make_world DIR: a random-weight tiny U-Net (hgdpo make-model --config tiny) and a latent cache of 32
+# t_make_world DIR: a random-weight tiny U-Net (hgdpo make-model --shape tiny) and a latent cache of 32
 # random triplets of 4x8x8 latents with 4x32 prompt embeddings (a step of 4 pairs: ~0.3 s in a debug build).
 t_make_world() {
   local dir="$1"
-  "$HGDPO_BIN" make-model --config tiny --out "$dir/model" --seed 3 >/dev/null &&
+  "$HGDPO_BIN" make-model --shape tiny --out "$dir/model" --seed 3 >/dev/null &&
     "$HGDPO_BIN" make-cache --count 32 --latent 4,8,8 --context 4,32 --out "$dir/cache" >/dev/null
 }
 

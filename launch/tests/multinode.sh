@@ -22,7 +22,7 @@ lora() { echo "$1/step-$(printf %06d "$steps")/pytorch_lora_weights.safetensors"
 # The references: the same ranks on one host. (The trainer's result does not depend on the rank count up to the
 # rounding of the gradient sums' order; with the same rank count it is bit-identical.)
 for np in 2 4; do
-  t_job 120 "$T_ROOT/launch/local.sh" --timeout 100 "$np" "${train[@]}" --output "$T/single-$np" >"$T/single-$np.log" 2>&1
+  t_job 120 "$T_ROOT/launch/local.sh" --timeout 100 "$np" "${train[@]}" --out "$T/single-$np" >"$T/single-$np.log" 2>&1
   if ((T_RC == 0)) && [[ -s "$(lora "$T/single-$np")" ]]; then
     t_pass "single-host reference run, $np ranks (${T_SECONDS}s)"
   else
@@ -44,7 +44,7 @@ for per_node in 1 2; do
   out="$T/multi-$np"
   # mpirun runs on host a; ranks 0..per_node-1 there, the others on host b (started through ssh).
   t_job 180 "${T_ON0[@]}" "$T_ROOT/launch/mpirun.sh" --timeout 150 "$T/hostfile-$per_node" "$np" "${train[@]}" \
-    --output "$out" >"$out.log" 2>&1
+    --out "$out" >"$out.log" 2>&1
   if ((T_RC != 0)); then
     t_fail "$np ranks on 2 hosts (mpirun --hostfile)" "exit $T_RC after ${T_SECONDS}s: $(tail -n 8 "$out.log")"
     continue

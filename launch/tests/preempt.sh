@@ -19,7 +19,7 @@ train=(hgdpo train --model "$T/model" --data "$T/cache" "${T_TRAIN_OPTS[@]}" --m
   --collective-timeout 60)
 final() { echo "$1/step-$(printf %06d "$steps")/$2"; }
 
-t_job 150 "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" --output "$T/full" >"$T/full.log" 2>&1
+t_job 150 "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" --out "$T/full" >"$T/full.log" 2>&1
 if ((T_RC == 0)) && [[ -s "$(final "$T/full" pytorch_lora_weights.safetensors)" ]]; then
   t_pass "uninterrupted run: 2 ranks, $steps steps (${T_SECONDS}s)"
 else
@@ -30,7 +30,7 @@ fi
 for sig in TERM USR1; do
   out="$T/run-$sig"
   resume_ranks=2
-  t_bg 150 "$out.log" "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" --output "$out"
+  t_bg 150 "$out.log" "$T_ROOT/launch/local.sh" --timeout 120 2 "${train[@]}" --out "$out"
   # Signal the launcher once two steps are logged (the run is then between step 2 and the end).
   if ! t_wait_for 100 t_has_lines "$out/metrics.jsonl" 2; then
     t_fail "SIG$sig: the run did not reach step 2" "$(tail -n 5 "$out.log")"
@@ -54,7 +54,7 @@ for sig in TERM USR1; do
     t_fail "SIG$sig: stopped mid-run" "latest step '$stopped' (of $steps)"
     continue
   fi
-  t_job 150 "$T_ROOT/launch/local.sh" --timeout 120 "$resume_ranks" "${train[@]}" --output "$out" --resume auto >"$out.resume.log" 2>&1
+  t_job 150 "$T_ROOT/launch/local.sh" --timeout 120 "$resume_ranks" "${train[@]}" --out "$out" --resume auto >"$out.resume.log" 2>&1
   if ((T_RC == 0)) && grep -q "resumed from .*step-$(printf %06d "$stopped")" "$out.resume.log"; then
     t_pass "SIG$sig: --resume auto on $resume_ranks rank(s) continued from step $stopped to $steps"
   else

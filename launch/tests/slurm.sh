@@ -24,7 +24,7 @@ train=(--model "$T/model" --data "$T/cache" "${T_TRAIN_OPTS[@]}" --max-steps "$s
 final="step-$(printf %06d "$steps")/pytorch_lora_weights.safetensors"
 
 # --- the reference: 4 ranks with launch/local.sh -----------------------------------------------------------
-t_job 150 "$T_ROOT/launch/local.sh" --timeout 120 4 hgdpo train "${train[@]}" --output "$T/local" >"$T/local.log" 2>&1
+t_job 150 "$T_ROOT/launch/local.sh" --timeout 120 4 hgdpo train "${train[@]}" --out "$T/local" >"$T/local.log" 2>&1
 ((T_RC == 0)) || { t_fail "4-rank launch/local.sh reference run" "exit $T_RC: $(tail -n 5 "$T/local.log")"; t_finish; }
 
 # --- a throw-away Slurm ----------------------------------------------------------------------------------------
@@ -95,7 +95,7 @@ sbatch_opts=(--nodes=1 --ntasks-per-node=4 --cpus-per-task=1 --time=10 --chdir="
 
 # --- 1. sbatch --wait train.sbatch ---------------------------------------------------------------------------
 t_job 200 sbatch --wait --parsable "${sbatch_opts[@]}" --output="$T/job1-%j.out" "$T_ROOT/launch/slurm/train.sbatch" \
-  "${train[@]}" --output "$T/job1" >"$T/sbatch1.log" 2>&1
+  "${train[@]}" --out "$T/job1" >"$T/sbatch1.log" 2>&1
 job="$(head -n1 "$T/sbatch1.log" | cut -d';' -f1)"
 out="$T/job1-$job.out"
 if ((T_RC == 0)); then
@@ -129,7 +129,7 @@ fi
 
 # --- 2. sbatch --wait train-mpirun.sbatch (mpirun inside the allocation) ---------------------------------------
 t_job 200 sbatch --wait --parsable "${sbatch_opts[@]}" --output="$T/jobm-%j.out" "$T_ROOT/launch/slurm/train-mpirun.sbatch" \
-  "${train[@]}" --output "$T/jobm" >"$T/sbatchm.log" 2>&1
+  "${train[@]}" --out "$T/jobm" >"$T/sbatchm.log" 2>&1
 job="$(head -n1 "$T/sbatchm.log" | cut -d';' -f1)"
 out="$T/jobm-$job.out"
 if ((T_RC == 0)) && grep -q "train-mpirun.sbatch: job $job (restart 0) on $node: 4 ranks × 1 threads" "$out" &&
@@ -145,7 +145,7 @@ fi
 submit_running() {
   local name="$1" label="$2"
   t_job 30 sbatch --parsable "${sbatch_opts[@]}" --output="$T/$name-%j.out" "$T_ROOT/launch/slurm/train.sbatch" \
-    "${train[@]}" --output "$T/$name" >"$T/sbatch-$name.log" 2>&1
+    "${train[@]}" --out "$T/$name" >"$T/sbatch-$name.log" 2>&1
   job="$(head -n1 "$T/sbatch-$name.log" | cut -d';' -f1)"
   out="$T/$name-$job.out"
   if ((T_RC != 0)) || ! t_wait_for 120 t_has_lines "$T/$name/metrics.jsonl" 2; then
