@@ -147,12 +147,14 @@ extension Commands {
                 let elapsed = Date().timeIntervalSince(started)
                 fputs("score: prompt \(done)/\(total) on rank 0, ETA \(clockText(elapsed / Double(done) * Double(total - done)))\n", stderr)
             }
+            let seconds = Date().timeIntervalSince(started)
             let total = try comm.allreduce(Double(scored))
             try comm.barrier()
             if comm.isRoot {
                 let columns = try run.writeScores()
                 print(JSONValue.object([("pool", .string(pool)), ("images", .int(run.entries.count)), ("scored", .int(Int(total))),
-                                        ("columns", .array(columns.map { .string($0) }))]).serialized())
+                                        ("columns", .array(columns.map { .string($0) })), ("score_s", .double(seconds)),
+                                        ("threads", .int(Parallel.threads))]).serialized())
             }
         } catch let e as PoolError { throw CLIError.invalid(e.message) }
     }
