@@ -9,7 +9,8 @@
 #                      the launch tests are then not run.
 #   --no-launch-tests  skip launch/tests/run-all.sh.
 # As root, the cluster tools the launch tests need (openssh-server, iproute2, slurm-wlm) are installed too.
-# Ends with one line "tests: N passed, N failed"; exit status non-zero when anything failed.
+# Ends with the skipped tests and their reasons, then one line "tests: N passed, N failed, N skipped"; exit status
+# non-zero when anything failed.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -44,20 +45,18 @@ swift test --skip-build --disable-swift-testing "${filter[@]}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
-# XCTest's last summary line counts every test: "Executed N tests, with F failures (U unexpected) in …".
-summary=$(grep -E "Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail -n 1 || true)
-total=$(sed -E 's/.*Executed ([0-9]+) tests?.*/\1/' <<<"$summary")
-failures=$(sed -E 's/.*with ([0-9]+) failures?.*/\1/' <<<"$summary")
-failed_cases=$(grep -cE "^Test Case .* failed \(" "$log" || true)
-if [[ -z "$summary" ]]; then
+# Counts from XCTest's summary line, skipped tests listed with their reasons (launch/xctest-summary.sh).
+if ! counts=$(bash "$root/launch/xctest-summary.sh" "$log"); then
   echo "test.sh: swift test printed no summary (exit status $status)" >&2
-  echo "tests: 0 passed, 1 failed"
+  echo "tests: 0 passed, 1 failed, 0 skipped"
   exit 1
 fi
-passed=$((total - failed_cases))
+eval "$(head -n 1 <<<"$counts")"   # total= passed= failed= skipped=
+skipped_list=$(tail -n +2 <<<"$counts")
 
 launch_passed=0
 launch_failed=0
+launch_skipped=0
 launch_status=0
 if ((launch_tests)); then
   echo "== launch tests (launch/tests/run-all.sh)"
@@ -69,10 +68,13 @@ if ((launch_tests)); then
   if [[ -n "$launch_summary" ]]; then
     launch_passed=$(sed -E 's/^launch tests: ([0-9]+) passed.*/\1/' <<<"$launch_summary")
     launch_failed=$(sed -E 's/^launch tests: [0-9]+ passed, ([0-9]+) failed.*/\1/' <<<"$launch_summary")
+    launch_skipped=$(sed -nE 's/^launch tests: .* ([0-9]+) skipped.*/\1/p' <<<"$launch_summary")
+    skipped_list+=$(sed -nE 's/^SKIP (.*)$/\nskipped: launch test \1/p' "$log")
   fi
   if ((launch_status != 0 && launch_failed == 0)); then launch_failed=1; fi
 fi
 
-echo "swift tests: $passed passed, $failed_cases failed; launch tests: $launch_passed passed, $launch_failed failed"
-echo "tests: $((passed + launch_passed)) passed, $((failed_cases + launch_failed)) failed"
-if ((status != 0 || failures != 0 || launch_failed != 0)); then exit 1; fi
+echo "swift tests: $passed passed, $failed failed, $skipped skipped; launch tests: $launch_passed passed, $launch_failed failed, $launch_skipped skipped"
+[[ -n "$skipped_list" ]] && sed '/^$/d' <<<"$skipped_list"
+echo "tests: $((passed + launch_passed)) passed, $((failed + launch_failed)) failed, $((skipped + launch_skipped)) skipped"
+if ((status != 0 || failed != 0 || launch_failed != 0)); then exit 1; fi

@@ -5,6 +5,7 @@
 import Distributed
 import Foundation
 import IO
+import NN
 import Layers
 import Schedulers
 import Tensors
@@ -47,6 +48,8 @@ extension Commands {
                    default: "no", choices: ["no", "bf16"]),
             .value("--threads", "N", "Compute threads (default: HGDPO_THREADS or all cores)"),
             .flag("--gradient-checkpointing", "Recompute block activations in backward (less memory, more compute)"),
+            .value("--objective", "NAME", "hgdpo (policy + reference over winners and losers) or sft (policy over the winners only)",
+                   default: "hgdpo", choices: ["hgdpo", "dpo", "sft"]),
         ]
     ) { args in
         try applyThreads(args)
@@ -64,7 +67,7 @@ extension Commands {
         var sched = SchedulerConfig()
         sched.betaStart = 0.00085; sched.betaEnd = 0.012; sched.betaSchedule = "scaled_linear"
         let schedule = try NoiseSchedule(sched)
-        let objective = Objective()
+        let objective = Objective(kind: ObjectiveKind(rawValue: args.string("--objective")!)!)
         let opt = AdamW(count: model.lora!.count)
         let c = spec.inChannels, n = c * l * l, d = spec.crossAttentionDim
         let rng = CounterRNG(seed: 1)
@@ -91,7 +94,8 @@ extension Commands {
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
         print(JSONValue.object([
-            ("impl", .string("hgdpo-\(version)")), ("config", .string(name)), ("latent", .int(l)), ("pairs", .int(b)),
+            ("impl", .string("hgdpo-\(version)")), ("config", .string(name)), ("objective", .string(objective.kind.rawValue)),
+            ("latent", .int(l)), ("pairs", .int(b)),
             ("threads", .int(Parallel.threads)), ("bf16", .bool(precision == .bf16)),
             ("bf16_gemm", .string(precision == .bf16 ? (BF16.isAccelerated ? "avx512bf16" : "widened to fp32 + sgemm") : "none")), ("gradient_checkpointing", .bool(model.gradientCheckpointing)),
             ("median_step_s", .double(times[times.count / 2])),

@@ -5,6 +5,7 @@ import DatasetBuilder
 import Distributed
 import Foundation
 import IO
+import NN
 import Sampling
 import Scoring
 import Tensors

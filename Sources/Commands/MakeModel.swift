@@ -11,6 +11,7 @@
 // `--parts unet` writes only model_index.json, unet/ and scheduler/ (what the trainer reads).
 import Foundation
 import IO
+import NN
 import Tensors
 import TextEncoder
 import UNet
@@ -51,7 +52,7 @@ extension Commands {
             let vae = AutoencoderKL(spec: try VAESpec(shapes.vae))
             vae.initializeAsDiffusers(seed: seed &+ 2)
             try writePipeline(model: model, textEncoder: text, vae: vae, to: out, fp16Variant: fp16)
-            fields += [("text_encoder_params", .int(text.storage.count)), ("vae_params", .int(vae.parameterCount))]
+            fields += [("text_encoder_params", .int(text.weights.table.count)), ("vae_params", .int(vae.parameterCount))]
         } else {
             try writePipeline(model: model, to: out, fp16Variant: fp16)
         }
@@ -111,11 +112,7 @@ extension Commands {
         unetJSON["_diffusers_version"] = diffusersVersion
         try JSONSerialization.data(withJSONObject: unetJSON, options: [.sortedKeys, .prettyPrinted])
             .write(to: URL(fileURLWithPath: path("unet", "config.json")))
-        let w = model.weights
-        let unetParameters = w.table.entries.map { e in
-            (key: e.key, shape: e.shape, values: UnsafeBufferPointer(start: UnsafePointer(w.storage.ptr + e.offset), count: e.count))
-        }
-        try writeWeights(unetParameters, to: path("unet"), name: "diffusion_pytorch_model", fp16Variant: fp16Variant)
+        try writeWeights(model.weights.namedParameters, to: path("unet"), name: "diffusion_pytorch_model", fp16Variant: fp16Variant)
         let scheduler: [String: Any] = [
             "_class_name": "DDPMScheduler", "_diffusers_version": diffusersVersion, "beta_start": 0.00085, "beta_end": 0.012,
             "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon", "clip_sample": false,
@@ -128,13 +125,13 @@ extension Commands {
         if let textEncoder {
             try writeJSON(textEncoderConfigJSON(textEncoder.config), to: path("text_encoder", "config.json"))
             // Keys as transformers 4 saved them (`text_model.…`, as every SD release has them): transformers 4 and 5 load that.
-            let prefixed = textEncoder.namedParameters.map { (key: "text_model." + $0.key, shape: $0.shape, values: $0.values) }
+            let prefixed = textEncoder.weights.namedParameters.map { (key: "text_model." + $0.key, shape: $0.shape, values: $0.values) }
             try writeWeights(prefixed, to: path("text_encoder"), name: "model", fp16Variant: fp16Variant)
             try ByteLevelVocabulary.write(to: path("tokenizer"))
         }
         if let vae {
             try writeJSON(vaeConfigJSON(vae.spec.config), to: path("vae", "config.json"))
-            try writeWeights(vae.namedParameters, to: path("vae"), name: "diffusion_pytorch_model", fp16Variant: fp16Variant)
+            try writeWeights(vae.weights.namedParameters, to: path("vae"), name: "diffusion_pytorch_model", fp16Variant: fp16Variant)
         }
         // Component entries in diffusers' order; a pipeline saved without a safety checker lists it as [null, null].
         if textEncoder != nil || vae != nil {

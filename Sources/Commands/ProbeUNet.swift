@@ -1,6 +1,7 @@
 // `hgdpo probe unet`: one U-Net forward on given inputs, for parity checks against diffusers and for users debugging
 // a model or a LoRA.
 import IO
+import NN
 import Tensors
 import UNet
 

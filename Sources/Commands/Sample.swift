@@ -2,6 +2,7 @@
 // (Sources/Sampling). Writes NNNNNN-seedS.png with the parameters in PNG text chunks, and grid.png.
 import Foundation
 import IO
+import NN
 import Sampling
 import Tensors
 import TextEncoder

@@ -4,6 +4,7 @@
 import Distributed
 import Foundation
 import IO
+import NN
 import Tensors
 import Training
 import UNet

@@ -16,7 +16,7 @@ import IO
 import Sampling
 import Tensors
 
-public struct PoolError: Error, CustomStringConvertible {
+public struct PoolError: Error, UserInputError, CustomStringConvertible {
     public let message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }

@@ -2,6 +2,7 @@
 // (PartiPrompts.tsv: Prompt, Category, Challenge, Note), from which `column` gives the prompt and `categories`, if
 // any, keeps only the rows whose `Category` is one of them. Prompt p of the list is the p-th prompt kept.
 import Foundation
+import IO
 
 public struct PoolPrompt: Sendable, Equatable {
     public let text: String
@@ -11,7 +12,7 @@ public struct PoolPrompt: Sendable, Equatable {
     public let line: Int
 }
 
-public struct PromptFileError: Error, CustomStringConvertible {
+public struct PromptFileError: Error, UserInputError, CustomStringConvertible {
     public let message: String
     public var description: String { message }
 }

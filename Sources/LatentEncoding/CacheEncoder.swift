@@ -23,6 +23,7 @@ import Datasets
 import Distributed
 import Foundation
 import IO
+import NN
 import Tensors
 import TextEncoder
 import VAE
@@ -41,7 +42,7 @@ public struct EncodeSettings: Sendable {
     public var crop = CropMode.center
     public var resize = ResizeMethod.pil
     public var latentMode = LatentModeName.sample
-    /// VAE convolutions in bf16 (AutoencoderKL.useBF16Convolutions); the text encoder stays fp32.
+    /// VAE convolutions in bf16 (AutoencoderKL precision .bf16); the text encoder stays fp32.
     public var bf16 = false
     public var seed: UInt64 = 0
     public var skipBad = false
@@ -153,8 +154,7 @@ public final class CacheEncoder {
 
         // Models first: a wrong model is reported before the dataset is read.
         let folder = try ModelFolder(path: s.model)
-        let vae = try AutoencoderKL.load(folder: folder.vae(), variant: s.variant, parts: .encoder)
-        if s.bf16 { vae.useBF16Convolutions() }
+        let vae = try AutoencoderKL.load(folder: folder.vae(), variant: s.variant, parts: .encoder, precision: s.bf16 ? .bf16 : .no)
         let prompts = try PromptEncoder.load(folder, variant: s.variant)
         let f = vae.downsamplingFactor
         guard s.width % f == 0, s.height % f == 0 else {

@@ -28,6 +28,7 @@
 // image_processor.py (VaeImageProcessor.postprocess / denormalize).
 import Foundation
 import IO
+import NN
 import Schedulers
 import Tensors
 import TextEncoder

@@ -14,6 +14,7 @@
 import Foundation
 import IO
 import Layers
+import NN
 import Tensors
 import TextEncoder
 
@@ -59,120 +60,64 @@ public struct CLIPConfig: Codable, Sendable {
     }
 }
 
-public struct CLIPModelError: Error, CustomStringConvertible {
+public struct CLIPModelError: Error, UserInputError, CustomStringConvertible {
     public let message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }
 }
 
-// MARK: - Vision tower
-
-/// CLIPVisionTransformer + visual_projection: pixels (B, 3, S, S) → image_embeds (B, P).
-public final class CLIPVisionModel: @unchecked Sendable {
-    public let config: CLIPVisionConfig
-    public let projectionDim: Int
-    public let layers: CLIPEncoderLayers
-    /// Parameters under transformers' keys without the `vision_model.` prefix, plus `visual_projection.weight`.
-    let storage: Buffer
-    let table: [String: (offset: Int, shape: [Int])]
-    let keys: [String]
-
-    public var patchCount: Int { (config.imageSize / config.patchSize) * (config.imageSize / config.patchSize) }
-
-    public init(config c: CLIPVisionConfig, projectionDim: Int, source: String) throws {
-        guard c.hiddenSize > 0, c.numAttentionHeads > 0, c.hiddenSize % c.numAttentionHeads == 0, c.patchSize > 0,
-              c.imageSize % c.patchSize == 0, c.numHiddenLayers > 0, c.numChannels == 3 else {
-            throw CLIPModelError("\(source): vision_config: hidden_size \(c.hiddenSize), heads \(c.numAttentionHeads), image_size "
-                                 + "\(c.imageSize), patch_size \(c.patchSize), channels \(c.numChannels) do not make a ViT")
-        }
-        guard let act = TextActivation(rawValue: c.hiddenAct) else {
-            throw CLIPModelError("\(source): vision_config.hidden_act '\(c.hiddenAct)' is not supported (quick_gelu or gelu)")
-        }
-        config = c
-        self.projectionDim = projectionDim
-        layers = CLIPEncoderLayers(width: c.hiddenSize, intermediate: c.intermediateSize, heads: c.numAttentionHeads,
-                                   activation: act, eps: Float(c.layerNormEps))
-        let D = c.hiddenSize, p = c.patchSize, n = (c.imageSize / p) * (c.imageSize / p)
-        var list: [(String, [Int])] = [
-            ("embeddings.class_embedding", [D]), ("embeddings.patch_embedding.weight", [D, 3, p, p]),
-            ("embeddings.position_embedding.weight", [n + 1, D]), ("pre_layrnorm.weight", [D]), ("pre_layrnorm.bias", [D]),
-        ]
-        list += layers.parameterShapes(count: c.numHiddenLayers)
-        list += [("post_layernorm.weight", [D]), ("post_layernorm.bias", [D]), ("visual_projection.weight", [projectionDim, D])]
-        var table: [String: (Int, [Int])] = [:], offset = 0
-        for (k, s) in list { table[k] = (offset, s); offset += s.reduce(1, *) }
-        self.table = table
-        keys = list.map(\.0)
-        storage = Buffer(zeros: offset)
-    }
-
-    func parameter(_ key: String) -> (pointer: UnsafeMutablePointer<Float>, shape: [Int])? {
-        table[key].map { (storage.ptr + $0.offset, $0.shape) }
-    }
-    private func p(_ key: String) -> UnsafeMutablePointer<Float> { storage.ptr + table[key]!.offset }
-
-    /// image_embeds (B, projectionDim) of pixels (B, 3, S, S) normalised as the processor does.
-    public func imageEmbeddings(_ pixels: UnsafePointer<Float>, batch B: Int) -> Buffer {
-        let c = config, D = c.hiddenSize, ps = c.patchSize, g = c.imageSize / ps, n = g * g, S = n + 1, K = 3 * ps * ps
-        // Patch embedding: a stride-p convolution without bias = patches (B·n, 3·p·p) in (c, kh, kw) order · Wᵀ.
-        let patches = Buffer(uninitialized: B * n * K)
-        for b in 0..<B {
-            for gy in 0..<g {
-                for gx in 0..<g {
-                    var dst = patches.ptr + ((b * n) + gy * g + gx) * K
-                    for ch in 0..<3 {
-                        for ky in 0..<ps {
-                            let src = pixels + ((b * 3 + ch) * c.imageSize + gy * ps + ky) * c.imageSize + gx * ps
-                            dst.update(from: src, count: ps)
-                            dst += ps
-                        }
-                    }
-                }
-            }
-        }
-        let embedded = Buffer(uninitialized: B * n * D)
-        linearForward(out: embedded.ptr, inp: patches.ptr, weight: p("embeddings.patch_embedding.weight"), bias: nil, N: B * n, I: K, O: D)
-        // x (B, S, D) = [class; patches] + position_embedding, then pre_layrnorm.
-        let x = Buffer(uninitialized: B * S * D)
-        let cls = p("embeddings.class_embedding"), pos = p("embeddings.position_embedding.weight")
-        for b in 0..<B {
-            for s in 0..<S {
-                let row = x.ptr + (b * S + s) * D, src = s == 0 ? UnsafePointer(cls) : UnsafePointer(embedded.ptr + (b * n + s - 1) * D)
-                for j in 0..<D { row[j] = src[j] + pos[s * D + j] }
-            }
-        }
-        let mean = Buffer(uninitialized: B * S), rstd = Buffer(uninitialized: B * S)
-        let h = Buffer(uninitialized: B * S * D)
-        layerNormForward(out: h.ptr, mean: mean.ptr, rstd: rstd.ptr, inp: x.ptr, weight: p("pre_layrnorm.weight"),
-                         bias: p("pre_layrnorm.bias"), N: B * S, C: D, eps: layers.eps)
-        layers.forward(h.ptr, batch: B, length: S, count: c.numHiddenLayers, causal: false, weight: p)
-        // pooled = post_layernorm(x[:, 0]); image_embeds = visual_projection(pooled).
-        let first = Buffer(uninitialized: B * D), pooled = Buffer(uninitialized: B * D)
-        for b in 0..<B { (first.ptr + b * D).update(from: h.ptr + b * S * D, count: D) }
-        layerNormForward(out: pooled.ptr, mean: mean.ptr, rstd: rstd.ptr, inp: first.ptr, weight: p("post_layernorm.weight"),
-                         bias: p("post_layernorm.bias"), N: B, C: D, eps: layers.eps)
-        let out = Buffer(uninitialized: B * projectionDim)
-        linearForward(out: out.ptr, inp: pooled.ptr, weight: p("visual_projection.weight"), bias: nil, N: B, I: D, O: projectionDim)
-        return out
-    }
-}
-
 // MARK: - CLIPModel
 
+/// CLIPModel on the NN framework: the vision tower and the projections are modules declared here under transformers'
+/// keys; the text tower is TextEncoder's CLIPTextModel (its own parameter table, keys without `text_model.`).
 public final class CLIPModel: @unchecked Sendable {
     public let config: CLIPConfig
-    public let vision: CLIPVisionModel
     public let text: CLIPTextModel
-    let textProjection: Buffer      // (P, D_text)
-    public private(set) var logitScale: Float = 0   // log of the scale, as stored
+    /// The vision tower, visual_projection, text_projection and logit_scale.
+    public let weights: Weights
+    let classEmbedding: Int
+    let patchEmbedding: Conv2d
+    let positionEmbedding: Embedding
+    let preLayerNorm: LayerNorm
+    let layers: [CLIPEncoderLayer]
+    let postLayerNorm: LayerNorm
+    let visualProjection: Linear, textProjection: Linear
+    let logitScaleOffset: Int
+    private let workspace = Workspace()
     /// "transformers" or "open_clip": the key layout the weights were loaded from.
     public private(set) var layout = "transformers"
 
+    /// exp of this scales the cosine (stored as its log, as both layouts do).
+    public var logitScale: Float { weights.storage.ptr[logitScaleOffset] }
+    public var projectionDim: Int { config.projectionDim }
+
     public init(config: CLIPConfig, source: String) throws {
+        let c = config.visionConfig
+        guard c.hiddenSize > 0, c.numAttentionHeads > 0, c.hiddenSize % c.numAttentionHeads == 0, c.patchSize > 0,
+              c.imageSize % c.patchSize == 0, c.numHiddenLayers > 0, c.numChannels == 3, config.projectionDim > 0 else {
+            throw CLIPModelError("\(source): vision_config: hidden_size \(c.hiddenSize), heads \(c.numAttentionHeads), image_size "
+                                 + "\(c.imageSize), patch_size \(c.patchSize), channels \(c.numChannels) do not make a ViT")
+        }
+        guard let act = CLIPActivation(rawValue: c.hiddenAct) else {
+            throw CLIPModelError("\(source): vision_config.hidden_act '\(c.hiddenAct)' is not supported (quick_gelu or gelu)")
+        }
         self.config = config
-        vision = try CLIPVisionModel(config: config.visionConfig, projectionDim: config.projectionDim, source: source)
         text = try CLIPTextModel(config: config.textConfig, source: source + " (text_config)")
-        textProjection = Buffer(zeros: config.projectionDim * config.textConfig.hiddenSize)
+        let t = ParameterTable(), D = c.hiddenSize, g = c.imageSize / c.patchSize, v = "vision_model."
+        classEmbedding = t.add(v + "embeddings.class_embedding", [D])
+        patchEmbedding = Conv2d(t, v + "embeddings.patch_embedding", cin: 3, cout: D, kernel: c.patchSize, stride: c.patchSize,
+                                padding: Conv2DPadding(0), bias: false)
+        positionEmbedding = Embedding(t, v + "embeddings.position_embedding", count: g * g + 1, dim: D)
+        preLayerNorm = LayerNorm(t, v + "pre_layrnorm", channels: D, eps: c.layerNormEps)
+        layers = (0..<c.numHiddenLayers).map {
+            CLIPEncoderLayer(t, v + "encoder.layers.\($0)", width: D, intermediate: c.intermediateSize, heads: c.numAttentionHeads,
+                             eps: c.layerNormEps, activation: act, causal: false)
+        }
+        postLayerNorm = LayerNorm(t, v + "post_layernorm", channels: D, eps: c.layerNormEps)
+        visualProjection = Linear(t, "visual_projection", inFeatures: D, outFeatures: config.projectionDim, bias: false)
+        textProjection = Linear(t, "text_projection", inFeatures: config.textConfig.hiddenSize, outFeatures: config.projectionDim, bias: false)
+        logitScaleOffset = t.add("logit_scale", [1])
+        weights = Weights(table: t)
     }
 
     /// config.json of `folder`, then the weights: `weights` (a safetensors file) or the folder's model.safetensors,
@@ -180,85 +125,108 @@ public final class CLIPModel: @unchecked Sendable {
     public static func load(folder: String, weights: String? = nil) throws -> CLIPModel {
         let configPath = (folder as NSString).appendingPathComponent("config.json")
         let model = try CLIPModel(config: decodeConfig(CLIPConfig.self, from: configPath), source: configPath)
-        var files: [String]
-        if let weights { files = [weights] } else {
-            do { files = try ComponentFolder(path: folder).weightFiles() } catch {
-                let all = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).filter { $0.hasSuffix(".safetensors") }
-                guard all.count == 1 else { throw error }
-                files = [(folder as NSString).appendingPathComponent(all[0])]
-            }
-        }
-        try model.load(files: files)
+        try model.load(files: weightFiles(folder: folder, weights: weights))
         return model
     }
 
-    /// Where a transformers key lives.
-    func target(_ key: String) -> (pointer: UnsafeMutablePointer<Float>, shape: [Int])? {
-        if key == "text_projection.weight" { return (textProjection.ptr, [config.projectionDim, config.textConfig.hiddenSize]) }
-        if key == "visual_projection.weight" { return vision.parameter(key) }
-        if key.hasPrefix("vision_model.") { return vision.parameter(String(key.dropFirst("vision_model.".count))) }
-        if key.hasPrefix("text_model.") { return text.parameter(String(key.dropFirst("text_model.".count))) }
-        return nil
+    static func weightFiles(folder: String, weights: String?) throws -> [String] {
+        if let weights { return [weights] }
+        do { return try ComponentFolder(path: folder).weightFiles() } catch {
+            let all = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).filter { $0.hasSuffix(".safetensors") }
+            guard all.count == 1 else { throw error }
+            return [(folder as NSString).appendingPathComponent(all[0])]
+        }
+    }
+
+    /// Where a transformers key lives: the text model's table (without `text_model.`) or this one.
+    func target(_ key: String) -> UnsafeMutableBufferPointer<Float>? {
+        key.hasPrefix("text_model.") ? text.weights[String(key.dropFirst("text_model.".count))] : weights[key]
     }
 
     var allKeys: [String] {
-        vision.keys.map { $0 == "visual_projection.weight" ? $0 : "vision_model." + $0 } + text.parameterKeys.map { "text_model." + $0 }
-            + ["text_projection.weight", "logit_scale"]
+        weights.table.entries.map(\.key) + text.weights.table.entries.map { "text_model." + $0.key }
     }
 
+    /// Every parameter from safetensors files with transformers' keys or open_clip's (remapped by OpenCLIPKeys);
+    /// each must be there once with its size, nothing else.
     public func load(files: [String]) throws {
-        var seen = Set<String>(), unexpected: [String] = [], mismatched: [String] = []
-        let source = files.joined(separator: ", ")
+        var seen = Set<String>(), unexpected: [String] = [], mismatched: [String] = [], duplicated: [String] = []
         for path in files {
             let file = try SafeTensorsFile(path: path)
             if file.tensorNames.contains(where: { $0.hasPrefix("visual.") }) { layout = "open_clip" }
             for name in file.tensorNames {
                 if name.hasSuffix("position_ids") || name == "attn_mask" { continue }
                 let values = try file.floats(name), shape = file.info(name)!.shape
-                let pieces = layout == "open_clip" ? OpenCLIPKeys.map(name, values: values, shape: shape)
-                                                   : [(name, values, shape)]
+                let pieces = layout == "open_clip" ? OpenCLIPKeys.map(name, values: values, shape: shape) : [(name, values, shape)]
                 if pieces.isEmpty { unexpected.append(name); continue }
                 for (key, v, s) in pieces {
-                    if key == "logit_scale" {
-                        guard v.count == 1 else { mismatched.append("\(name) has \(v.count) values, expected 1"); continue }
-                        logitScale = v[0]; seen.insert(key); continue
-                    }
                     guard let t = target(key) else { unexpected.append(name); continue }
-                    guard t.shape.reduce(1, *) == v.count, t.shape == s || t.shape.filter({ $0 != 1 }) == s.filter({ $0 != 1 }) else {
-                        mismatched.append("\(name) is \(s), expected \(t.shape)"); continue
-                    }
-                    v.withUnsafeBufferPointer { t.pointer.update(from: $0.baseAddress!, count: v.count) }
-                    seen.insert(key)
+                    guard t.count == v.count else { mismatched.append("\(name) is \(s), expected \(t.count) values"); continue }
+                    guard seen.insert(key).inserted else { duplicated.append(name); continue }
+                    _ = t.update(from: v)
                 }
+                file.evict(name)
             }
         }
         let missing = allKeys.filter { !seen.contains($0) }
-        func list(_ xs: [String]) -> String { xs.prefix(5).joined(separator: ", ") + (xs.count > 5 ? ", … (\(xs.count) in all)" : "") }
-        var parts: [String] = []
-        if !missing.isEmpty { parts.append("missing \(missing.count) tensor(s): \(list(missing))") }
-        if !mismatched.isEmpty { parts.append("wrong shape: \(list(mismatched))") }
-        if !unexpected.isEmpty { parts.append("\(unexpected.count) unexpected tensor(s): \(list(unexpected))") }
-        if !parts.isEmpty { throw CLIPModelError("\(source) (\(layout) layout): weights do not match the CLIP config: \(parts.joined(separator: "; "))") }
+        if !missing.isEmpty || !unexpected.isEmpty || !mismatched.isEmpty || !duplicated.isEmpty {
+            func list(_ xs: [String]) -> String { xs.prefix(5).joined(separator: ", ") + (xs.count > 5 ? ", … (\(xs.count) in all)" : "") }
+            let parts = [("missing", missing), ("unexpected", unexpected), ("wrong size", mismatched), ("given twice", duplicated)]
+                .filter { !$0.1.isEmpty }.map { "\($0.1.count) \($0.0) tensor(s): \(list($0.1))" }
+            throw CLIPModelError("\(files.joined(separator: ", ")) (\(layout) layout): weights do not match the CLIP config: "
+                                 + parts.joined(separator: "; "))
+        }
+    }
+
+    /// Random weights (tests and benchmarks).
+    public func randomizeWeights(seed: UInt64) {
+        weights.randomize(seed: seed)
+        text.randomizeWeights(seed: seed &+ 1)
     }
 
     // MARK: - Features
 
-    public func imageEmbeddings(_ pixels: UnsafePointer<Float>, batch: Int) -> Buffer { vision.imageEmbeddings(pixels, batch: batch) }
+    /// image_embeds (B, projection_dim) of pixel_values (B, 3, S, S), before normalisation.
+    public func imageEmbeddings(_ pixels: UnsafePointer<Float>, batch B: Int) -> Buffer {
+        let c = config.visionConfig, D = c.hiddenSize, g = c.imageSize / c.patchSize, n = g * g, S = n + 1
+        let p = Pass(weights: weights, workspace: workspace)
+        let input = Buffer(uninitialized: B * 3 * c.imageSize * c.imageSize)
+        input.ptr.update(from: pixels, count: input.count)
+        let patches = patchEmbedding.forward(p, input, B, c.imageSize, c.imageSize)     // (B, D, g, g)
+        // x (B, S, D) = [class_embedding; patches (transposed to tokens)] + position_embedding
+        let x = Buffer(uninitialized: B * S * D)
+        let cls = p.vector(classEmbedding)
+        for b in 0..<B {
+            for s in 0..<S {
+                let row = x.ptr + (b * S + s) * D, pos = positionEmbedding.row(p, s)
+                if s == 0 {
+                    for j in 0..<D { row[j] = cls[j] + pos[j] }
+                } else {
+                    let src = patches.ptr + b * D * n + (s - 1)
+                    for j in 0..<D { row[j] = src[j * n] + pos[j] }
+                }
+            }
+        }
+        let h = preLayerNorm.forward(p, x, B * S).0
+        for layer in layers { layer.forward(p, h, B, S) }
+        // pooled = post_layernorm(x[:, 0]); image_embeds = visual_projection(pooled)
+        let first = Buffer(uninitialized: B * D)
+        for b in 0..<B { (first.ptr + b * D).update(from: h.ptr + b * S * D, count: D) }
+        return visualProjection.forward(p, postLayerNorm.forward(p, first, B).0, B).out
+    }
 
-    /// text_embeds (B, P) of framed token ids (B, S).
+    /// text_embeds (B, projection_dim) of framed token ids (B, S), before normalisation.
     public func textEmbeddings(inputIds: [Int], batch B: Int, length S: Int) throws -> Buffer {
         let hidden = try text.forward(inputIds: inputIds, batch: B, length: S)
-        let D = config.textConfig.hiddenSize, P = config.projectionDim, eos = config.textConfig.eosTokenId
+        let D = config.textConfig.hiddenSize, eos = config.textConfig.eosTokenId
         let pooled = Buffer(uninitialized: B * D)
         for b in 0..<B {
             let ids = inputIds[(b * S)..<((b + 1) * S)]
-            // transformers: eos_token_id == 2 (old configs) → argmax of the ids; else the first EOS.
+            // transformers: eos_token_id == 2 (old configs) → the row of the largest id; else the first EOS.
             let position = eos == 2 ? ids.firstIndex(of: ids.max()!)! : (ids.firstIndex(of: eos) ?? ids.indices.last!)
             (pooled.ptr + b * D).update(from: hidden.ptr + position * D, count: D)
         }
-        let out = Buffer(uninitialized: B * P)
-        linearForward(out: out.ptr, inp: pooled.ptr, weight: textProjection.ptr, bias: nil, N: B, I: D, O: P)
-        return out
+        return textProjection.forward(Pass(weights: weights, workspace: workspace), pooled, B).out
     }
 }
 

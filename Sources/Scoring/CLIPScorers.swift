@@ -88,7 +88,7 @@ public final class CLIPScorer: Scorer {
         guard processor.cropHeight == model.config.visionConfig.imageSize, processor.cropWidth == model.config.visionConfig.imageSize else {
             throw CLIPModelError("\(arg.path): preprocessor crop \(processor.cropWidth)x\(processor.cropHeight) differs from vision_config.image_size \(model.config.visionConfig.imageSize)")
         }
-        let files = try arg.options["weights"].map { [$0] } ?? ComponentFolder(path: arg.path).weightFiles()
+        let files = try CLIPModel.weightFiles(folder: arg.path, weights: arg.options["weights"])
         descriptor = ScorerDescriptor(name: name, kind: "clip", argument: argument, version: try weightFingerprint(files),
                                       settings: ["output": cosineOnly ? "cosine" : "logit", "layout": model.layout,
                                                  "logit_scale": String(exp(model.logitScale))])
@@ -107,7 +107,7 @@ public final class CLIPScorer: Scorer {
 
     /// Normalised image embeddings (N, P), `batch` images per forward.
     public func imageEmbeddings(_ images: [ByteImage]) throws -> [Float] {
-        try normalizedImageEmbeddings(model.vision, processor, images, batch: batch)
+        try normalizedImageEmbeddings(model, processor, images, batch: batch)
     }
 
     public func score(images: [ByteImage], prompt: String) throws -> [Double] {
@@ -122,13 +122,13 @@ public final class CLIPScorer: Scorer {
     }
 }
 
-func normalizedImageEmbeddings(_ vision: CLIPVisionModel, _ processor: CLIPImageProcessor, _ images: [ByteImage], batch: Int) throws -> [Float] {
-    let P = vision.projectionDim
+func normalizedImageEmbeddings(_ model: CLIPModel, _ processor: CLIPImageProcessor, _ images: [ByteImage], batch: Int) throws -> [Float] {
+    let P = model.projectionDim
     var out = [Float](repeating: 0, count: images.count * P)
     for start in stride(from: 0, to: images.count, by: batch) {
         let chunk = Array(images[start..<min(start + batch, images.count)])
         let pixels = try processor.pixelValues(chunk)
-        let e = vision.imageEmbeddings(pixels.ptr, batch: chunk.count)
+        let e = model.imageEmbeddings(pixels.ptr, batch: chunk.count)
         normalizeRows(e.ptr, rows: chunk.count, width: P)
         for i in 0..<(chunk.count * P) { out[start * P + i] = e.ptr[i] }
     }
@@ -161,7 +161,7 @@ public final class AestheticScorer: Scorer {
             throw CLIPModelError("\(arg.path): the MLP takes \(layers.first!.inputs) inputs and gives \(layers.last!.outputs); "
                                  + "the CLIP model at \(clipFolder) gives \(clip.config.projectionDim)-wide embeddings (and one score is needed)")
         }
-        let version = try weightFingerprint([arg.path] + ComponentFolder(path: clipFolder).weightFiles())
+        let version = try weightFingerprint([arg.path] + CLIPModel.weightFiles(folder: clipFolder, weights: nil))
         descriptor = ScorerDescriptor(name: name, kind: "aesthetic", argument: argument, version: version,
                                       settings: ["layers": layers.map { "\($0.inputs)→\($0.outputs)" }.joined(separator: ",")])
     }
@@ -208,7 +208,7 @@ public final class AestheticScorer: Scorer {
     }
 
     public func score(images: [ByteImage], prompt: String) throws -> [Double] {
-        let e = try normalizedImageEmbeddings(clip.vision, processor, images, batch: batch)
+        let e = try normalizedImageEmbeddings(clip, processor, images, batch: batch)
         return mlp(e, rows: images.count).map(Double.init)
     }
 }

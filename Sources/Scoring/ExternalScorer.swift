@@ -16,7 +16,7 @@ import IO
 import Glibc
 #endif
 
-public struct ExternalScorerError: Error, CustomStringConvertible {
+public struct ExternalScorerError: Error, UserInputError, CustomStringConvertible {
     public let message: String
     public var description: String { message }
 }

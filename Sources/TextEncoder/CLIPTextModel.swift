@@ -1,7 +1,8 @@
 // CLIP's text transformer, forward only: what Stable Diffusion conditions its U-Net on.
 // Ref: transformers 5.24 models/clip/modeling_clip.py, CLIPTextModel.forward → last_hidden_state:
 //   x = token_embedding[ids] + position_embedding[0..<S]
-//   the encoder layers (CLIPEncoder.swift), causal: token i sees tokens ≤ i
+//   per layer: x += out_proj(attention(layer_norm1(x)))      (causal: token i sees tokens ≤ i; heads of size D/H,
+//              x += fc2(act(fc1(layer_norm2(x))))             scale 1/sqrt(D/H); act quick_gelu or gelu)
 //   last_hidden_state = final_layer_norm(x)
 // No padding mask: diffusers' SD pipelines call the text encoder with the ids alone (config.use_attention_mask unset),
 // so padding tokens attend to everything before them, as here.
@@ -12,37 +13,30 @@
 import Foundation
 import IO
 import Layers
+import NN
 import Tensors
 
 public enum TextModelError: Error, UserInputError, CustomStringConvertible, Equatable {
     case badConfig(path: String, key: String, detail: String)
-    case weights(source: String, detail: String)
     case badInput(String)
 
     public var description: String {
         switch self {
         case .badConfig(let p, let k, let d): return "\(p): key '\(k)': \(d)"
-        case .weights(let s, let d): return "\(s): weights do not match the text encoder config: \(d)"
         case .badInput(let m): return m
         }
     }
 }
 
-public enum TextActivation: String, Sendable {
-    case quickGelu = "quick_gelu"
-    case gelu = "gelu"
-}
-
 public final class CLIPTextModel: @unchecked Sendable {
     public let config: CLIPTextConfig
-    public let activation: TextActivation
-    /// The transformer layers (shared with CLIP's vision tower).
-    public let encoderLayers: CLIPEncoderLayers
-    /// Every parameter, fp32, in one allocation; `entries` gives each state-dict key (without `text_model.`) its
-    /// shape and offset.
-    public let storage: Buffer
-    let entries: [(key: String, shape: [Int], offset: Int)]
-    private let index: [String: Int]
+    public let activation: CLIPActivation
+    /// Every parameter, fp32, under its state-dict key without `text_model.`.
+    public let weights: Weights
+    let tokenEmbedding: Embedding, positionEmbedding: Embedding
+    let layers: [CLIPEncoderLayer]
+    let finalLayerNorm: LayerNorm
+    private let workspace = Workspace()
 
     public var width: Int { config.hiddenSize }
     public var layerCount: Int { config.numHiddenLayers }
@@ -61,30 +55,21 @@ public final class CLIPTextModel: @unchecked Sendable {
         try check(config.vocabSize > 0, "vocab_size", "must be positive, got \(config.vocabSize)")
         try check(config.maxPositionEmbeddings > 0, "max_position_embeddings", "must be positive, got \(config.maxPositionEmbeddings)")
         try check(config.layerNormEps > 0, "layer_norm_eps", "must be positive, got \(config.layerNormEps)")
-        guard let act = TextActivation(rawValue: config.hiddenAct) else {
+        guard let act = CLIPActivation(rawValue: config.hiddenAct) else {
             throw TextModelError.badConfig(path: source, key: "hidden_act",
                                            detail: "'\(config.hiddenAct)' is not supported (quick_gelu or gelu)")
         }
         self.config = config
         activation = act
-        encoderLayers = CLIPEncoderLayers(width: config.hiddenSize, intermediate: config.intermediateSize,
-                                          heads: config.numAttentionHeads, activation: act, eps: Float(config.layerNormEps))
-        let D = config.hiddenSize
-        var list: [(String, [Int])] = [
-            ("embeddings.token_embedding.weight", [config.vocabSize, D]),
-            ("embeddings.position_embedding.weight", [config.maxPositionEmbeddings, D]),
-        ]
-        list += encoderLayers.parameterShapes(count: config.numHiddenLayers)
-        list += [("final_layer_norm.weight", [D]), ("final_layer_norm.bias", [D])]
-        var offset = 0
-        var entries: [(key: String, shape: [Int], offset: Int)] = []
-        for (key, shape) in list {
-            entries.append((key, shape, offset))
-            offset += shape.reduce(1, *)
+        let t = ParameterTable(), D = config.hiddenSize
+        tokenEmbedding = Embedding(t, "embeddings.token_embedding", count: config.vocabSize, dim: D)
+        positionEmbedding = Embedding(t, "embeddings.position_embedding", count: config.maxPositionEmbeddings, dim: D)
+        layers = (0..<config.numHiddenLayers).map {
+            CLIPEncoderLayer(t, "encoder.layers.\($0)", width: D, intermediate: config.intermediateSize,
+                             heads: config.numAttentionHeads, eps: config.layerNormEps, activation: act, causal: true)
         }
-        self.entries = entries
-        index = Dictionary(uniqueKeysWithValues: entries.enumerated().map { ($1.key, $0) })
-        storage = Buffer(zeros: offset)
+        finalLayerNorm = LayerNorm(t, "final_layer_norm", channels: D, eps: config.layerNormEps)
+        weights = Weights(table: t)
     }
 
     /// Loads a text encoder folder (the `text_encoder/` of a pipeline, or given directly): config.json and the
@@ -95,62 +80,21 @@ public final class CLIPTextModel: @unchecked Sendable {
         return model
     }
 
-    private func p(_ key: String) -> UnsafeMutablePointer<Float> { storage.ptr + entries[index[key]!].offset }
-
-    /// A parameter by its key (without `text_model.`) and its shape, for loaders of models that contain this one.
-    public func parameter(_ key: String) -> (pointer: UnsafeMutablePointer<Float>, shape: [Int])? {
-        index[key].map { (storage.ptr + entries[$0].offset, entries[$0].shape) }
+    /// transformers 4 checkpoints prefix every key with `text_model.`; `embeddings.position_ids` (an int64 buffer in
+    /// old files) is not a parameter.
+    static let keyRemap = KeyRemap { name in
+        let key = name.hasPrefix("text_model.") ? String(name.dropFirst("text_model.".count)) : name
+        return key == "embeddings.position_ids" ? nil : key
     }
 
-    /// Every parameter key, in declaration order.
-    public var parameterKeys: [String] { entries.map(\.key) }
-
-    /// Fills every parameter from safetensors files; each must be present once with its shape, and nothing else but
-    /// `position_ids` may be there.
+    /// Fills every parameter from safetensors files; each must be present once with its shape.
     public func load(files: [String]) throws {
-        var seen = Set<String>()
-        var unexpected: [String] = [], mismatched: [String] = []
-        let source = files.count == 1 ? files[0] : "\(files.count) files in \((files.first.map { ($0 as NSString).deletingLastPathComponent }) ?? "")"
-        for path in files {
-            let file = try SafeTensorsFile(path: path)
-            for name in file.tensorNames {
-                let key = name.hasPrefix("text_model.") ? String(name.dropFirst("text_model.".count)) : name
-                if key == "embeddings.position_ids" { continue }
-                guard let i = index[key] else { unexpected.append(name); continue }
-                let e = entries[i]
-                guard let info = file.info(name), info.shape == e.shape else {
-                    mismatched.append("\(name) is \(file.info(name)?.shape ?? []), expected \(e.shape)")
-                    continue
-                }
-                try file.read(name, into: UnsafeMutableBufferPointer(start: storage.ptr + e.offset, count: info.count))
-                seen.insert(key)
-            }
-        }
-        let missing = entries.map(\.key).filter { !seen.contains($0) }
-        func list(_ xs: [String]) -> String { xs.prefix(5).joined(separator: ", ") + (xs.count > 5 ? ", … (\(xs.count) in all)" : "") }
-        var parts: [String] = []
-        if !missing.isEmpty { parts.append("missing \(missing.count) tensor(s): \(list(missing))") }
-        if !mismatched.isEmpty { parts.append("wrong shape: \(list(mismatched))") }
-        if !unexpected.isEmpty { parts.append("\(unexpected.count) unexpected tensor(s): \(list(unexpected))") }
-        if !parts.isEmpty { throw TextModelError.weights(source: source, detail: parts.joined(separator: "; ")) }
+        try weights.load(files: files, model: "text encoder", remap: Self.keyRemap)
     }
 
     /// Random weights for tests and tools: N(0, 0.02) embeddings and biases, N(0, 1/fan_in) matrices, LayerNorm
     /// weights 1 + 0.1·N(0, 1).
-    public func randomizeWeights(seed: UInt64) {
-        let rng = CounterRNG(seed: seed)
-        for (i, e) in entries.enumerated() {
-            let buf = UnsafeMutableBufferPointer(start: storage.ptr + e.offset, count: e.shape.reduce(1, *))
-            let s = rng.substream(UInt64(i))
-            if e.key.contains("norm") && e.key.hasSuffix(".weight") {
-                for j in 0..<buf.count { buf[j] = 1 + 0.1 * s.normal(UInt64(j)) }
-            } else if e.shape.count == 2 && !e.key.hasPrefix("embeddings.") {
-                s.fillNormal(buf, scale: 1 / Float(e.shape[1]).squareRoot())
-            } else {
-                s.fillNormal(buf, scale: 0.02)
-            }
-        }
-    }
+    public func randomizeWeights(seed: UInt64) { weights.randomize(seed: seed) }
 
     // MARK: - Forward
 
@@ -171,21 +115,14 @@ public final class CLIPTextModel: @unchecked Sendable {
         if let bad = inputIds.firstIndex(where: { $0 < 0 || $0 >= config.vocabSize }) {
             throw TextModelError.badInput("text encoder: token id \(inputIds[bad]) (prompt \(bad / S), position \(bad % S)) is outside the vocabulary (vocab_size \(config.vocabSize))")
         }
-        let eps = Float(config.layerNormEps)
-
+        let p = Pass(weights: weights, workspace: workspace)
         // Embeddings: x (N, D) = token_embedding[id] + position_embedding[s].
         let x = Buffer(uninitialized: N * D)
-        let tok = p("embeddings.token_embedding.weight"), pos = p("embeddings.position_embedding.weight")
         for n in 0..<N {
-            let row = x.ptr + n * D, t = tok + inputIds[n] * D, ps = pos + (n % S) * D
+            let row = x.ptr + n * D, t = tokenEmbedding.row(p, inputIds[n]), ps = positionEmbedding.row(p, n % S)
             for j in 0..<D { row[j] = t[j] + ps[j] }
         }
-
-        encoderLayers.forward(x.ptr, batch: B, length: S, count: config.numHiddenLayers - skipLastLayers, causal: true, weight: p)
-        let mean = Buffer(uninitialized: N), rstd = Buffer(uninitialized: N)
-        let out = Buffer(uninitialized: N * D)
-        layerNormForward(out: out.ptr, mean: mean.ptr, rstd: rstd.ptr, inp: x.ptr, weight: p("final_layer_norm.weight"),
-                         bias: p("final_layer_norm.bias"), N: N, C: D, eps: eps)
-        return out
+        for layer in layers.prefix(config.numHiddenLayers - skipLastLayers) { layer.forward(p, x, B, S) }
+        return finalLayerNorm.forward(p, x, N).0
     }
 }

@@ -10,16 +10,10 @@
 // the hidden states: weighted prompts would get an arbitrary, rounding-dependent scale. Trained CLIPs have a
 // non-zero mean there too.
 import IO
+import NN
 import Tensors
 
 extension CLIPTextModel {
-    /// Every parameter with its state-dict key as transformers 5 saves it (no `text_model.` prefix), in declaration order.
-    public var namedParameters: [(key: String, shape: [Int], values: UnsafeBufferPointer<Float>)] {
-        entries.map { e in
-            (e.key, e.shape, UnsafeBufferPointer(start: storage.ptr + e.offset, count: e.shape.reduce(1, *)))
-        }
-    }
-
     /// Draws every weight as transformers' `_init_weights` does for a new CLIPTextModel (see the file header).
     public func initializeAsTransformers(seed: UInt64) {
         let rng = CounterRNG(seed: seed)
@@ -27,8 +21,8 @@ extension CLIPTextModel {
         let inProjStd = 1 / D.squareRoot() / (2 * L).squareRoot()
         let outProjStd = 1 / D.squareRoot()
         let fcStd = 1 / (2 * D).squareRoot()
-        for (i, e) in entries.enumerated() {
-            let buf = UnsafeMutableBufferPointer(start: storage.ptr + e.offset, count: e.shape.reduce(1, *))
+        for (i, e) in weights.table.entries.enumerated() {
+            let buf = weights.fp32(e)
             let s = rng.substream(UInt64(i))
             let key = e.key
             if key == "final_layer_norm.bias" {

@@ -3,6 +3,7 @@
 // (atomically); only the last K are kept. A crash at any moment leaves every complete checkpoint intact.
 import Foundation
 import IO
+import NN
 import UNet
 #if canImport(Glibc)
 import Glibc

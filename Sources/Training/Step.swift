@@ -42,8 +42,8 @@ public func accumulatePairGradients(model: UNetModel, objective: Objective, sche
     }
     for side in 0..<sides { (context.ptr + side * b * sd).update(from: batch.context, count: b * sd) }
     let tt = Array(repeating: batch.timesteps, count: sides).flatMap { $0 }.map(Float.init)
-    let policy = try model.forward(sample: xt, timesteps: tt, context: context, batch: sides * b, height: batch.height,
-                                   width: batch.width, contextLength: batch.contextLength, loraScale: 1, training: true)
+    let (policy, saved) = try model.forwardTraining(sample: xt, timesteps: tt, context: context, batch: sides * b, height: batch.height,
+                                                    width: batch.width, contextLength: batch.contextLength, loraScale: 1)
     let reference: Buffer? = objective.kind == .sft ? nil
         : try model.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: batch.height, width: batch.width,
                             contextLength: batch.contextLength, loraScale: nil)
@@ -51,6 +51,6 @@ public func accumulatePairGradients(model: UNetModel, objective: Objective, sche
     let terms = objective.evaluate(policy: policy.ptr, reference: reference?.ptr, noise: batch.noise, timesteps: batch.timesteps,
                                    pairs: b, channels: batch.channels, spatial: batch.height * batch.width, schedule: schedule,
                                    normalizer: normalizer, dPolicy: dPolicy.ptr)
-    model.backward(dPolicy)
+    model.backward(dPolicy, saved)
     return terms
 }

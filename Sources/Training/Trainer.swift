@@ -11,6 +11,7 @@ import Datasets
 import Distributed
 import Foundation
 import IO
+import NN
 import Schedulers
 import Tensors
 import UNet

@@ -10,6 +10,7 @@
 // diffusers. Ref: diffusers loaders/lora_pipeline.py, loaders/lora_conversion_utils.py, utils/state_dict_utils.py.
 import Foundation
 import IO
+import NN
 import Tensors
 
 public enum LoRAFormat: String, Sendable { case diffusers, peft, kohya, attnProcs = "attn-procs" }

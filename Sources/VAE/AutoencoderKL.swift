@@ -15,7 +15,26 @@
 import Foundation
 import IO
 import Layers
+import NN
 import Tensors
+
+/// Errors a user can cause with a VAE folder or VAE inputs; each names the file, key or tensor. (Weight files that
+/// do not fit the config are `WeightLoadError`s.)
+public enum VAEError: Error, UserInputError, CustomStringConvertible, Equatable {
+    /// A config value this implementation does not support (or that is invalid), with the config file.
+    case unsupportedConfig(path: String, key: String, detail: String)
+    case badInput(String)
+    case badTiling(String)
+
+    public var description: String {
+        switch self {
+        case .unsupportedConfig(let path, let key, let detail):
+            return "\(path): unsupported AutoencoderKL config: '\(key)' \(detail)"
+        case .badInput(let m): return m
+        case .badTiling(let m): return "VAE tiling: \(m)"
+        }
+    }
+}
 
 // MARK: - Spec
 
@@ -95,47 +114,50 @@ public final class AutoencoderKL: @unchecked Sendable {
 
     public let spec: VAESpec
     public let parts: Parts
-    let weights = VAEWeights()
+    public let weights: Weights
     private let encoder: Encoder?, quantConv: Conv2d?
     private let postQuantConv: Conv2d?, decoder: Decoder?
     private let workspace = Workspace()
-    /// bf16 copies of the weights, when `useBF16Convolutions` was called.
-    var bf16Storage: UnsafeMutablePointer<UInt16>? {
-        didSet { oldValue?.deallocate(); workspace.bf16Weights = bf16Storage.map { UnsafePointer($0) } }
-    }
-    deinit { bf16Storage?.deallocate() }
 
     public var scalingFactor: Float { Float(spec.config.scalingFactor) }
     public var shiftFactor: Float { Float(spec.config.shiftFactor ?? 0) }
     public var downsamplingFactor: Int { spec.downsamplingFactor }
-    public var parameterCount: Int { weights.count }
+    public var parameterCount: Int { weights.table.count }
+    /// How the convolution weights are stored (`--mixed-precision bf16`: rounded once to bf16, multiplied with fp32
+    /// sums; norms, the attention's linear layers and all activations stay fp32).
+    public var precision: MixedPrecision { weights.table.precision }
 
-    /// Builds the module tree; weights are zero until `load` or `randomizeWeights`.
-    public init(spec: VAESpec, parts: Parts = .all) {
+    /// Builds the module tree; weights are uninitialised until `load` or `randomizeWeights`.
+    public init(spec: VAESpec, parts: Parts = .all, precision: MixedPrecision = .no) {
         self.spec = spec
         self.parts = parts
+        let t = ParameterTable(precision: precision)
         let l = spec.latentChannels
         if parts.contains(.encoder) {
-            encoder = Encoder(weights, "encoder", spec)
-            quantConv = spec.config.useQuantConv ? Conv2d(weights, "quant_conv", cin: 2 * l, cout: 2 * l, kernel: 1) : nil
+            encoder = Encoder(t, "encoder", spec)
+            quantConv = spec.config.useQuantConv ? Conv2d(t, "quant_conv", cin: 2 * l, cout: 2 * l, kernel: 1) : nil
         } else {
             encoder = nil; quantConv = nil
         }
         if parts.contains(.decoder) {
-            postQuantConv = spec.config.usePostQuantConv ? Conv2d(weights, "post_quant_conv", cin: l, cout: l, kernel: 1) : nil
-            decoder = Decoder(weights, "decoder", spec)
+            postQuantConv = spec.config.usePostQuantConv ? Conv2d(t, "post_quant_conv", cin: l, cout: l, kernel: 1) : nil
+            decoder = Decoder(t, "decoder", spec)
         } else {
             postQuantConv = nil; decoder = nil
         }
-        weights.allocate()
+        weights = Weights(table: t)
     }
+
+    private var pass: Pass { Pass(weights: weights, workspace: workspace) }
 
     /// Loads a diffusers AutoencoderKL: a pipeline root (its `vae/` is used) or a VAE folder itself.
-    public static func load(modelFolder path: String, variant: String? = nil, parts: Parts = .all) throws -> AutoencoderKL {
-        try load(folder: ModelFolder(path: path).vae(), variant: variant, parts: parts)
+    public static func load(modelFolder path: String, variant: String? = nil, parts: Parts = .all,
+                            precision: MixedPrecision = .no) throws -> AutoencoderKL {
+        try load(folder: ModelFolder(path: path).vae(), variant: variant, parts: parts, precision: precision)
     }
 
-    public static func load(folder: ComponentFolder, variant: String? = nil, parts: Parts = .all) throws -> AutoencoderKL {
+    public static func load(folder: ComponentFolder, variant: String? = nil, parts: Parts = .all,
+                            precision: MixedPrecision = .no) throws -> AutoencoderKL {
         let spec = try VAESpec(folder.config(AutoencoderKLConfig.self), source: folder.configPath)
         // Per-channel latent statistics replace scaling_factor in the pipelines that use them (not SD's): refuse
         // rather than scale latents the wrong way.
@@ -144,18 +166,34 @@ public final class AutoencoderKL: @unchecked Sendable {
             throw VAEError.unsupportedConfig(path: folder.configPath, key: statistics.latentsMean != nil ? "latents_mean" : "latents_std",
                                              detail: "is set; per-channel latent statistics are not supported (SD VAEs have null)")
         }
-        let model = AutoencoderKL(spec: spec, parts: parts)
+        let model = AutoencoderKL(spec: spec, parts: parts, precision: precision)
+        try model.weights.load(files: folder.weightFiles(variant: variant), model: "AutoencoderKL", remap: model.keyRemap)
+        return model
+    }
+
+    /// Checkpoints saved before diffusers 0.14 name the mid-block attention projections `query` / `key` / `value` /
+    /// `proj_attn`: renamed to `to_q` / `to_k` / `to_v` / `to_out.0`. The halves that were not built are skipped.
+    /// Ref: diffusers models/modeling_utils.py (ModelMixin._fix_state_dict_keys_on_load).
+    var keyRemap: KeyRemap {
         var skip: [String] = []
         if !parts.contains(.encoder) { skip += ["encoder.", "quant_conv."] }
         if !parts.contains(.decoder) { skip += ["decoder.", "post_quant_conv."] }
-        try model.weights.load(files: folder.weightFiles(variant: variant), skipPrefixes: skip)
-        return model
+        return KeyRemap { [skip] name in
+            if skip.contains(where: { name.hasPrefix($0) }) { return nil }
+            guard let range = name.range(of: ".mid_block.attentions.0.") else { return name }
+            let rest = name[range.upperBound...]
+            for (old, new) in [("query.", "to_q."), ("key.", "to_k."), ("value.", "to_v."), ("proj_attn.", "to_out.0.")]
+            where rest.hasPrefix(old) {
+                return String(name[..<range.upperBound]) + new + String(rest.dropFirst(old.count))
+            }
+            return name
+        }
     }
 
     public func randomizeWeights(seed: UInt64) { weights.randomize(seed: seed) }
 
-    /// The loaded fp32 values of a parameter, by its diffusers key (nil if the model has no such parameter).
-    public func parameter(_ key: String) -> [Float]? { weights[key].map(Array.init) }
+    /// The values of a parameter as the model uses them, by its diffusers key (nil if the model has no such parameter).
+    public func parameter(_ key: String) -> [Float]? { weights.floats(key) }
 
     // MARK: - Encode
 
@@ -196,10 +234,10 @@ public final class AutoencoderKL: @unchecked Sendable {
             throw VAEError.badInput("image size \(images.height)x\(images.width) (batch \(images.batch)): height and width "
                                     + "must be positive multiples of \(f), the VAE's downsampling factor")
         }
-        let w = weights.base
+        let p = pass
         let run: (FeatureMap) -> FeatureMap = { tile in
-            let moments = encoder.forward(w, tile, self.workspace)
-            return self.quantConv?.forward(w, moments, self.workspace) ?? moments
+            let moments = encoder.forward(p, tile)
+            return self.quantConv?.forward(p, moments) ?? moments
         }
         if let tiling, images.height > tiling.sampleTileSize || images.width > tiling.sampleTileSize {
             try tiling.validate(downsamplingFactor: f)
@@ -226,9 +264,9 @@ public final class AutoencoderKL: @unchecked Sendable {
         let scale = scalingFactor, shift = shiftFactor
         let src = latents.ptr, dst = z.ptr
         parallelRanges(z.count) { r in for i in r { dst[i] = src[i] / scale + shift } }
-        let w = weights.base, f = spec.downsamplingFactor
+        let p = pass, f = spec.downsamplingFactor
         let run: (FeatureMap) -> FeatureMap = { tile in
-            decoder.forward(w, self.postQuantConv?.forward(w, tile, self.workspace) ?? tile, self.workspace)
+            decoder.forward(p, self.postQuantConv?.forward(p, tile) ?? tile)
         }
         if let tiling, z.height > tiling.latentTileSize || z.width > tiling.latentTileSize {
             try tiling.validate(downsamplingFactor: f)

@@ -98,9 +98,7 @@ final class PoolTests: XCTestCase {
                        "--threads", "1"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains(#""count":3"#), r.stdout)
-        let help = try hgdpo(["train", "--help"]).stdout
-        let outFlag = help.contains("--output") ? "--output" : "--out"
-        r = try hgdpo(["train", "--model", pipelineFixture, "--data", dir + "/cache", outFlag, dir + "/run", "--global-batch", "1",
+        r = try hgdpo(["train", "--model", pipelineFixture, "--data", dir + "/cache", "--out", dir + "/run", "--global-batch", "1",
                        "--local-batch", "1", "--max-steps", "1", "--threads", "1"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/run/step-000001/pytorch_lora_weights.safetensors"), r.stdout + r.stderr)

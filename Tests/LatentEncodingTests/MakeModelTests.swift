@@ -32,10 +32,10 @@ final class MakeModelTests: XCTestCase {
         XCTAssertEqual(prompts.tokenizer.tokens([ids[1], ids[2]]), ["h", "i</w>"])
 
         // Text encoder: transformers' init scales; the fp16 variant loads to the same values rounded.
-        let q = prompts.model.namedParameters.first { $0.key == "encoder.layers.0.self_attn.q_proj.weight" }!
+        let q = prompts.model.weights.namedParameters.first { $0.key == "encoder.layers.0.self_attn.q_proj.weight" }!
         XCTAssertEqual(std(Array(q.values)), 1 / (32 as Float).squareRoot() / (4 as Float).squareRoot(), accuracy: 0.01)
         let half = try PromptEncoder.load(folder, variant: "fp16")
-        let q16 = half.model.namedParameters.first { $0.key == q.key }!
+        let q16 = half.model.weights.namedParameters.first { $0.key == q.key }!
         assertClose(Array(q16.values), Array(q.values), rtol: 1e-3, atol: 1e-6, label: "fp16 variant")
         let context = try prompts.encode(prompts: ["a photo of a person, (bust shot:1.2)"])
         let c = Array(UnsafeBufferPointer(start: context.hiddenStates.ptr, count: 77 * 32))
@@ -44,9 +44,9 @@ final class MakeModelTests: XCTestCase {
 
         // VAE: PyTorch's default init (conv weights U(±1/√fan_in)); an encode is finite and small.
         let vae = try AutoencoderKL.load(modelFolder: model)
-        let conv = vae.namedParameters.first { $0.key == "encoder.conv_in.weight" }!
+        let conv = vae.weights.namedParameters.first { $0.key == "encoder.conv_in.weight" }!
         XCTAssertEqual(conv.values.map { abs($0) }.max()!, 1 / (27 as Float).squareRoot(), accuracy: 0.01)
-        XCTAssertEqual(vae.namedParameters.first { $0.key == "encoder.conv_norm_out.weight" }!.values.allSatisfy { $0 == 1 }, true)
+        XCTAssertEqual(vae.weights.namedParameters.first { $0.key == "encoder.conv_norm_out.weight" }!.values.allSatisfy { $0 == 1 }, true)
         let image = FeatureMap(batch: 1, channels: 3, height: 64, width: 64)
         CounterRNG(seed: 1).fillUniform(UnsafeMutableBufferPointer(start: image.ptr, count: image.count))
         let z = try vae.encode(image, mode: .mean)

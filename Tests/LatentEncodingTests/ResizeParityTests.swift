@@ -4,6 +4,7 @@
 import Foundation
 import IO
 import LatentEncoding
+import NN
 import Tensors
 import TestSupport
 import VAE
@@ -82,8 +83,9 @@ final class ResizeParityTests: XCTestCase {
 
         // --mixed-precision bf16: bf16 convolution weights. Against PyTorch with the same weights rounded (float64):
         // exact up to fp32 sums when the weights are widened, up to the activations' bf16 rounding on AVX512-BF16.
-        vae.useBF16Convolutions()
-        let z = try vae.encode(batch, mode: .mean)
+        let vaeBF16 = try AutoencoderKL.load(modelFolder: repoRoot + "/Tests/VAETests/Fixtures/vae_tiny", parts: .encoder,
+                                             precision: .bf16)
+        let z = try vaeBF16.encode(batch, mode: .mean)
         let bf16 = Array(UnsafeBufferPointer(start: z.ptr, count: z.count))
         let expected = try io.floats("latent_mean_bf16_weights")
         func relative(_ a: [Float], _ b: [Float]) -> Float {
@@ -97,7 +99,7 @@ final class ResizeParityTests: XCTestCase {
         let saved = BF16.path
         if BF16.setPath(.generic) {
             defer { _ = BF16.setPath(saved) }
-            let widened = try vae.encode(batch, mode: .mean)
+            let widened = try vaeBF16.encode(batch, mode: .mean)
             assertClose(Array(UnsafeBufferPointer(start: widened.ptr, count: widened.count)), expected, rtol: 1e-4, atol: 1e-6,
                         label: "bf16 weights widened (generic path)")
         }

@@ -82,15 +82,15 @@ final class ObjectiveParityTests: XCTestCase {
         let context = Buffer(ctx1 + ctx1)             // (2B, S, D)
         XCTAssertEqual(context.count, 2 * b * sd)
         let tt = (t + t).map(Float.init)
-        let policy = try m.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: h, width: w,
-                                   contextLength: s, loraScale: 1, training: true)
+        let (policy, saved) = try m.forwardTraining(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: h, width: w,
+                                                    contextLength: s, loraScale: 1)
         let reference = try m.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: h, width: w,
                                       contextLength: s, loraScale: nil)
         let dPolicy = Buffer(uninitialized: 2 * b * n)
         let terms = objective.evaluate(policy: policy.ptr, reference: reference.ptr, noise: noise.ptr, timesteps: t, pairs: b,
                                        channels: c, spatial: h * w, schedule: schedule, normalizer: b, dPolicy: dPolicy.ptr)
         m.lora!.zeroGrad()
-        m.backward(dPolicy)
+        m.backward(dPolicy, saved)
         return Step(model: m, terms: terms)
     }
 

@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import IO
 import Layers
+import NN
 import Tensors
 import TestSupport
 @testable import UNet
@@ -13,7 +14,7 @@ let unetFixtures = repoRoot + "/Tests/UNetTests/Fixtures"
 final class LayerParityTests: XCTestCase {
     struct Case<M> {
         let module: M
-        let weights: BaseWeights
+        let weights: Weights
         let file: SafeTensorsFile
         let pass: Pass
         func tensor(_ key: String) throws -> Buffer { Buffer(try file.floats(key)) }
@@ -25,9 +26,9 @@ final class LayerParityTests: XCTestCase {
         let file = try SafeTensorsFile(path: "\(unetFixtures)/layers/\(name).safetensors")
         let table = ParameterTable()
         let module = make(table)
-        let weights = BaseWeights(table: table)
+        let weights = Weights(table: table)
         try weights.loadSubset(from: file, prefix: "")
-        let pass = Pass(weights: weights, lora: nil, loraMultiplier: nil, training: true, workspace: Workspace())
+        let pass = Pass(weights: weights, training: true, workspace: Workspace())
         return Case(module: module, weights: weights, file: file, pass: pass)
     }
 
@@ -42,7 +43,9 @@ final class LayerParityTests: XCTestCase {
     }
 
     func checkConv(_ name: String, cin: Int, cout: Int, kernel: Int, stride: Int, padding: Int) throws {
-        let c = try load(name) { Conv2d($0, "module", cin: cin, cout: cout, kernel: kernel, stride: stride, padding: padding) }
+        let c = try load(name) {
+            Conv2d($0, "module", cin: cin, cout: cout, kernel: kernel, stride: stride, padding: Conv2DPadding(padding))
+        }
         let s = c.shape("input")
         let x = try c.tensor("input")
         let out = c.module.forward(c.pass, x, s[0], s[2], s[3])
@@ -60,7 +63,7 @@ final class LayerParityTests: XCTestCase {
     func testLinearAndLayerNorm() throws {
         let l = try load("linear") { Linear($0, "module", inFeatures: 12, outFeatures: 10) }
         let x = try l.tensor("input")
-        assertClose(l.module.forward(l.pass, x, 10).0.array, try l.expected("output"), rtol: 1e-5, atol: 1e-6, label: "linear forward")
+        assertClose(l.module.forward(l.pass, x, 10).out.array, try l.expected("output"), rtol: 1e-5, atol: 1e-6, label: "linear forward")
         let dx = Buffer(zeros: x.count)
         l.module.backward(l.pass, try l.tensor("grad_output"), x, nil, 10, into: dx)
         assertClose(dx.array, try l.expected("grad_input"), rtol: 1e-5, atol: 1e-6, label: "linear backward")
@@ -77,33 +80,37 @@ final class LayerParityTests: XCTestCase {
     func testFeedForwardGEGLU() throws {
         let c = try load("geglu_ff") { FeedForward($0, "module", dim: 16) }
         let x = try c.tensor("input")
-        assertClose(c.module.forward(c.pass, x, 10).array, try c.expected("output"), rtol: 1e-5, atol: 1e-5, label: "ff forward")
+        let (out, saved) = c.module.forward(c.pass, x, 10)
+        assertClose(out.array, try c.expected("output"), rtol: 1e-5, atol: 1e-5, label: "ff forward")
         let dx = Buffer(zeros: x.count)
-        c.module.backward(c.pass, try c.tensor("grad_output"), 10, into: dx)
+        c.module.backward(c.pass, try c.tensor("grad_output"), saved!, 10, into: dx)
         assertClose(dx.array, try c.expected("grad_input"), rtol: 1e-4, atol: 1e-5, label: "ff backward")
     }
 
     func testAttention() throws {
-        let s = try load("attention_self") { Attention($0, "module", queryDim: 16, contextDim: nil, heads: 2, lora: nil) }
+        let s = try load("attention_self") { Attention($0, "module", queryDim: 16, heads: 2) }
         let x = try s.tensor("input")
-        assertClose(s.module.forward(s.pass, x, nil, 2, 9, 0).array, try s.expected("output"), rtol: 1e-5, atol: 1e-5, label: "self-attention forward")
+        let (y, sv) = s.module.forward(s.pass, x, nil, 2, 9, 0)
+        assertClose(y.array, try s.expected("output"), rtol: 1e-5, atol: 1e-5, label: "self-attention forward")
         let dx = Buffer(zeros: x.count)
-        s.module.backward(s.pass, try s.tensor("grad_output"), x, nil, 2, 9, 0, into: dx)
+        s.module.backward(s.pass, try s.tensor("grad_output"), x, nil, sv!, 2, 9, 0, into: dx)
         assertClose(dx.array, try s.expected("grad_input"), rtol: 1e-4, atol: 1e-5, label: "self-attention backward")
 
-        let c = try load("attention_cross") { Attention($0, "module", queryDim: 16, contextDim: 12, heads: 2, lora: nil) }
+        let c = try load("attention_cross") { Attention($0, "module", queryDim: 16, contextDim: 12, heads: 2) }
         let q = try c.tensor("input"), ctx = try c.tensor("encoder_hidden_states")
-        assertClose(c.module.forward(c.pass, q, ctx, 2, 9, 7).array, try c.expected("output"), rtol: 1e-5, atol: 1e-5, label: "cross-attention forward")
+        let (z, cv) = c.module.forward(c.pass, q, ctx, 2, 9, 7)
+        assertClose(z.array, try c.expected("output"), rtol: 1e-5, atol: 1e-5, label: "cross-attention forward")
         let dq = Buffer(zeros: q.count)
-        c.module.backward(c.pass, try c.tensor("grad_output"), q, ctx, 2, 9, 7, into: dq)
+        c.module.backward(c.pass, try c.tensor("grad_output"), q, ctx, cv!, 2, 9, 7, into: dq)
         assertClose(dq.array, try c.expected("grad_input"), rtol: 1e-4, atol: 1e-5, label: "cross-attention backward")
     }
 
     func testBasicTransformerBlock() throws {
         let c = try load("basic_transformer_block") { TransformerBlock($0, "module", dim: 16, heads: 2, contextDim: 12, lora: nil) }
         let x = try c.tensor("input"), ctx = try c.tensor("encoder_hidden_states")
-        assertClose(c.module.forward(c.pass, x, ctx, 2, 9, 7).array, try c.expected("output"), rtol: 1e-5, atol: 1e-5, label: "block forward")
-        let dx = c.module.backward(c.pass, try c.tensor("grad_output"), ctx, 2, 9, 7)
+        let (y, saved) = c.module.forward(c.pass, x, ctx, 2, 9, 7)
+        assertClose(y.array, try c.expected("output"), rtol: 1e-5, atol: 1e-5, label: "block forward")
+        let dx = c.module.backward(c.pass, try c.tensor("grad_output"), ctx, saved!, 2, 9, 7)
         assertClose(dx.array, try c.expected("grad_input"), rtol: 1e-4, atol: 1e-5, label: "block backward")
     }
 
@@ -112,8 +119,9 @@ final class LayerParityTests: XCTestCase {
             Transformer2D($0, "module", channels: 16, heads: 2, contextDim: 12, layers: 1, groups: 4, linearProjection: linear, lora: nil)
         }
         let x = try c.tensor("input"), ctx = try c.tensor("encoder_hidden_states")
-        assertClose(c.module.forward(c.pass, x, ctx, 2, 3, 4, 7).array, try c.expected("output"), rtol: 1e-5, atol: 1e-5, label: "\(name) forward")
-        let dx = c.module.backward(c.pass, try c.tensor("grad_output"), ctx, 2, 3, 4, 7)
+        let (y, saved) = c.module.forward(c.pass, x, ctx, 2, 3, 4, 7)
+        assertClose(y.array, try c.expected("output"), rtol: 1e-5, atol: 1e-5, label: "\(name) forward")
+        let dx = c.module.backward(c.pass, try c.tensor("grad_output"), ctx, saved!, 2, 3, 4, 7)
         assertClose(dx.array, try c.expected("grad_input"), rtol: 1e-4, atol: 1e-5, label: "\(name) backward")
     }
 
@@ -123,12 +131,13 @@ final class LayerParityTests: XCTestCase {
     }
 
     func checkResnet(_ name: String, cout: Int) throws {
-        let c = try load(name) { ResnetBlock($0, "module", cin: 16, cout: cout, tembDim: 20, groups: 4, eps: 1e-5) }
+        let c = try load(name) { ResnetBlock2D($0, "module", cin: 16, cout: cout, tembDim: 20, groups: 4, eps: 1e-5) }
         let x = try c.tensor("input")
         let temb = try c.tensor("temb")
         siluForward(out: temb.ptr, inp: temb.ptr, n: temb.count)      // the U-Net hands resnets SiLU(temb)
-        assertClose(c.module.forward(c.pass, x, temb, 2, 5, 6).array, try c.expected("output"), rtol: 1e-5, atol: 1e-5, label: "\(name) forward")
-        let dx = c.module.backward(c.pass, try c.tensor("grad_output"), 2, 5, 6)
+        let (y, saved) = c.module.forward(c.pass, x, temb: temb, 2, 5, 6)
+        assertClose(y.array, try c.expected("output"), rtol: 1e-5, atol: 1e-5, label: "\(name) forward")
+        let dx = c.module.backward(c.pass, try c.tensor("grad_output"), saved!, 2, 5, 6)
         assertClose(dx.array, try c.expected("grad_input"), rtol: 1e-4, atol: 1e-5, label: "\(name) backward")
     }
 
@@ -138,12 +147,12 @@ final class LayerParityTests: XCTestCase {
     }
 
     func testResampling() throws {
-        let d = try load("downsample") { Downsample($0, "module", channels: 16) }
+        let d = try load("downsample") { Downsample2D($0, "module", channels: 16) }
         let x = try d.tensor("input")
         assertClose(d.module.conv.forward(d.pass, x, 2, 6, 5).array, try d.expected("output"), rtol: 1e-5, atol: 1e-5, label: "downsample forward")
         assertClose(d.module.conv.backward(d.pass, try d.tensor("grad_output"), 2, 6, 5).array, try d.expected("grad_input"),
                     rtol: 1e-4, atol: 1e-5, label: "downsample backward")
-        let u = try load("upsample") { Upsample($0, "module", channels: 16) }
+        let u = try load("upsample") { Upsample2D($0, "module", channels: 16) }
         let y = try u.tensor("input")
         assertClose(u.module.forward(u.pass, y, 2, 3, 4).array, try u.expected("output"), rtol: 1e-5, atol: 1e-5, label: "upsample forward")
         assertClose(u.module.backward(u.pass, try u.tensor("grad_output"), 2, 3, 4).array, try u.expected("grad_input"),

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import IO
+import NN
 import Tensors
 import TestSupport
 @testable import UNet
@@ -70,9 +71,9 @@ final class MixedPrecisionTests: XCTestCase {
         return m
     }
 
-    func forward(_ m: UNetModel, _ f: Fixture, scale: Float?, training: Bool = false) throws -> [Float] {
+    func forward(_ m: UNetModel, _ f: Fixture, scale: Float?) throws -> [Float] {
         try m.forward(sample: f.sample, timesteps: f.timesteps, context: f.context, batch: f.b, height: f.h, width: f.w,
-                      contextLength: f.s, loraScale: scale, training: training).array
+                      contextLength: f.s, loraScale: scale).array
     }
 
     /// ‖x − ref‖ / ‖ref‖
@@ -162,10 +163,11 @@ final class MixedPrecisionTests: XCTestCase {
 
     func run(_ m: UNetModel, _ f: Fixture) throws -> Results {
         let out0 = try forward(m, f, scale: nil)
-        let out1 = try forward(m, f, scale: 1, training: true)
+        let (out1, saved) = try m.forwardTraining(sample: f.sample, timesteps: f.timesteps, context: f.context, batch: f.b,
+                                                  height: f.h, width: f.w, contextLength: f.s, loraScale: 1)
         m.lora!.zeroGrad()
-        let ds = m.backward(Buffer(try f.io.floats("loss_weights")), wantSampleGradient: true)!
-        return Results(output1: out1, output0: out0, grads: m.lora!.grads.array, sample: ds.array)
+        let ds = m.backward(Buffer(try f.io.floats("loss_weights")), saved, wantSampleGradient: true)!
+        return Results(output1: out1.array, output0: out0, grads: m.lora!.grads.array, sample: ds.array)
     }
 
     /// The same quantities from a fixture file under `prefix` (io.safetensors: "", io_bf16.safetensors: a model's prefix).

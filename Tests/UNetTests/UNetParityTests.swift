@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import IO
+import NN
 import Tensors
 import TestSupport
 @testable import UNet
@@ -42,9 +43,14 @@ final class UNetParityTests: XCTestCase {
         return m
     }
 
-    func forward(_ m: UNetModel, _ f: Fixture, scale: Float?, training: Bool = false) throws -> Buffer {
+    func forward(_ m: UNetModel, _ f: Fixture, scale: Float?) throws -> Buffer {
         try m.forward(sample: f.sample, timesteps: f.timesteps, context: f.context, batch: f.b, height: f.h, width: f.w,
-                      contextLength: f.s, loraScale: scale, training: training)
+                      contextLength: f.s, loraScale: scale)
+    }
+
+    func forwardTraining(_ m: UNetModel, _ f: Fixture, scale: Float?) throws -> (output: Buffer, saved: UNetActivations) {
+        try m.forwardTraining(sample: f.sample, timesteps: f.timesteps, context: f.context, batch: f.b, height: f.h, width: f.w,
+                              contextLength: f.s, loraScale: scale)
     }
 
     func checkForward(_ name: String) throws {
@@ -66,10 +72,10 @@ final class UNetParityTests: XCTestCase {
     func checkGradients(_ name: String) throws {
         let f = try fixture(name)
         let m = try model(f, lora: "lora_diffusers.safetensors")
-        let out = try forward(m, f, scale: 1, training: true)
+        let (out, saved) = try forwardTraining(m, f, scale: 1)
         XCTAssertEqual(out.count, f.b * f.c * f.h * f.w)
         m.lora!.zeroGrad()
-        let dsample = m.backward(Buffer(try f.io.floats("loss_weights")), wantSampleGradient: true)!
+        let dsample = m.backward(Buffer(try f.io.floats("loss_weights")), saved, wantSampleGradient: true)!
         assertScaled(dsample.array, try f.io.floats("grad_sample"), tol: 1e-4, label: "\(name) d loss / d sample")
         // Every LoRA gradient within 1e-3 relative (L2) of autograd's.
         var checked = 0
@@ -101,11 +107,11 @@ final class UNetParityTests: XCTestCase {
             for checkpointing in [false, true] {
                 let m = try model(f, lora: "lora_diffusers.safetensors")
                 m.gradientCheckpointing = checkpointing
-                let out = try forward(m, f, scale: 1, training: true)
-                if checkpointing { XCTAssertGreaterThan(m.checkpointedBlockCount, 4) } else { XCTAssertEqual(m.checkpointedBlockCount, 0) }
+                let (out, saved) = try forwardTraining(m, f, scale: 1)
+                if checkpointing { XCTAssertGreaterThan(saved.recomputedBlockCount, 4) } else { XCTAssertEqual(saved.recomputedBlockCount, 0) }
                 _ = try forward(m, f, scale: nil)
                 m.lora!.zeroGrad()
-                let dsample = m.backward(Buffer(try f.io.floats("loss_weights")), wantSampleGradient: true)!
+                let dsample = m.backward(Buffer(try f.io.floats("loss_weights")), saved, wantSampleGradient: true)!
                 results.append((m.lora!.grads.array, dsample.array, out.array))
             }
             XCTAssertEqual(results[0].out, results[1].out, "\(name): forward output")
@@ -187,7 +193,7 @@ final class UNetParityTests: XCTestCase {
         var cfg = try ComponentFolder(path: f.folder).config(UNet2DConditionConfig.self)
         cfg.crossAttentionDim = .int(32)
         let m = UNetModel(spec: try UNetSpec(cfg))
-        XCTAssertThrowsError(try m.weights.load(files: [f.folder + "/diffusion_pytorch_model.safetensors"])) { e in
+        XCTAssertThrowsError(try m.weights.load(files: [f.folder + "/diffusion_pytorch_model.safetensors"], model: "U-Net")) { e in
             XCTAssertTrue("\(e)".contains("attn2.to_k.weight") && "\(e)".contains("wrong shape"), "\(e)")
         }
     }

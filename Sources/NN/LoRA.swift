@@ -30,7 +30,7 @@ public final class LoRAAdapters: @unchecked Sendable {
     }
 
     /// Declares a target; returns its index. Called while the model is built, before `allocate`.
-    func add(module: String, inFeatures: Int, outFeatures: Int) -> Int {
+    public func add(module: String, inFeatures: Int, outFeatures: Int) -> Int {
         let t = LoRATarget(module: module, inFeatures: inFeatures, outFeatures: outFeatures,
                            offsetA: count, offsetB: count + rank * inFeatures)
         count += rank * (inFeatures + outFeatures)
@@ -39,7 +39,7 @@ public final class LoRAAdapters: @unchecked Sendable {
         return targets.count - 1
     }
 
-    func allocate() {
+    public func allocate() {
         params = Buffer(zeros: count)
         grads = Buffer(zeros: count)
     }
