@@ -116,6 +116,14 @@ final class PoolTests: XCTestCase {
         XCTAssertEqual(one.count, 13)
         XCTAssertEqual(Set(one.keys), Set(two.keys))
         for (k, v) in one { XCTAssertEqual(v, two[k], "\(k) differs between 1 and 2 ranks") }
+        // Scoring shards prompts over ranks: the same scores.jsonl from 1 and 2 ranks.
+        for (ranks, pool) in [(1, dir + "/one"), (2, dir + "/two")] {
+            r = try launch(ranks, ["score", "--pool", pool, "--scorer", "pick=clip:" + clipFixture, "--threads", "1"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+        }
+        XCTAssertEqual(try String(contentsOfFile: dir + "/one/scores.jsonl", encoding: .utf8),
+                       try String(contentsOfFile: dir + "/two/scores.jsonl", encoding: .utf8))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir + "/two/scores.parts/pick").sorted(), ["rank0.jsonl", "rank1.jsonl"])
 
         // Kill a pool once its first image is written, then rerun it.
         let killed = dir + "/killed"
@@ -152,6 +160,13 @@ final class PoolTests: XCTestCase {
         var r = try hgdpo(poolArgs(prompts, dir + "/pool", ["--images-per-prompt", "2", "--guidance", "7"]))
         XCTAssertEqual(r.status, 2)
         XCTAssertTrue(r.stderr.contains("guidance: '5.0' → '7.0'"), r.stderr)
+        r = try hgdpo(poolArgs(prompts, dir + "/pool", ["--images-per-prompt", "2", "--mixed-precision", "bf16"]))
+        XCTAssertEqual(r.status, 2)
+        XCTAssertTrue(r.stderr.contains("mixed_precision: 'no' → 'bf16'"), r.stderr)
+        // A bf16 pool: the U-Net's weights in bf16, recorded in the images.
+        r = try hgdpo(poolArgs(prompts, dir + "/bf16", ["--images-per-prompt", "1", "--mixed-precision", "bf16"]))
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(try PNG.readBytesWithText(dir + "/bf16/images/00000/00000000-000.png").1["mixed_precision"], "bf16")
         let more = try writePrompts(dir, ["one prompt", "two"])
         r = try hgdpo(poolArgs(more, dir + "/pool", ["--images-per-prompt", "2"]))
         XCTAssertEqual(r.status, 2)
