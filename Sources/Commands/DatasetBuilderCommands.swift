@@ -143,10 +143,14 @@ extension Commands {
             let run = try ScoreRun(folder: pool, scorers: scorers)
             try run.checkDescriptors()
             let started = Date()
+            var lastLine = Date.distantPast
             let scored = try run.score(rank: comm.rank, worldSize: comm.size) { done, total in
-                guard comm.isRoot else { return }
+                // A line every 10 s at most (and the last): pools have up to 100,000 prompts.
+                guard comm.isRoot, done == total || Date().timeIntervalSince(lastLine) >= 10 else { return }
+                lastLine = Date()
                 let elapsed = Date().timeIntervalSince(started)
-                fputs("score: prompt \(done)/\(total) on rank 0, ETA \(clockText(elapsed / Double(done) * Double(total - done)))\n", stderr)
+                fputs("score: prompt \(done)/\(total) on rank 0, \(String(format: "%.2f", Double(done) / elapsed)) prompts/s, "
+                      + "ETA \(clockText(elapsed / Double(done) * Double(total - done)))\n", stderr)
             }
             let seconds = Date().timeIntervalSince(started)
             let total = try comm.allreduce(Double(scored))
