@@ -122,14 +122,14 @@ extension Commands {
         summary: "Score every image of a pool with one or more preference scorers (MPI ranks share it; resumable)",
         details: """
             --scorer NAME=KIND[:ARGUMENT], repeatable: pickscore=clip:models/PickScore_v1,
-            hps=clip:models/hpsv2,output=cosine, aesthetic=aesthetic:sac+logos+ava1-l14-linearMSE.safetensors,clip=models/clip-vit-large-patch14,
+            hps=clip:models/CLIP-ViT-H-14,weights=hps_v2.safetensors,output=cosine, aesthetic=aesthetic:sac+logos+ava1-l14-linearMSE.safetensors,clip=models/clip-vit-large-patch14,
             mine=external:"python3 scripts/example_scorer.py" (kinds: \(scorerKinds.keys.sorted().joined(separator: ", "))).
             Writes POOL/scores.jsonl (one line per image, one column per scorer) and POOL/scorers.json (each
             scorer's kind, argument, version and settings). Rerun the command to continue an interrupted scoring.
             """,
         options: [
             .value("--pool", "DIR", "Pool folder made by hgdpo pool", required: true),
-            .list("--scorer", "SPEC", "Scorer NAME=KIND[:ARGUMENT] (repeatable)"),
+            .list("--scorer", "SPEC", "Scorer NAME=KIND[:ARGUMENT]"),
             .value("--threads", "N", "Compute threads per rank (default: HGDPO_THREADS or all cores)"),
         ]
     ) { args in
@@ -139,6 +139,7 @@ extension Commands {
         guard !specs.isEmpty else { throw CLIError.invalid("'hgdpo score' needs at least one --scorer NAME=KIND[:ARGUMENT]") }
         let comm = try Communicator.world()
         do {
+            _ = try PoolIndex.read(folder: pool)      // a missing pool fails before any weights load
             let scorers = try specs.map { try makeScorer($0) }
             let run = try ScoreRun(folder: pool, scorers: scorers)
             try run.checkDescriptors()
