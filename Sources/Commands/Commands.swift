@@ -12,8 +12,8 @@ public enum Commands {
 
     public static let all: [CommandSpec] = [train, dataCheck, inspect, makeModel, makeCache, loraConvert, probeUNet,
                                             probeTextEncoder, probeVAEEncode, probeVAEDecode, probeScheduler, probeDPOLoss,
-                                            probeMPI, benchStep, benchAllreduce, benchAttention, benchConv, encode, makeTriplets, sample,
-                                            pool, score, select]
+                                            probeMPI, benchStep, benchAllreduce, benchAttention, benchConv, encode, makeTriplets, sample, eval, report,
+                                            checkpointVerify, pool, score, select]
 
     public static let cli = CommandLineInterface(commands: all, version: version)
 

@@ -1,6 +1,7 @@
 // `hgdpo pool`, `hgdpo score`, `hgdpo select`: the AI-feedback dataset builder (Sources/DatasetBuilder). A pool of N
 // images per prompt from the target model, preference scores for every image, then winner and loser per prompt as a
 // triplet dataset for `hgdpo encode` and `hgdpo train`. File formats: docs/dataset.md.
+import Datasets
 import DatasetBuilder
 import Distributed
 import Foundation
@@ -24,8 +25,8 @@ extension Commands {
             images of a prompt share each U-Net call, both CFG halves together. OUT/pool.json records the settings:
             a rerun with the same settings continues where it stopped (finished images are kept, PNGs are written
             atomically), with other settings it stops naming what changed. OUT/pool.jsonl lists every image when all
-            exist. Prompts: one per line, or a TSV with a header (--prompt-column, default Prompt for a .tsv;
-            --category keeps rows of those categories, e.g. PartiPrompts.tsv).
+            exist. Prompts: one per line, or a TSV with a header (--prompt-column, default the column named
+            prompt; --category keeps the rows of one category, e.g. PartiPrompts.tsv's People).
             Example: launch/local.sh 2 hgdpo pool --model models/sd15 --prompts PartiPrompts.tsv --category People \\
                        --images-per-prompt 20 --batch 4 --out pool --mixed-precision bf16
             """,
@@ -35,8 +36,8 @@ extension Commands {
             .value("--lora", "FILE", "LoRA weights to sample with"),
             .value("--lora-scale", "S", "LoRA scale", default: "1.0"),
             .value("--prompts", "FILE", "Prompts: one per line, or a TSV with a header row", required: true),
-            .value("--prompt-column", "NAME", "TSV column holding the prompt (default Prompt for .tsv files)"),
-            .value("--category", "LIST", "Keep only TSV rows whose Category is one of these (comma-separated)"),
+            .value("--prompt-column", "NAME", "TSV column holding the prompt (default: the column named prompt, any case)"),
+            .value("--category", "NAME", "Keep only TSV rows whose Category is NAME (PartiPrompts: People)"),
             .value("--images-per-prompt", "N", "Pool size per prompt (the paper: 20)", default: "20"),
             .value("--negative-prompt", "TEXT", "Negative prompt for every image", default: ""),
             .value("--out", "DIR", "Pool folder (created, or an interrupted pool to continue)", required: true),
@@ -56,11 +57,7 @@ extension Commands {
     ) { args in
         try applyThreads(args)
         let promptsPath = try args.requiredString("--prompts")
-        let categories = args.string("--category").map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } } ?? []
-        let prompts: [PoolPrompt]
-        do { prompts = try PromptFile.read(promptsPath, column: args.string("--prompt-column"), categories: categories) } catch let e as PromptFileError {
-            throw CLIError.invalid(e.message)
-        }
+        let prompts = try PromptFile.read(promptsPath, column: args.string("--prompt-column"), category: args.string("--category"))
         let loraPath = args.string("--lora")
         if args.given("--lora-scale") && loraPath == nil { throw CLIError.invalid("--lora-scale needs --lora") }
         var params = SamplingParameters()
@@ -87,7 +84,7 @@ extension Commands {
         settings.mixedPrecision = precisionName
         settings.promptsFile = promptsPath
         settings.promptColumn = args.string("--prompt-column")
-        settings.categories = categories
+        settings.category = args.string("--category")
 
         let lora = try loraPath.map { try LoRAFile.read($0) }
         let pipeline: TextToImagePipeline
@@ -99,9 +96,10 @@ extension Commands {
         } catch let e as SamplingError { throw CLIError.invalid(e.message) }
         let comm = try Communicator.world()
         let run = try PoolRun(pipeline: pipeline, settings: settings, prompts: prompts, folder: out)
-        if comm.isRoot {
-            do { try run.prepareFolder() } catch let e as PoolError { throw CLIError.invalid(e.message) }
-        }
+        // One job per pool folder (rank 0 holds the lock; it creates the folder).
+        let lock = comm.isRoot ? try lockRunFolder(out, command: "pool") : nil
+        defer { lock?.release() }
+        if comm.isRoot { try run.prepareFolder() }
         try comm.barrier()
         let reporter = comm.isRoot ? PoolReporter(label: "pool", worldSize: comm.size) : nil
         let written = try run.sample(rank: comm.rank, worldSize: comm.size, progress: reporter)
@@ -140,6 +138,8 @@ extension Commands {
         let comm = try Communicator.world()
         do {
             _ = try PoolIndex.read(folder: pool)      // a missing pool fails before any weights load
+            let lock = comm.isRoot ? try lockRunFolder(pool, command: "score") : nil
+            defer { lock?.release() }
             let scorers = try specs.map { try makeScorer($0) }
             let run = try ScoreRun(folder: pool, scorers: scorers)
             try run.checkDescriptors()

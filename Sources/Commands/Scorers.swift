@@ -18,8 +18,8 @@ extension Commands {
         "aesthetic": ScorerKind(argument: "the aesthetic MLP and a CLIP ViT-L/14 folder: FILE,clip=DIR[,batch=N]") { spec in
             try AestheticScorer(name: spec.name, argument: spec.argument!)
         },
-        "external": ScorerKind(argument: "a command speaking the JSON-lines protocol (docs/dataset.md)") { spec in
-            try ExternalScorer(name: spec.name, command: spec.argument!)
+        "external": ScorerKind(argument: "a command speaking the JSON-lines protocol (docs/dataset.md): COMMAND[,timeout=S]") { spec in
+            try ExternalScorer(name: spec.name, argument: spec.argument!)
         },
     ]
 

@@ -29,13 +29,13 @@ public struct PoolSettings: Sendable {
     public var imagesPerPrompt = 20
     public var seed: UInt64 = 0
     public var mixedPrecision = "no"
-    /// The prompts file and how it was read.
-    public var promptsFile = "", promptColumn: String?, categories: [String] = []
+    /// The prompts file and how it was read (Datasets.PromptFile).
+    public var promptsFile = "", promptColumn: String?, category: String?
 
     public init(sampling: SampleRunSettings) { self.sampling = sampling }
 
     /// pool.json's "settings": every value as a string, in a fixed order; `prompts` adds the count and a digest.
-    public func record(prompts: [PoolPrompt]) -> [(String, String)] {
+    public func record(prompts: [String]) -> [(String, String)] {
         let p = sampling.parameters
         return [
             ("model", sampling.model), ("lora", sampling.lora ?? "none"),
@@ -45,8 +45,8 @@ public struct PoolSettings: Sendable {
             ("prompt_weighting", String(sampling.weighting)), ("clip_skip", String(sampling.clipSkip)),
             ("images_per_prompt", String(imagesPerPrompt)), ("seed", String(seed)), ("batch", String(sampling.batch)),
             ("mixed_precision", mixedPrecision), ("prompts_file", promptsFile), ("prompt_column", promptColumn ?? "none"),
-            ("categories", categories.isEmpty ? "all" : categories.joined(separator: ",")),
-            ("prompt_count", String(prompts.count)), ("prompts_digest", PoolSettings.digest(prompts.map(\.text))),
+            ("category", category ?? "all"),
+            ("prompt_count", String(prompts.count)), ("prompts_digest", PoolSettings.digest(prompts)),
         ]
     }
 
@@ -80,12 +80,12 @@ public final class PoolRun {
     public static let settingsFile = "pool.json"
     public let pipeline: TextToImagePipeline
     public let settings: PoolSettings
-    public let prompts: [PoolPrompt]
+    public let prompts: [String]
     public let folder: String
     /// Seconds spent in the text encoder, the sampler loop and the decoder by `sample`.
     public private(set) var timings = (encode: 0.0, denoise: 0.0, decode: 0.0)
 
-    public init(pipeline: TextToImagePipeline, settings: PoolSettings, prompts: [PoolPrompt], folder: String) throws {
+    public init(pipeline: TextToImagePipeline, settings: PoolSettings, prompts: [String], folder: String) throws {
         guard settings.imagesPerPrompt >= 1, settings.sampling.batch >= 1 else {
             throw PoolError("images per prompt and the batch must be at least 1")
         }
@@ -146,7 +146,8 @@ public final class PoolRun {
             }
             return
         }
-        if fm.fileExists(atPath: folder), let contents = try? fm.contentsOfDirectory(atPath: folder), !contents.isEmpty {
+        if fm.fileExists(atPath: folder), let contents = try? fm.contentsOfDirectory(atPath: folder),
+           contents.contains(where: { !RunFolderLock.isLockFile($0) }) {
             throw PoolError("\(folder) is not empty and has no \(PoolRun.settingsFile): not a pool; choose another --out")
         }
         try fm.createDirectory(atPath: folder, withIntermediateDirectories: true)
@@ -193,7 +194,7 @@ public final class PoolRun {
         for unit in todo {
             let start = Date()
             if cached?.prompt != unit.prompt {
-                let prompt = prompts[unit.prompt].text
+                let prompt = prompts[unit.prompt]
                 cached = (unit.prompt, try pipeline.encode(prompts: [prompt], negativePrompts: [settings.negativePrompt],
                                                            weighting: settings.sampling.weighting, clipSkip: settings.sampling.clipSkip))
             }
@@ -228,7 +229,7 @@ public final class PoolRun {
     /// `hgdpo sample`'s text chunks (prompt, seed, steps, guidance, scheduler, size, model, lora, …) plus the image's
     /// place in the pool and the precision.
     public func pngText(_ im: PoolImage) -> [(key: String, value: String)] {
-        let job = SampleJob(index: im.promptIndex * settings.imagesPerPrompt + im.imageIndex, prompt: prompts[im.promptIndex].text,
+        let job = SampleJob(index: im.promptIndex * settings.imagesPerPrompt + im.imageIndex, prompt: prompts[im.promptIndex],
                             negativePrompt: settings.negativePrompt, seed: im.seed)
         return [("prompt_index", String(im.promptIndex)), ("image_index", String(im.imageIndex)),
                 ("mixed_precision", settings.mixedPrecision)] + settings.sampling.pngText(job)
@@ -243,7 +244,7 @@ public final class PoolRun {
             throw PoolError("\(path(missing.path)) is missing after sampling; rerun the command to make it")
         }
         try PoolIndex.write(images.map { im in
-            PoolEntry(promptIndex: im.promptIndex, prompt: prompts[im.promptIndex].text, category: prompts[im.promptIndex].category,
+            PoolEntry(promptIndex: im.promptIndex, prompt: prompts[im.promptIndex], category: settings.category,
                       imageIndex: im.imageIndex, seed: im.seed, path: im.path)
         }, folder: folder)
     }

@@ -104,14 +104,17 @@ public final class SampleRun {
         guard !jobs.isEmpty else { throw SampleRunError(message: "nothing to sample: no prompts") }
         guard settings.batch >= 1 else { throw SampleRunError(message: "the batch size must be at least 1") }
         self.pipeline = pipeline; self.settings = settings; self.folder = folder; self.jobs = jobs
-        try inspectFolder()
+        (existing, todo) = try SampleRun.inspect(folder: folder, settings: settings, jobs: jobs)
     }
 
     public func path(_ name: String) -> String { (folder as NSString).appendingPathComponent(name) }
 
     /// Sorts the jobs into existing (same parameters: skipped) and to do; refuses a folder holding one of this run's
-    /// file names with other parameters, or a grid.png hgdpo did not write.
-    private func inspectFolder() throws {
+    /// file names with other parameters, or a grid.png hgdpo did not write. `hgdpo eval` uses it for its image folders.
+    public static func inspect(folder: String, settings: SampleRunSettings,
+                               jobs: [SampleJob]) throws -> (existing: [SampleJob], todo: [SampleJob]) {
+        func path(_ name: String) -> String { (folder as NSString).appendingPathComponent(name) }
+        var existing: [SampleJob] = [], todo: [SampleJob] = []
         let fm = FileManager.default
         var isDir: ObjCBool = false
         if fm.fileExists(atPath: folder, isDirectory: &isDir) && !isDir.boolValue {
@@ -139,6 +142,7 @@ public final class SampleRun {
                                      + "choose another --out or remove it")
             }
         }
+        return (existing, todo)
     }
 
     /// Samples every image to do, batch by batch, writing each batch's PNGs (atomically) as it finishes; then the grid.

@@ -21,7 +21,9 @@ struct ScorerArgument {
     let path: String
     let options: [String: String]
 
-    init(_ text: String, spec: String, allowed: [String]) throws {
+    /// `strict`: a trailing `,word=value` with an unknown key is an error (scorers whose argument is a path); an
+    /// external command keeps it as part of the command.
+    init(_ text: String, spec: String, allowed: [String], strict: Bool = true) throws {
         var parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         var options: [String: String] = [:]
         while parts.count > 1, let eq = parts.last!.firstIndex(of: "="), allowed.contains(String(parts.last![..<eq])) {
@@ -29,7 +31,7 @@ struct ScorerArgument {
             options[String(last[..<eq])] = String(last[last.index(after: eq)...])
         }
         path = parts.joined(separator: ",")
-        if parts.count > 1, let last = parts.last, let eq = last.firstIndex(of: "="),
+        if strict, parts.count > 1, let last = parts.last, let eq = last.firstIndex(of: "="),
            last[..<eq].allSatisfy({ $0.isLetter || $0 == "_" }) {
             throw CLIPModelError("invalid scorer spec '\(spec)': unknown option '\(last)' (options: \(allowed.joined(separator: ", ")))")
         }

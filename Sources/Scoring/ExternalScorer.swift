@@ -8,8 +8,9 @@
 //        or {"id": 1, "error": "message"}                 ends the run with the message
 //   hgdpo closes stdin when done; the command should exit.
 // The command runs under /bin/sh -c. Its stderr passes through to hgdpo's, prefixed with the scorer name. Each answer
-// must come within `timeout` seconds (the hello within `helloTimeout`); a late answer, an exit, or a line that is not
-// the expected JSON ends the run with an error naming the scorer, the command and the last lines of its stderr.
+// must come within `timeout` seconds (spec `NAME=external:COMMAND,timeout=S`, default 600; the hello within
+// `helloTimeout`); a late answer, an exit, or a line that is not the expected JSON ends the run with an error naming
+// the scorer, the command and the last lines of its stderr.
 import Foundation
 import IO
 #if canImport(Glibc)
@@ -32,10 +33,23 @@ public final class ExternalScorer: Scorer {
     private let imageFolder: String
     private let stderrTail = StderrTail()
 
-    /// Starts `command` and reads its hello. `timeout`: seconds per answer (also HGDPO_EXTERNAL_TIMEOUT).
-    public init(name: String, command: String, timeout: Double? = nil, helloTimeout: Double = 60) throws {
+    /// A spec's argument: `COMMAND[,timeout=SECONDS]`.
+    public convenience init(name: String, argument: String) throws {
+        let arg = try ScorerArgument(argument, spec: "\(name)=external:\(argument)", allowed: ["timeout"], strict: false)
+        var timeout = 600.0
+        if let t = arg.options["timeout"] {
+            guard let v = Double(t), v > 0 else {
+                throw ExternalScorerError(message: "invalid scorer spec '\(name)=external:\(argument)': timeout=\(t) must be a positive number of seconds")
+            }
+            timeout = v
+        }
+        try self.init(name: name, command: arg.path, timeout: timeout)
+    }
+
+    /// Starts `command` and reads its hello. `timeout`: seconds per answer.
+    public init(name: String, command: String, timeout: Double = 600, helloTimeout: Double = 60) throws {
         self.command = command
-        self.timeout = timeout ?? ProcessInfo.processInfo.environment["HGDPO_EXTERNAL_TIMEOUT"].flatMap(Double.init) ?? 600
+        self.timeout = timeout
         signal(SIGPIPE, SIG_IGN)   // a dead command must give EPIPE on write, not kill hgdpo
         let inPipe = Pipe(), outPipe = Pipe(), errPipe = Pipe()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
@@ -50,6 +64,7 @@ public final class ExternalScorer: Scorer {
         imageFolder = (NSTemporaryDirectory() as NSString).appendingPathComponent("hgdpo-external-\(getpid())-\(name)")
         try FileManager.default.createDirectory(atPath: imageFolder, withIntermediateDirectories: true)
         descriptor = ScorerDescriptor(name: name, kind: "external", argument: command, version: "", settings: [:])
+        descriptor.settings["timeout_s"] = String(timeout)
         try send(JSONValue.object([("hgdpo", .string("hello")), ("protocol", .int(1))]))
         let hello = try receive(within: helloTimeout, what: "its hello answer")
         descriptor.version = (hello["version"] as? String) ?? "unknown"
@@ -138,7 +153,7 @@ public final class ExternalScorer: Scorer {
             guard left > 0 else {
                 process.terminate()
                 throw fail("gave no answer within \(Int(seconds)) s while hgdpo waited for \(what) (stopped; "
-                           + "set HGDPO_EXTERNAL_TIMEOUT for a longer limit)")
+                           + "add ,timeout=SECONDS to the scorer spec for a longer limit)")
             }
             var pfd = pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)
             let r = poll(&pfd, 1, Int32(min(left, 1) * 1000))

@@ -172,6 +172,19 @@ final class PoolTests: XCTestCase {
         XCTAssertEqual(r.status, 2)
         XCTAssertTrue(r.stderr.contains("prompt_count: '1' → '2'"), r.stderr)
 
+        // One job per folder: a pool or score on a folder another job holds is refused, nothing written.
+        let lock = try RunFolderLock(folder: dir + "/held", command: "test-holder")
+        r = try hgdpo(poolArgs(prompts, dir + "/held"))
+        XCTAssertEqual(r.status, 2)
+        XCTAssertTrue(r.stderr.contains("test-holder"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/held/pool.json"))
+        lock.release()
+        let lock2 = try RunFolderLock(folder: dir + "/pool", command: "test-holder")
+        r = try hgdpo(["score", "--pool", dir + "/pool", "--scorer", "pick=clip:" + clipFixture])
+        XCTAssertEqual(r.status, 2)
+        XCTAssertTrue(r.stderr.contains("test-holder"), r.stderr)
+        lock2.release()
+
         // PartiPrompts-style TSV: the Prompt column, rows of one category.
         let tsv = dir + "/parti.tsv"
         try Foundation.Data("Prompt\tCategory\tChallenge\tNote\na cat\tAnimals\tBasic\t\na chef\tPeople\tBasic\t\na nurse\tPeople\tBasic\t\n".utf8)

@@ -20,7 +20,7 @@ final class ExternalScorerTests: XCTestCase {
         XCTAssertEqual(try scorer.score(images: [images[0]], prompt: "again").count, 1)
     }
 
-    func failure(_ command: String, timeout: Double? = nil, score: Bool = true) -> String {
+    func failure(_ command: String, timeout: Double = 600, score: Bool = true) -> String {
         do {
             let s = try ExternalScorer(name: "x", command: command, timeout: timeout, helloTimeout: 5)
             if score { _ = try s.score(images: images, prompt: "p") }
@@ -40,5 +40,19 @@ final class ExternalScorerTests: XCTestCase {
         let slow = failure(hello + "read l; sleep 30", timeout: 1)
         XCTAssertTrue(slow.contains("no answer within 1 s"), slow)
         XCTAssertTrue(failure("exit 0", score: false).contains("x"))
+    }
+
+    /// `COMMAND,timeout=S` sets the limit; other trailing text stays part of the command.
+    func testSpecArgument() throws {
+        let slow = "read l; echo '{}'; read l; sleep 30"
+        XCTAssertThrowsError(try ExternalScorer(name: "s", argument: slow + ",timeout=1").score(images: images, prompt: "p")) {
+            XCTAssertTrue("\($0)".contains("no answer within 1 s"), "\($0)")
+        }
+        let s = try ExternalScorer(name: "e", argument: #"read l; echo '{"version":"3"}'; echo a,b=c >&2"#)
+        XCTAssertEqual(s.command, #"read l; echo '{"version":"3"}'; echo a,b=c >&2"#)
+        XCTAssertEqual(s.descriptor.settings["timeout_s"], "600.0")
+        XCTAssertThrowsError(try ExternalScorer(name: "s", argument: "true,timeout=soon")) {
+            XCTAssertTrue("\($0)".contains("timeout=soon must be a positive number"), "\($0)")
+        }
     }
 }
