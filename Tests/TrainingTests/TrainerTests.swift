@@ -154,6 +154,10 @@ final class TrainerTests: XCTestCase {
         let folder = ComponentFolder(path: "\(dir)/w1/\(Checkpoint.name(step: 3))/\(Checkpoint.unetFolder)")
         let model = try UNetModel.load(folder: folder)
         for (name, values) in one { XCTAssertEqual(model.weights.floats(name), values, name) }
+        let probe = try runProcess(hgdpoBinary, ["probe", "unet", "--model", folder.path, "--out", "\(dir)/probe.safetensors",
+                                                 "--input", repoRoot + "/Tests/UNetTests/Fixtures/unet_conv/io.safetensors"])
+        XCTAssertEqual(probe.status, 0, probe.stderr)
+        XCTAssertTrue(try SafeTensorsFile(path: "\(dir)/probe.safetensors").floats("sample").allSatisfy(\.isFinite))
         // Resume: stop after step 2, continue to 3: bit-identical.
         var part = opts
         part["--max-steps"] = "2"
