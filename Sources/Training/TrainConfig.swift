@@ -94,9 +94,10 @@ public struct TrainConfig: Sendable, Equatable {
         .value("data", \.data, "CACHE_DIR", "Latent cache (hgdpo encode) of the triplet dataset", identity: false),
         .value("out", \.output, "RUN_DIR", "Run folder: checkpoints, metrics.jsonl, config.json", identity: false),
         .choice("objective", \.objective, "NAME", "hgdpo = Diffusion-DPO + statistic matching; dpo; sft = noise MSE on the winners only"),
+        // Not hashed (checkpoints of older builds keep their hash): a resume checks it by name (TrainerState.train).
         .value("train", \.train, "WHAT",
                "lora: LoRA adapters on the attention projections (the paper's); unet: every U-Net parameter (full fine-tuning, fp32 only; checkpoints hold a diffusers unet/ folder)",
-               choices: ["lora", "unet"]),
+               choices: ["lora", "unet"], identity: false),
         .value("beta", \.beta, "B", "Diffusion-DPO β (paper Eq. 3: inside = β·(Δref − Δθ); Salesforce's β is twice this)", range: 0...1e9),
         .value("stat_weight", \.statWeight, "L", "Statistic-matching weight λ_stat (hgdpo only)", range: 0...1e15),
         .value("stat_inference_steps", \.statInferenceSteps, "N",

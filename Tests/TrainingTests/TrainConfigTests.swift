@@ -111,7 +111,7 @@ final class TrainConfigTests: XCTestCase {
         XCTAssertEqual(TrainConfig.options.entries.filter(\.identity).map(\.key).sorted(), [
             "adam_beta1", "adam_beta2", "adam_eps", "beta", "global_batch", "local_batch", "lora_alpha", "lora_rank", "lr",
             "lr_schedule", "max_grad_norm", "mixed_precision", "objective", "optimizer", "seed", "stat_inference_steps",
-            "stat_weight", "train", "variant", "warmup_steps", "weight_decay",
+            "stat_weight", "variant", "warmup_steps", "weight_decay",
         ])
     }
 

@@ -171,6 +171,7 @@ final class TrainerTests: XCTestCase {
         // A LoRA resume of a --train unet run is refused by name.
         let mixed = try train(ranks: 1, output: "\(dir)/part", options: ["--objective": "sft", "--resume": "auto", "--max-steps": "4"])
         XCTAssertEqual(mixed.status, 2, mixed.stderr)
+        XCTAssertTrue(mixed.stderr.contains("was trained with --train unet"), mixed.stderr)
         // bf16 is refused, by name.
         let bf16 = try train(ranks: 1, output: "\(dir)/bf16", options: opts.merging(["--mixed-precision": "bf16"]) { $1 })
         XCTAssertEqual(bf16.status, 2)
