@@ -34,6 +34,12 @@ final class FullParameterTests: XCTestCase {
         model.weightGrads!.zero()
         _ = try loss()
         let grads = model.weightGrads!.array
+        // Gradient checkpointing (blocks recomputed in backward, with their parameter-gradient inputs) changes nothing.
+        model.gradientCheckpointing = true
+        model.weightGrads!.zero()
+        _ = try loss()
+        XCTAssertEqual(model.weightGrads!.array, grads, "gradient checkpointing")
+        model.gradientCheckpointing = false
         let keys = ["conv_in.weight", "time_embedding.linear_1.weight", "time_embedding.linear_2.bias",
                     "down_blocks.0.resnets.0.norm1.weight", "down_blocks.0.resnets.0.time_emb_proj.weight",
                     "down_blocks.0.attentions.0.transformer_blocks.0.norm2.bias",
