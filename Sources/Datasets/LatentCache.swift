@@ -159,6 +159,12 @@ public final class LatentCache: @unchecked Sendable {   // mutable state (the ma
             guard dims.allSatisfy({ $0 > 0 }) else {
                 throw bad("\"\(key)\" \(dims) must be an array of \(rank) positive integers \(names)")
             }
+            // One row's elements must be countable (an overflow traps; found by Tests/FuzzTests) and addressable.
+            let (elements, overflow) = dims.reduce((1, false)) { acc, d in
+                let (p, o) = acc.0.multipliedReportingOverflow(by: d)
+                return (p, acc.1 || o)
+            }
+            guard !overflow, elements <= 1 << 31 else { throw bad("\"\(key)\" \(dims) is too large (more than 2^31 values per row)") }
             return dims
         }
 

@@ -62,6 +62,10 @@ public final class CLIPTextModel: @unchecked Sendable {
                                     ("num_hidden_layers", config.numHiddenLayers, 1 << 10)] {
             try check(value <= limit, key, "\(value) is larger than this implementation's limit \(limit)")
         }
+        // And the whole: at most 2^31 parameters (8 GB in fp32; the largest CLIP text tower has 0.7e9).
+        let (d, i, l) = (Double(config.hiddenSize), Double(config.intermediateSize), Double(config.numHiddenLayers))
+        let parameters = d * Double(config.vocabSize + config.maxPositionEmbeddings) + l * (4 * d * d + 2 * d * i + i + 9 * d) + 2 * d
+        try check(parameters <= Double(1 << 31), "hidden_size", "the config describes \(Int(parameters)) parameters, more than this implementation's limit 2^31")
         guard let act = CLIPActivation(rawValue: config.hiddenAct) else {
             throw TextModelError.badConfig(path: source, key: "hidden_act",
                                            detail: "'\(config.hiddenAct)' is not supported (quick_gelu or gelu)")

@@ -84,6 +84,15 @@ public struct UNetSpec: Sendable, Equatable {
                          "block \(i): \(h) heads do not divide \(ch) channels")
         }
         guard c.inChannels > 0, c.outChannels > 0 else { throw refuse("in_channels", "and out_channels must be positive") }
+        // Bounds far above any U-Net, so that a damaged file cannot overflow the shape arithmetic (Tests/FuzzTests).
+        let limits: [(String, [Int], Int)] = [
+            ("block_out_channels", c.blockOutChannels, 1 << 16), ("layers_per_block", layers, 1 << 8),
+            ("transformer_layers_per_block", tlayers, 1 << 8), ("cross_attention_dim", cross, 1 << 16),
+            ("in_channels", [c.inChannels], 1 << 12), ("out_channels", [c.outChannels], 1 << 12), ("norm_num_groups", [groups], 1 << 12),
+        ]
+        for (key, values, limit) in limits where !values.allSatisfy({ $0 >= 1 && $0 <= limit }) {
+            throw refuse(key, "\(values) is outside 1...\(limit)")
+        }
 
         config = c
         inChannels = c.inChannels

@@ -296,4 +296,50 @@ final class FuzzTests: XCTestCase {
             for kind in SchedulerKind.allCases { _ = try kind.make(configJSON: data, source: path) }
         })
     }
+
+    // MARK: - Inputs that crashed a reader (found by the long runs), kept as regression cases
+
+    func testInputsThatOnceCrashed() throws {
+        let dir = try temporaryDirectory(self)
+        let pipeline = repoRoot + "/Tests/SamplingTests/Fixtures/pipeline"
+        func edited(_ source: String, _ name: String, _ replacements: [(String, String)]) throws -> String {
+            var text = try String(contentsOfFile: source, encoding: .utf8)
+            for (a, b) in replacements {
+                XCTAssertTrue(text.contains(a), "\(source) has no \(a)")
+                text = text.replacingOccurrences(of: a, with: b)
+            }
+            let path = dir + "/" + name
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        func assertNamedError(_ path: String, _ read: (String) throws -> Void, file: StaticString = #filePath, line: UInt = #line) {
+            XCTAssertThrowsError(try read(path), file: file, line: line) { XCTAssertTrue("\($0)".contains(path), "\($0)", file: file, line: line) }
+        }
+        // layers_per_block 2^63-1 overflowed the U-Net's shape arithmetic.
+        assertNamedError(try edited(pipeline + "/unet/config.json", "unet.json", [("\"layers_per_block\": 1", "\"layers_per_block\": 9223372036854775807")])) {
+            _ = try UNetSpec(try decodeConfig(UNet2DConditionConfig.self, from: $0), source: $0)
+        }
+        // A CLIP text config of ~10^11 parameters asked for 138 GB.
+        assertNamedError(try edited(pipeline + "/text_encoder/config.json", "te.json", [("\"vocab_size\": 3014", "\"vocab_size\": 16777216"),
+                                                                                       ("\"hidden_size\": 16", "\"hidden_size\": 65536")])) {
+            _ = try CLIPTextModel(config: try decodeConfig(CLIPTextConfig.self, from: $0), source: $0)
+        }
+        // tokenizer_config.json's model_max_length NaN trapped in Int(NaN).
+        assertNamedError(try edited(repoRoot + "/Tests/TextEncoderTests/Fixtures/pipeline/tokenizer/tokenizer_config.json", "tc.json",
+                                    [("\"model_max_length\": 77", "\"model_max_length\": NaN")])) {
+            _ = try decodeConfig(TokenizerConfig.self, from: $0)
+        }
+        // A latent-cache index whose latent_shape product overflows.
+        let cache = dir + "/cache"
+        let w = try LatentCacheWriter(folder: cache, latentShape: [4, 2, 2], contextShape: [3, 4], dtype: .F16, shardSize: 2)
+        try w.append(id: "t0", winner: [Float](repeating: 0, count: 16), loser: [Float](repeating: 1, count: 16), context: [Float](repeating: 0, count: 12))
+        try w.finish()
+        let index = cache + "/" + LatentCacheFormat.indexFile
+        let json = try String(contentsOfFile: index, encoding: .utf8)
+        try json.replacingOccurrences(of: #""latent_shape":[4,2,2]"#, with: #""latent_shape":[1099511627776,4294967296,2]"#)
+            .replacingOccurrences(of: "\"latent_shape\": [\n    4,\n    2,\n    2\n  ]", with: "\"latent_shape\": [1099511627776, 4294967296, 2]")
+            .write(toFile: index, atomically: true, encoding: .utf8)
+        XCTAssertTrue(try String(contentsOfFile: index, encoding: .utf8).contains("1099511627776"), json)
+        assertNamedError(index) { _ in _ = try LatentCache.open(cache) }
+    }
 }

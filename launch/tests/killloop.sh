@@ -41,11 +41,38 @@ else
 fi
 
 run="$T/run"
-# The pids of this test's hgdpo ranks (any rank).
+# The ranks of the running job, from its process tree (timeout → local.sh → timeout → mpirun → ranks): no
+# /proc-wide scan, which can miss a process on a loaded machine. rank_pids: every hgdpo process of this test (any job).
+# (These helpers always return 0: a failing command inside $(…) would run lib.sh's ERR trap, whose FAIL line would
+# become part of the output.)
+descendants() {
+  local c
+  [[ "$1" =~ ^[1-9][0-9]*$ && "$1" != 1 ]] || return 0
+  # The kernel's child lists, read directly (pgrep scans /proc too).
+  for c in $(cat /proc/"$1"/task/*/children 2>/dev/null || true); do echo "$c"; descendants "$c"; done
+  return 0
+}
+job_ranks() {
+  local launcher c
+  launcher="$(t_bg_child 2>/dev/null || true)"
+  [[ -n "$launcher" ]] || return 0
+  for c in $(descendants "$launcher"); do
+    if [[ "$(readlink "/proc/$c/exe" 2>/dev/null || true)" == "$(readlink -f "$HGDPO_BIN")" ]]; then echo "$c"; fi
+  done
+  return 0
+}
+rank_of() { tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null | sed -n 's/^OMPI_COMM_WORLD_RANK=//p' || true; }
+job_rank() {
+  local p
+  for p in $(job_ranks); do
+    if [[ "$(rank_of "$p")" == "$1" ]]; then echo "$p"; break; fi
+  done
+  return 0
+}
 rank_pids() {
   local pid
   for pid in $(t_pids); do
-    [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == "$(readlink -f "$HGDPO_BIN")" ]] && echo "$pid"
+    if [[ "$(readlink "/proc/$pid/exe" 2>/dev/null || true)" == "$(readlink -f "$HGDPO_BIN")" ]]; then echo "$pid"; fi
   done
   return 0
 }
@@ -56,8 +83,13 @@ settled() {
     [[ -z "$st" || "$st" == Z ]] || return 1
   done
 }
-in_checkpoint() { compgen -G "$run/.tmp-step-0*" >/dev/null; }
-both_ranks_up() { [[ -n "$(t_rank_pid 0)" && -n "$(t_rank_pid 1)" ]]; }
+# A checkpoint being written by this job's rank 0 (a killed job's half-written folder stays until the next save).
+in_checkpoint() {
+  local r0
+  r0="$(job_rank 0)"
+  [[ -n "$r0" ]] && compgen -G "$run/.tmp-step-0*-$r0" >/dev/null
+}
+both_ranks_up() { [[ -n "$(job_rank 0)" && -n "$(job_rank 1)" ]]; }
 
 modes=(setup step checkpoint checkpoint)   # half the kills inside a checkpoint write
 ok_kills=0 checkpoint_kills=0 takeovers=0 fallbacks=0
@@ -77,13 +109,12 @@ for ((k = 1; k <= kills; k++)); do
   sleep "$(awk -v ms="$wait_ms" -v m="$mode" 'BEGIN { printf "%.3f", (m == "checkpoint" ? ms / 4 : ms) / 1000 }')"
   during=no
   in_checkpoint && during=yes
-  launcher="$(t_bg_child || true)"
+  launcher="$(t_bg_child 2>/dev/null || true)"
   case "$target" in
     0 | 1)
       victim="rank $target"
-      # (The /proc scan can miss a process now and then on a loaded machine: look again.)
-      for _ in 1 2 3 4 5; do pids="$(t_rank_pid "$target" || true)"; [[ -n "$pids" ]] && break; sleep 0.2; done ;;
-    2) victim="whole job"; pids="$launcher $(pgrep -P "${launcher:-0}" 2>/dev/null | tr '\n' ' ') $(rank_pids | tr '\n' ' ')" ;;
+      pids="$(job_rank "$target")" ;;
+    2) victim="whole job"; pids="${launcher:+$launcher $(descendants "$launcher" | tr '\n' ' ')}" ;;
   esac
   t_log "kill $k/$kills: $mode, $victim at +$((wait_ms))ms (latest step $before, inside a checkpoint write: $during)"
   echo "kill $k/$kills: $mode $victim, +${wait_ms}ms, latest step $before, inside a checkpoint write: $during"

@@ -33,7 +33,7 @@ else
   t_fail "second job on the folder" "exit $T_RC after ${T_SECONDS}s: $(grep -m1 error "$T/b.log")"
 fi
 before=$(t_lines "$run/metrics.jsonl")
-sleep 2
+t_wait_for 60 t_has_lines "$run/metrics.jsonl" $((before + 1)) || true
 after=$(t_lines "$run/metrics.jsonl")
 steps="$(grep -o '"step":[0-9]*' "$run/metrics.jsonl" | cut -d: -f2)"
 if ((after > before)) && [[ "$steps" == "$(seq 1 "$after")" ]]; then
@@ -48,8 +48,8 @@ kill -9 "$launcher" $(pgrep -P "${launcher:-0}" 2>/dev/null) $(t_rank_pid 0) $(t
 t_wait_bg 2>/dev/null
 at="$(t_latest_step "$run" || echo 0)"
 t_job 120 "$T_ROOT/launch/local.sh" --timeout 100 2 "${train[@]}" --max-steps $((at + 2)) --out "$run" --resume auto >"$T/c.log" 2>&1
-if ((T_RC == 0)) && grep -q "took over $run/hgdpo.lock from hgdpo train, pid $first on $(hostname).*its process (pid $first) is gone" "$T/c.log"; then
-  t_pass "after kill -9 the next job took the lock over at once (pid $first gone) and resumed from step $at"
+if ((T_RC == 0)) && grep -qE "took over $run/hgdpo.lock from hgdpo train, pid $first on $(hostname).*its process \(pid $first\) (is gone|has exited)" "$T/c.log"; then
+  t_pass "after kill -9 the next job took the lock over at once ($(grep -o "its process (pid $first) [a-z ]*" "$T/c.log")) and resumed from step $at"
 else
   t_fail "takeover after kill -9" "exit $T_RC: $(grep -m2 -E "took over|error" "$T/c.log")"
 fi
