@@ -5,7 +5,7 @@
 #   2. the first job is killed with kill -9: the next job takes its lock over at once (same host, pid gone);
 #   3. a job on "another host" (a UTS namespace with its own host name, as on a shared filesystem) is killed: its lock
 #      is refused while its heartbeat is fresh and taken over once it is older than the job's stale_after_s
-#      (HGDPO_LOCK_HEARTBEAT=1, HGDPO_LOCK_STALE_AFTER=6 here; 15 s and 300 s by default).
+#      (HGDPO_LOCK_HEARTBEAT=1, HGDPO_LOCK_STALE_AFTER=6 here; 5 s and 300 s by default).
 #
 # Usage: launch/tests/lock.sh      (~40 s; case 3 needs root for unshare --uts, else it is skipped)
 set -euo pipefail
