@@ -46,7 +46,7 @@ public final class Watchdog: @unchecked Sendable {
                     + "(a rank died or the network is cut); aborting the job (raise --collective-timeout if this is a slow start)\n"
                 fputs(msg, stderr)
                 fflush(stderr)
-                _exit(3)
+                _exit(1)   // a failure while running (exit 3 is --stop-on-divergence)
             }
         }
     }

@@ -2,7 +2,9 @@
 // id, start time) and carries a heartbeat that the holder rewrites every few seconds. A second job finds it and stops
 // at once with an error naming the holder; the lock of a dead job is taken over: at once when the holder ran on this
 // host and its process is gone (same host name and boot id, pid absent or started at another time: pid reuse does
-// not fool it), or when its heartbeat is older than the holder's stated `stale_after_s` (any host).
+// not fool it), at once when it is the same Slurm job id (a requeued job's earlier run), after watching it for 2.5
+// heartbeat intervals without a beat when it ran on another host (a lost node, a job killed by MPI_Abort), or when its
+// heartbeat is older than the holder's stated `stale_after_s` (any host).
 //
 // Shared filesystems (NFS): no flock/fcntl locks (not reliable on NFS, lost with the client). The lock is created the
 // way liblockfile and Mercurial do it: the content goes into a uniquely named file in the folder, which is then
@@ -20,6 +22,7 @@
 // process per job, e.g. MPI rank 0), `lock.release()` when done (also on errors: `defer`). A kill -9 leaves the file;
 // the next job takes it over as above.
 import Foundation
+import Tensors
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -75,9 +78,9 @@ public enum RunFolderLockError: Error, UserInputError, CustomStringConvertible {
 
 public final class RunFolderLock: @unchecked Sendable {
     public static let fileName = "hgdpo.lock"
-    /// Defaults: a heartbeat every 15 s, stale after 5 min without one (HGDPO_LOCK_HEARTBEAT / HGDPO_LOCK_STALE_AFTER
-    /// override them, in seconds).
-    public static let defaultHeartbeat = 15.0
+    /// Defaults: a heartbeat every 5 s (a job on another host that finds the lock watches it for 2.5 beats), stale after
+    /// 5 min without one (HGDPO_LOCK_HEARTBEAT / HGDPO_LOCK_STALE_AFTER override them, in seconds).
+    public static let defaultHeartbeat = 5.0
     public static let defaultStaleAfter = 300.0
 
     public let folder: String
@@ -101,9 +104,8 @@ public final class RunFolderLock: @unchecked Sendable {
     /// the process with exit code 2.
     public init(folder: String, command: String, heartbeatEvery: Double? = nil, staleAfter: Double? = nil,
                 onLost: (@Sendable (String) -> Void)? = nil) throws {
-        let env = ProcessInfo.processInfo.environment
-        let every = heartbeatEvery ?? env["HGDPO_LOCK_HEARTBEAT"].flatMap(Double.init) ?? Self.defaultHeartbeat
-        let stale = staleAfter ?? env["HGDPO_LOCK_STALE_AFTER"].flatMap(Double.init) ?? Self.defaultStaleAfter
+        let every = heartbeatEvery ?? RuntimeOptions.current.lockHeartbeat ?? Self.defaultHeartbeat
+        let stale = staleAfter ?? RuntimeOptions.current.lockStaleAfter ?? Self.defaultStaleAfter
         self.folder = folder
         self.path = (folder as NSString).appendingPathComponent(Self.fileName)
         let fm = FileManager.default
@@ -120,7 +122,7 @@ public final class RunFolderLock: @unchecked Sendable {
         let now = Date().timeIntervalSince1970
         let me = ProcessIdentity.current
         let mine = RunFolderLockHolder(command: command, host: me.host, pid: getpid(), pidStart: me.start, bootID: me.bootID,
-                                       slurmJobID: env["SLURM_JOB_ID"], started: now, heartbeat: now, heartbeatEvery: every,
+                                       slurmJobID: RuntimeOptions.current.slurmJobID, started: now, heartbeat: now, heartbeatEvery: every,
                                        staleAfter: stale, token: randomToken())
         current = mine
         token = mine.token
@@ -173,7 +175,8 @@ public final class RunFolderLock: @unchecked Sendable {
             do { other = try read(path) } catch RunFolderLockError.unreadable(_, let reason) where reason == "vanished" {
                 continue   // released between our link() and read(): try again
             }
-            guard let why = deadReason(other, now: Date().timeIntervalSince1970) else {
+            guard let why = deadReason(other, now: Date().timeIntervalSince1970)
+                    ?? requeueReason(other, taker: holder) ?? silentHeartbeat(other, path: path) else {
                 throw RunFolderLockError.held(folder: dir, holder: other)
             }
             // Move the stale file aside; only one taker's rename finds it. Then make sure it was the file we judged.
@@ -202,6 +205,33 @@ public final class RunFolderLock: @unchecked Sendable {
         let age = now - h.heartbeat
         if age > h.staleAfter { return "no heartbeat for \(Int(age)) s (stale after \(Int(h.staleAfter)) s)" }
         return nil
+    }
+
+    /// A Slurm job that is requeued (after a node failure or preemption) keeps its job id: a lock left by the same job
+    /// id is its earlier incarnation's, which Slurm has ended before starting this one.
+    static func requeueReason(_ h: RunFolderLockHolder, taker: RunFolderLockHolder) -> String? {
+        guard let id = h.slurmJobID, id == taker.slurmJobID, h.token != taker.token else { return nil }
+        return "it is this Slurm job's earlier run (job \(id) was requeued)"
+    }
+
+    /// A holder whose liveness cannot be checked here (another host, e.g. rank 0 on a node that was lost or whose
+    /// processes were killed with the job): its heartbeat is watched for 2.5 intervals. A live holder rewrites it within
+    /// one interval (then: held, refused at once); one that does not is gone. Same-host holders are judged by their
+    /// process instead (`deadReason`), so this wait only happens across hosts.
+    static func silentHeartbeat(_ h: RunFolderLockHolder, path: String) -> String? {
+        let me = ProcessIdentity.current
+        guard h.host != me.host || h.bootID == nil || me.bootID == nil else { return nil }
+        let window = max(3, 2.5 * h.heartbeatEvery)
+        fputs("hgdpo: \(path) is held by \(h.describe()); watching its heartbeat for up to \(Int(window.rounded())) s "
+              + "(a live holder beats every \(Int(h.heartbeatEvery.rounded())) s)\n", stderr)
+        let end = Date(timeIntervalSinceNow: window)
+        while Date() < end {
+            usleep(250_000)
+            guard let now = try? read(path) else { return nil }          // released or replaced: acquire looks again
+            if now.token != h.token || now.heartbeat != h.heartbeat { return nil }   // alive (or another job took it)
+        }
+        return "its heartbeat did not advance for \(Int(window.rounded())) s (it beats every \(Int(h.heartbeatEvery.rounded())) s): "
+            + "its job is gone"
     }
 
     // MARK: - Heartbeat

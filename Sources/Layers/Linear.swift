@@ -1,6 +1,6 @@
 // Fully connected layers and their LoRA adapters, row-major, through sgemm.
-// Base weights are frozen: `linearBackwardInput` gives the input gradient only. LoRA is the only trained thing, so
-// `loraBackward` accumulates dA and dB as well. The frozen weight may be bf16 (mixed precision, `WeightMatrix`):
+// `linearBackwardInput` gives the input gradient; `loraBackward` accumulates LoRA's dA and dB as well, and
+// `linearBackwardWeight` the base weight's and bias's gradients when every parameter is trained (`--train unet`). The frozen weight may be bf16 (mixed precision, `WeightMatrix`):
 // its GEMMs then go through BF16.gemm with fp32 sums; LoRA's A and B and all activations stay fp32.
 import Tensors
 
@@ -29,7 +29,7 @@ public func linearForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<F
     linearForward(out: out, inp: inp, weight: .f32(weight), bias: bias, N: N, I: I, O: O)
 }
 
-/// dinp += dout · weight. Accumulates. (No weight/bias gradients: base layers are frozen.)
+/// dinp += dout · weight. Accumulates. (Weight and bias gradients: `linearBackwardWeight`.)
 public func linearBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (N, I)
                                 dout: UnsafePointer<Float>,          // (N, O)
                                 weight: WeightMatrix,                // (O, I)
@@ -86,5 +86,28 @@ public func loraBackward(dinp: UnsafeMutablePointer<Float>?,  // (N, I)
     // dinp (N, I) += d(xa) (N, r) · A (r, I)
     if let dinp {
         BLAS.sgemm(m: N, n: I, k: r, a: dxa, lda: r, b: a, ldb: I, beta: 1, c: dinp, ldc: I)
+    }
+}
+
+// MARK: - Weight gradients (full-parameter training)
+
+/// dweight += doutᵀ · inp and dbias += Σ_rows dout: the parameter gradients of `linearForward`. Accumulates; the
+/// caller zeroes them. Used when the base weights are trained (`hgdpo train --train unet`), fp32 only.
+public func linearBackwardWeight(dweight: UnsafeMutablePointer<Float>,  // (O, I)
+                                 dbias: UnsafeMutablePointer<Float>?,   // (O)
+                                 dout: UnsafePointer<Float>,            // (N, O)
+                                 inp: UnsafePointer<Float>,             // (N, I)
+                                 N: Int, I: Int, O: Int) {
+    // dW (O, I) += doutᵀ (O, N) · inp (N, I)
+    BLAS.sgemm(transA: true, m: O, n: I, k: N, a: dout, lda: O, b: inp, ldb: I, beta: 1, c: dweight, ldc: I)
+    guard let dbias else { return }
+    // Column sums, a block of columns per task, rows in order (the same bits for any thread count).
+    let block = 64
+    parallelFor((O + block - 1) / block, work: N * O) { j in
+        let o0 = j * block, o1 = min(O, o0 + block)
+        for n in 0..<N {
+            let row = dout + n * O
+            for o in o0..<o1 { dbias[o] += row[o] }
+        }
     }
 }

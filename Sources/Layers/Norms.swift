@@ -124,7 +124,7 @@ public func groupNormForward(out: UnsafeMutablePointer<Float>,    // (B, C, HW)
                          B: B, C: C, HW: HW, groups: G, eps: eps, silu: false)
 }
 
-/// dinp += ∂L/∂inp of `groupNormForward` (no weight/bias gradients: base norms are frozen). Accumulates.
+/// dinp += ∂L/∂inp of `groupNormForward` (weight and bias gradients: `groupNormBackwardAffine`). Accumulates.
 /// dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)) per group, with dx̂ = dout · weight_c.
 /// Ref: torch.nn.GroupNorm backward (aten native_group_norm_backward).
 public func groupNormBackward(dinp: UnsafeMutablePointer<Float>,   // (B, C, HW)
@@ -273,7 +273,7 @@ public func layerNormForward(out: UnsafeMutablePointer<Float>,    // (N, C)
     }
 }
 
-/// dinp += ∂L/∂inp of `layerNormForward` (no weight/bias gradients). Accumulates.
+/// dinp += ∂L/∂inp of `layerNormForward` (weight and bias gradients: `layerNormBackwardAffine`). Accumulates.
 /// Ref: torch.nn.LayerNorm backward (aten native_layer_norm_backward).
 public func layerNormBackward(dinp: UnsafeMutablePointer<Float>,   // (N, C)
                               dout: UnsafePointer<Float>,          // (N, C)
@@ -290,6 +290,68 @@ public func layerNormBackward(dinp: UnsafeMutablePointer<Float>,   // (N, C)
         for i in 0..<C {
             let xhat = (x[i] - m) * r
             dx[i] += r * (dy[i] * weight[i] - meanDxhat - xhat * meanDxhatXhat)
+        }
+    }
+}
+
+// MARK: - Affine parameter gradients (full-parameter training)
+
+/// dweight_c += Σ dy·x̂ and dbias_c += Σ dy over the batch and pixels of channel c, with dy = dout, or
+/// dout · silu'(y) for the fused GroupNorm + SiLU (`bias` given). The parameter gradients of `groupNormForward` /
+/// `groupNormSiLUForward`. Accumulates; the caller zeroes them.
+public func groupNormBackwardAffine(dweight: UnsafeMutablePointer<Float>,  // (C)
+                                    dbias: UnsafeMutablePointer<Float>,    // (C)
+                                    dout: UnsafePointer<Float>,            // (B, C, HW)
+                                    inp: UnsafePointer<Float>,             // (B, C, HW)
+                                    mean: UnsafePointer<Float>,            // (B, G)
+                                    rstd: UnsafePointer<Float>,            // (B, G)
+                                    weight: UnsafePointer<Float>,          // (C)
+                                    silu bias: UnsafePointer<Float>?,      // (C), the fused SiLU's GroupNorm bias
+                                    B: Int, C: Int, HW: Int, groups G: Int) {
+    let Cg = C / G
+    parallelFor(C, work: B * C * HW) { c in
+        let g = c / Cg
+        var sw = 0.0, sb = 0.0
+        for b in 0..<B {
+            let m = mean[b * G + g], r = rstd[b * G + g]
+            let x = inp + (b * C + c) * HW, dy = dout + (b * C + c) * HW
+            if let bias {
+                let a = r * weight[c], beta = bias[c]
+                for i in 0..<HW {
+                    // y = (x − m)·a + b, as the forward computes it
+                    let d = dy[i] * siluDerivativeScalar((x[i] - m) * a + beta)
+                    let xhat = (x[i] - m) * r
+                    sw += Double(d * xhat); sb += Double(d)
+                }
+            } else {
+                for i in 0..<HW {
+                    sw += Double(dy[i] * (x[i] - m) * r); sb += Double(dy[i])
+                }
+            }
+        }
+        dweight[c] += Float(sw)
+        dbias[c] += Float(sb)
+    }
+}
+
+/// dweight_i += Σ_rows dy·x̂ and dbias_i += Σ_rows dy: the parameter gradients of `layerNormForward`. Accumulates.
+public func layerNormBackwardAffine(dweight: UnsafeMutablePointer<Float>,  // (C)
+                                    dbias: UnsafeMutablePointer<Float>,    // (C)
+                                    dout: UnsafePointer<Float>,            // (N, C)
+                                    inp: UnsafePointer<Float>,             // (N, C)
+                                    mean: UnsafePointer<Float>,            // (N)
+                                    rstd: UnsafePointer<Float>,            // (N)
+                                    N: Int, C: Int) {
+    // A block of columns per task, rows in order (the same bits for any thread count).
+    let block = 64
+    parallelFor((C + block - 1) / block, work: N * C) { j in
+        let c0 = j * block, c1 = min(C, c0 + block)
+        for n in 0..<N {
+            let x = inp + n * C, dy = dout + n * C, m = mean[n], r = rstd[n]
+            for i in c0..<c1 {
+                dweight[i] += dy[i] * (x[i] - m) * r
+                dbias[i] += dy[i]
+            }
         }
     }
 }

@@ -3,7 +3,9 @@
 // offsets; it holds no state between calls. A training forward returns what its backward needs as a `Saved` value
 // (nil when the pass does not train), and backward takes that value: gradient checkpointing is dropping the value
 // and running the forward again. Frozen weights get no gradients, so convolutions and linears only propagate input
-// gradients; a Linear with a LoRA adapter also accumulates into the flat LoRA gradient buffer.
+// gradients; a Linear with a LoRA adapter also accumulates into the flat LoRA gradient buffer. A pass with `grads`
+// (full-parameter training, fp32) also accumulates every parameter's gradient into that buffer, which has the
+// layout of `Weights.storage`: one flat buffer, so the all-reduce and the optimizer are one call over it.
 // Ref: diffusers models/resnet.py (ResnetBlock2D, Downsample2D, Upsample2D), torch.nn (Conv2d, Linear, GroupNorm,
 // LayerNorm, Embedding), peft tuners/lora/layer.py (Linear).
 import Layers
@@ -31,13 +33,22 @@ public final class Pass {
     /// Return the activations a backward pass needs.
     public let training: Bool
     public let workspace: Workspace
+    /// The parameter gradients (layout of `weights.storage`), accumulated into by backward; nil = base weights frozen.
+    public let grads: UnsafeMutablePointer<Float>?
 
     public init(weights: Weights, lora: LoRAAdapters? = nil, loraMultiplier: Float? = nil, training: Bool = false,
-                workspace: Workspace) {
+                workspace: Workspace, grads: Buffer? = nil) {
+        precondition(grads == nil || (weights.table.bf16Count == 0 && grads!.count == weights.table.fp32Count),
+                     "parameter gradients need fp32 weights and a buffer of the parameter table's size")
         self.weights = weights
         w = weights.storage.ptr; wBF16 = weights.bf16Storage.ptr
         self.lora = lora; self.loraMultiplier = loraMultiplier; self.training = training; self.workspace = workspace
+        self.grads = grads?.ptr
     }
+
+    /// The gradient of the parameter at an fp32 offset (only when `grads` is set).
+    @inline(__always)
+    public func grad(_ offset: Int) -> UnsafeMutablePointer<Float> { grads! + offset }
 
     /// The same pass without saved activations (the first forward under gradient checkpointing).
     public var inference: Pass {
@@ -88,13 +99,21 @@ public struct Conv2d {
         return out
     }
 
-    // dout (B, cout, Ho, Wo) -> dinp (B, cin, H, W)
-    public func backward(_ p: Pass, _ dout: Buffer, _ b: Int, _ h: Int, _ w: Int) -> Buffer {
+    /// dout (B, cout, Ho, Wo) -> dinp (B, cin, H, W); with `p.grads`, also the weight and bias gradients, which need
+    /// the forward's input `x`.
+    public func backward(_ p: Pass, _ dout: Buffer, _ b: Int, _ h: Int, _ w: Int, x: Buffer?) -> Buffer {
+        if p.grads != nil { backwardWeights(p, dout, x!, b, h, w) }
         let dinp = Buffer(zeros: b * cin * h * w)
         let ws = p.workspace.get(conv2dWorkspaceSize(Cin: cin, H: h, W: w, kernel: kernel, stride: stride, padding: padding))
         conv2dBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: p.matrix(weight), B: b, Cin: cin, H: h, W: w, Cout: cout,
                             kernel: kernel, stride: stride, padding: padding, workspace: ws)
         return dinp
+    }
+
+    /// Accumulates the weight and bias gradients into `p.grads` (x: the forward's input).
+    public func backwardWeights(_ p: Pass, _ dout: Buffer, _ x: Buffer, _ b: Int, _ h: Int, _ w: Int) {
+        conv2dBackwardWeight(dweight: p.grad(weight.offset), dbias: bias.map { p.grad($0) }, dout: dout.ptr, inp: x.ptr,
+                             B: b, Cin: cin, H: h, W: w, Cout: cout, kernel: kernel, stride: stride, padding: padding)
     }
 }
 
@@ -131,6 +150,11 @@ public struct GroupNorm {
     /// dinp += ∂L/∂x given the forward's input and statistics.
     public func backward(_ p: Pass, _ dout: Buffer, _ x: Buffer, _ st: Stats, _ b: Int, _ hw: Int, silu: Bool = false,
                          into dinp: Buffer) {
+        if p.grads != nil {
+            groupNormBackwardAffine(dweight: p.grad(weight), dbias: p.grad(bias), dout: dout.ptr, inp: x.ptr, mean: st.mean.ptr,
+                                    rstd: st.rstd.ptr, weight: p.vector(weight), silu: silu ? p.vector(bias) : nil,
+                                    B: b, C: channels, HW: hw, groups: groups)
+        }
         if silu {
             groupNormSiLUBackward(dinp: dinp.ptr, dout: dout.ptr, inp: x.ptr, mean: st.mean.ptr, rstd: st.rstd.ptr,
                                   weight: p.vector(weight), bias: p.vector(bias), B: b, C: channels, HW: hw, groups: groups)
@@ -163,6 +187,10 @@ public struct LayerNorm {
     }
 
     public func backward(_ p: Pass, _ dout: Buffer, _ x: Buffer, _ st: Stats, _ n: Int, into dinp: Buffer) {
+        if p.grads != nil {
+            layerNormBackwardAffine(dweight: p.grad(weight), dbias: p.grad(bias), dout: dout.ptr, inp: x.ptr, mean: st.mean.ptr,
+                                    rstd: st.rstd.ptr, N: n, C: channels)
+        }
         layerNormBackward(dinp: dinp.ptr, dout: dout.ptr, inp: x.ptr, mean: st.mean.ptr, rstd: st.rstd.ptr,
                           weight: p.vector(weight), N: n, C: channels)
     }
@@ -198,8 +226,12 @@ public struct Linear {
     }
 
     /// Accumulates the input gradient into `dinp` (unless nil) and, with LoRA on, the adapter's gradients (which
-    /// need the forward's input `x` and its `xa`).
+    /// need the forward's input `x` and its `xa`); with `p.grads`, the weight and bias gradients (which need `x`).
     public func backward(_ p: Pass, _ dout: Buffer, _ x: Buffer?, _ xa: Buffer?, _ n: Int, into dinp: Buffer?) {
+        if p.grads != nil {
+            linearBackwardWeight(dweight: p.grad(weight.offset), dbias: bias.map { p.grad($0) }, dout: dout.ptr, inp: x!.ptr,
+                                 N: n, I: inFeatures, O: outFeatures)
+        }
         if let dinp {
             linearBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: p.matrix(weight), N: n, I: inFeatures, O: outFeatures)
         }
@@ -272,16 +304,24 @@ public struct ResnetBlock2D {
         return (out, p.training ? Saved(x: x, h: h, st1: st1, st2: st2) : nil)
     }
 
-    /// dout (B, cout, H, W) -> dx (B, cin, H, W). The time path has no trainable parameters and gets no gradient.
-    public func backward(_ p: Pass, _ dout: Buffer, _ s: Saved, _ b: Int, _ hh: Int, _ ww: Int) -> Buffer {
-        let hw = hh * ww
+    /// dout (B, cout, H, W) -> dx (B, cin, H, W). The time path gets a gradient only when the parameters are trained
+    /// (`p.grads`): then time_emb_proj's parameters get theirs and d(SiLU(temb)) is accumulated into `dtemb`.
+    /// Weight gradients need the convolutions' inputs: the norms' outputs are recomputed from the saved statistics.
+    public func backward(_ p: Pass, _ dout: Buffer, _ s: Saved, _ b: Int, _ hh: Int, _ ww: Int,
+                         temb tembAct: Buffer? = nil, dtemb: Buffer? = nil) -> Buffer {
+        let hw = hh * ww, full = p.grads != nil
         // out = conv2(silu(norm2(h))) + shortcut(x)
-        let ds2 = conv2.backward(p, dout, b, hh, ww)
+        let ds2 = conv2.backward(p, dout, b, hh, ww, x: full ? norm2.forward(p, s.h, b, hw, silu: true).0 : nil)
         let dh = Buffer(zeros: s.h.count)
         norm2.backward(p, ds2, s.h, s.st2, b, hw, silu: true, into: dh)
         // h = conv1(silu(norm1(x))) + time_emb_proj(silu(temb))
-        let ds1 = conv1.backward(p, dh, b, hh, ww)
-        let dx = shortcut?.backward(p, dout, b, hh, ww) ?? copyOf(dout)
+        if full, let timeEmbProj, let tembAct, let dtemb {
+            let dtp = Buffer(zeros: b * cout)
+            addPerChannelBackward(dv: dtp.ptr, dout: dh.ptr, B: b, C: cout, HW: hw)
+            timeEmbProj.backward(p, dtp, tembAct, nil, b, into: dtemb)
+        }
+        let ds1 = conv1.backward(p, dh, b, hh, ww, x: full ? norm1.forward(p, s.x, b, hw, silu: true).0 : nil)
+        let dx = shortcut?.backward(p, dout, b, hh, ww, x: s.x) ?? copyOf(dout)
         norm1.backward(p, ds1, s.x, s.st1, b, hw, silu: true, into: dx)
         return dx
     }
@@ -323,8 +363,15 @@ public struct Upsample2D {
         return conv.forward(p, up, b, oh, ow)
     }
 
-    public func backward(_ p: Pass, _ dout: Buffer, _ b: Int, _ hh: Int, _ ww: Int) -> Buffer {
-        let dup = conv.backward(p, dout, b, 2 * hh, 2 * ww)
+    /// x: the forward's input, needed for the conv's weight gradient (`p.grads`).
+    public func backward(_ p: Pass, _ dout: Buffer, _ b: Int, _ hh: Int, _ ww: Int, x: Buffer?) -> Buffer {
+        var up: Buffer?
+        if p.grads != nil, let x {
+            let u = Buffer(uninitialized: b * channels * 4 * hh * ww)
+            upsampleNearest2xForward(out: u.ptr, inp: x.ptr, B: b, C: channels, H: hh, W: ww)
+            up = u
+        }
+        let dup = conv.backward(p, dout, b, 2 * hh, 2 * ww, x: up)
         let dx = Buffer(zeros: b * channels * hh * ww)
         upsampleNearest2xBackward(dinp: dx.ptr, dout: dup.ptr, B: b, C: channels, H: hh, W: ww)
         return dx

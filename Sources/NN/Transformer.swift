@@ -101,12 +101,19 @@ public struct FeedForward {
         return (out.forward(p, g, n).out, p.training ? Saved(h: h) : nil)
     }
 
-    public func backward(_ p: Pass, _ dout: Buffer, _ sv: Saved, _ n: Int, into dx: Buffer) {
+    /// x: the forward's input, needed (with the recomputed GEGLU output) for the weight gradients (`p.grads`).
+    public func backward(_ p: Pass, _ dout: Buffer, _ sv: Saved, _ n: Int, x: Buffer?, into dx: Buffer) {
+        var g: Buffer?
+        if p.grads != nil {
+            let gg = Buffer(uninitialized: n * inner)
+            gegluForward(out: gg.ptr, inp: sv.h.ptr, N: n, D: inner)
+            g = gg
+        }
         let dg = Buffer(zeros: n * inner)
-        out.backward(p, dout, nil, nil, n, into: dg)
+        out.backward(p, dout, g, nil, n, into: dg)
         let dh = Buffer(zeros: sv.h.count)
         gegluBackward(dinp: dh.ptr, dout: dg.ptr, inp: sv.h.ptr, N: n, D: inner)
-        proj.backward(p, dh, nil, nil, n, into: dx)
+        proj.backward(p, dh, x, nil, n, into: dx)
     }
 }
 
@@ -153,7 +160,7 @@ public struct TransformerBlock {
         // out = t3 + ff(norm3(t3))
         let dt3 = copyOf(dout)
         let dn3 = Buffer(zeros: m * dim)
-        ff.backward(p, dout, sv.ff, m, into: dn3)
+        ff.backward(p, dout, sv.ff, m, x: p.grads != nil ? norm3.forward(p, sv.t3, m).0 : nil, into: dn3)
         norm3.backward(p, dn3, sv.t3, sv.s3, m, into: dt3)
         // t3 = t2 + attn2(norm2(t2), context)
         let dt2 = copyOf(dt3)
@@ -195,7 +202,8 @@ public struct Transformer2D {
         projOutConv = linearProjection ? nil : Conv2d(t, key + ".proj_out", cin: channels, cout: channels, kernel: 1, padding: one)
     }
 
-    public struct Saved { let x: Buffer, st: GroupNorm.Stats, blocks: [TransformerBlock.Saved] }
+    /// `tokens`: the last block's output, proj_out's input (kept only when the parameters are trained).
+    public struct Saved { let x: Buffer, st: GroupNorm.Stats, blocks: [TransformerBlock.Saved], tokens: Buffer? }
 
     /// x (B, C, H, W), context (B, S, Dc) -> (B, C, H, W)
     public func forward(_ p: Pass, _ x: Buffer, _ context: Buffer, _ b: Int, _ hh: Int, _ ww: Int, _ s: Int) -> (Buffer, Saved?) {
@@ -226,30 +234,43 @@ public struct Transformer2D {
             tokensToChannels(out: out.ptr, inp: o.ptr, B: b, C: c, HW: hw)
         }
         addInto(out.ptr, x.ptr, n: out.count)
-        return (out, p.training ? Saved(x: x, st: st, blocks: saved) : nil)
+        return (out, p.training ? Saved(x: x, st: st, blocks: saved, tokens: p.grads != nil ? tokens : nil) : nil)
     }
 
     public func backward(_ p: Pass, _ dout: Buffer, _ context: Buffer, _ sv: Saved, _ b: Int, _ hh: Int, _ ww: Int, _ s: Int) -> Buffer {
         let hw = hh * ww, c = channels
+        // With `p.grads` the projections' inputs are needed: the saved last tokens and the recomputed norm output.
+        let full = p.grads != nil
+        let normed = full ? norm.forward(p, sv.x, b, hw).0 : nil
         var dtokens = Buffer(uninitialized: b * hw * c)
         if let projOutConv {
-            let dh = projOutConv.backward(p, dout, b, hh, ww)
+            var h: Buffer?
+            if full {
+                h = Buffer(uninitialized: b * c * hw)
+                tokensToChannels(out: h!.ptr, inp: sv.tokens!.ptr, B: b, C: c, HW: hw)
+            }
+            let dh = projOutConv.backward(p, dout, b, hh, ww, x: h)
             channelsToTokens(out: dtokens.ptr, inp: dh.ptr, B: b, C: c, HW: hw)
         } else {
             let dO = Buffer(uninitialized: b * hw * c)
             channelsToTokens(out: dO.ptr, inp: dout.ptr, B: b, C: c, HW: hw)
             dtokens = Buffer(zeros: b * hw * c)
-            projOutLinear!.backward(p, dO, nil, nil, b * hw, into: dtokens)
+            projOutLinear!.backward(p, dO, sv.tokens, nil, b * hw, into: dtokens)
         }
         for (blk, saved) in zip(blocks, sv.blocks).reversed() { dtokens = blk.backward(p, dtokens, context, saved, b, hw, s) }
         let dn: Buffer
         if let projInConv {
             let dh = Buffer(uninitialized: b * c * hw)
             tokensToChannels(out: dh.ptr, inp: dtokens.ptr, B: b, C: c, HW: hw)
-            dn = projInConv.backward(p, dh, b, hh, ww)
+            dn = projInConv.backward(p, dh, b, hh, ww, x: normed)
         } else {
+            var tokensIn: Buffer?
+            if let normed {
+                tokensIn = Buffer(uninitialized: b * hw * c)
+                channelsToTokens(out: tokensIn!.ptr, inp: normed.ptr, B: b, C: c, HW: hw)
+            }
             let d = Buffer(zeros: b * hw * c)
-            projInLinear!.backward(p, dtokens, nil, nil, b * hw, into: d)
+            projInLinear!.backward(p, dtokens, tokensIn, nil, b * hw, into: d)
             dn = Buffer(uninitialized: b * c * hw)
             tokensToChannels(out: dn.ptr, inp: d.ptr, B: b, C: c, HW: hw)
         }

@@ -1,4 +1,5 @@
-// Checkpoints: RUN_DIR/step-NNNNNN/ with the LoRA (diffusers format, loadable as is), the optimizer state and the
+// Checkpoints: RUN_DIR/step-NNNNNN/ with the LoRA (diffusers format, loadable as is) or, with --train unet, the whole
+// U-Net as a diffusers unet/ folder, the optimizer state and the
 // trainer state, written into a temporary folder, fsynced, renamed into place, then `latest` is pointed at it
 // (atomically); only the last K are kept. A crash at any moment leaves every complete checkpoint intact.
 // trainer_state.json, written last, also records the size and CRC-32 of the other two files, so `verify` can tell a
@@ -7,6 +8,7 @@
 import Foundation
 import IO
 import NN
+import Tensors
 import UNet
 #if canImport(Glibc)
 import Glibc
@@ -25,11 +27,13 @@ public struct TrainerState: Codable, Sendable, Equatable {
     public var skippedSteps: Int
     /// `--mixed-precision` of the run (nil in checkpoints written before it was recorded: those were fp32).
     public var mixedPrecision: String?
+    /// `--train` of the run: "unet" (the checkpoint holds a diffusers unet/ folder), nil or "lora" (the LoRA file).
+    public var train: String?
 
     enum CodingKeys: String, CodingKey {
         case step, epoch, samplesSeen = "samples_seen", configHash = "config_hash", worldSize = "world_size"
         case loraRank = "lora_rank", loraAlpha = "lora_alpha", seed, consecutiveSkips = "consecutive_skips"
-        case skippedSteps = "skipped_steps", mixedPrecision = "mixed_precision"
+        case skippedSteps = "skipped_steps", mixedPrecision = "mixed_precision", train
     }
 }
 
@@ -39,8 +43,19 @@ public struct CheckpointError: Error, UserInputError, CustomStringConvertible {
     public var description: String { "\(path): \(message)" }
 }
 
+/// What a checkpoint holds besides the optimizer and trainer state: the LoRA, or the whole U-Net (`--train unet`) as a
+/// diffusers `unet/` folder (config.json copied from the model the run started from).
+public enum CheckpointWeights {
+    case lora(LoRAAdapters)
+    case unet(UNetModel, config: String)
+}
+
 public enum Checkpoint {
     public static let loraFile = "pytorch_lora_weights.safetensors"
+    /// `--train unet`: the U-Net folder and its files (loadable by `hgdpo sample --unet`, diffusers' from_pretrained).
+    public static let unetFolder = "unet"
+    public static let unetWeightsFile = "unet/diffusion_pytorch_model.safetensors"
+    public static let unetConfigFile = "unet/config.json"
     public static let optimizerFile = "optimizer.safetensors"
     public static let stateFile = "trainer_state.json"
 
@@ -51,7 +66,7 @@ public enum Checkpoint {
 
     /// Writes a complete checkpoint and moves `latest` to it; returns its folder.
     @discardableResult
-    public static func save(runDir: String, state: TrainerState, lora: LoRAAdapters, optimizer: Optimizer, keep: Int) throws -> String {
+    public static func save(runDir: String, state: TrainerState, weights: CheckpointWeights, optimizer: Optimizer, keep: Int) throws -> String {
         let fm = FileManager.default
         let final = (runDir as NSString).appendingPathComponent(name(step: state.step))
         let tmp = (runDir as NSString).appendingPathComponent(".tmp-\(name(step: state.step))-\(getpid())")
@@ -61,12 +76,25 @@ public enum Checkpoint {
         }
         try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         do {
-            try LoRAFile.write(lora, to: (tmp as NSString).appendingPathComponent(loraFile),
-                               extraMetadata: ["hgdpo_step": String(state.step)])
+            let weightFiles: [String]
+            switch weights {
+            case .lora(let lora):
+                try LoRAFile.write(lora, to: (tmp as NSString).appendingPathComponent(loraFile),
+                                   extraMetadata: ["hgdpo_step": String(state.step)])
+                weightFiles = [loraFile]
+            case .unet(let model, let config):
+                try fm.createDirectory(atPath: (tmp as NSString).appendingPathComponent(unetFolder), withIntermediateDirectories: true)
+                try fm.copyItem(atPath: config, toPath: (tmp as NSString).appendingPathComponent(unetConfigFile))
+                let w = model.weights
+                let tensors = w.table.entries.map { e in SafeTensorsEntry(name: e.key, shape: e.shape, floats: UnsafeBufferPointer(w.fp32(e))) }
+                try SafeTensors.write(tensors, metadata: ["format": "pt", "hgdpo_step": String(state.step)],
+                                      to: (tmp as NSString).appendingPathComponent(unetWeightsFile))
+                weightFiles = [unetConfigFile, unetWeightsFile]
+            }
             let (tensors, meta) = optimizer.stateEntries()
             try SafeTensors.write(tensors, metadata: meta, to: (tmp as NSString).appendingPathComponent(optimizerFile))
             faultDelay()
-            let files = try [loraFile, optimizerFile].map { try FileDigest.of((tmp as NSString).appendingPathComponent($0), name: $0) }
+            let files = try (weightFiles + [optimizerFile]).map { try FileDigest.of((tmp as NSString).appendingPathComponent($0), name: $0) }
             try writeFileSynced((tmp as NSString).appendingPathComponent(stateFile),
                                 JSONEncoderSorted.encode(StoredState(state: state, files: files)))
             faultDelay()
@@ -177,14 +205,23 @@ public enum Checkpoint {
                 throw CheckpointError(path: path, message: "CRC-32 \(actual.crc32) differs from the \(expected.crc32) recorded in \(stateFile) (damaged)")
             }
         }
-        let loraPath = (dir as NSString).appendingPathComponent(loraFile)
-        let lora = try SafeTensorsFile(path: loraPath)
-        if let step = lora.metadata["hgdpo_step"], step != String(state.step) {
-            throw CheckpointError(path: loraPath, message: "was written at step \(step), \(stateFile) says \(state.step)")
-        }
-        let weights = try LoRAFile.read(loraPath)
-        guard weights.rank == state.loraRank else {
-            throw CheckpointError(path: loraPath, message: "has rank \(weights.rank), \(stateFile) says \(state.loraRank)")
+        if state.train == "unet" {
+            let unetPath = (dir as NSString).appendingPathComponent(unetWeightsFile)
+            let unet = try SafeTensorsFile(path: unetPath)
+            for name in unet.tensorNames { _ = try unet.rawBytes(name) }
+            if let step = unet.metadata["hgdpo_step"], step != String(state.step) {
+                throw CheckpointError(path: unetPath, message: "was written at step \(step), \(stateFile) says \(state.step)")
+            }
+        } else {
+            let loraPath = (dir as NSString).appendingPathComponent(loraFile)
+            let lora = try SafeTensorsFile(path: loraPath)
+            if let step = lora.metadata["hgdpo_step"], step != String(state.step) {
+                throw CheckpointError(path: loraPath, message: "was written at step \(step), \(stateFile) says \(state.step)")
+            }
+            let weights = try LoRAFile.read(loraPath)
+            guard weights.rank == state.loraRank else {
+                throw CheckpointError(path: loraPath, message: "has rank \(weights.rank), \(stateFile) says \(state.loraRank)")
+            }
         }
         let optimizerPath = (dir as NSString).appendingPathComponent(optimizerFile)
         let optimizer = try SafeTensorsFile(path: optimizerPath)
@@ -291,6 +328,6 @@ enum CRC32 {
 /// sleeps S seconds after the checkpoint's tensor files and again after its state file, so that kills land while a
 /// checkpoint is being written.
 func faultDelay() {
-    guard let v = getenv("HGDPO_FAULT_CHECKPOINT_DELAY"), let s = Double(String(cString: v)), s > 0 else { return }
+    guard let v = RuntimeOptions.current.faults["HGDPO_FAULT_CHECKPOINT_DELAY"], let s = Double(v), s > 0 else { return }
     usleep(UInt32(s * 1e6))
 }

@@ -1,4 +1,5 @@
-// What the trainer asks of an optimizer: an update over the flat LoRA buffer and its state for checkpoints.
+// What the trainer asks of an optimizer: an update over the flat trained buffer (the LoRA, or with --train unet the
+// U-Net's parameters) and its state for checkpoints.
 import IO
 
 public protocol Optimizer: AnyObject {

@@ -23,9 +23,11 @@ public struct PairBatch {
     }
 }
 
-/// Adds this micro-batch's gradient of (sum of its pair losses) / normalizer to `model.lora.grads`; returns the terms.
-public func accumulatePairGradients(model: UNetModel, objective: Objective, schedule: NoiseSchedule, batch: PairBatch,
-                                    normalizer: Int) throws -> Objective.Terms {
+/// Adds this micro-batch's gradient of (sum of its pair losses) / normalizer to `model.lora.grads` (and to
+/// `model.weightGrads` when every parameter is trained); returns the terms. The DPO reference is `reference` (a frozen
+/// copy of the starting U-Net, for full-parameter training) or, when nil, `model` with its LoRA off.
+public func accumulatePairGradients(model: UNetModel, reference referenceModel: UNetModel? = nil, objective: Objective,
+                                    schedule: NoiseSchedule, batch: PairBatch, normalizer: Int) throws -> Objective.Terms {
     let b = batch.pairs, n = batch.channels * batch.height * batch.width, sd = batch.contextLength * batch.contextDim
     // sft: the winners alone (no loser, no reference pass); otherwise winners then losers, one batch of 2B.
     let sides = objective.kind == .sft ? 1 : 2
@@ -42,10 +44,11 @@ public func accumulatePairGradients(model: UNetModel, objective: Objective, sche
     }
     for side in 0..<sides { (context.ptr + side * b * sd).update(from: batch.context, count: b * sd) }
     let tt = Array(repeating: batch.timesteps, count: sides).flatMap { $0 }.map(Float.init)
-    let (policy, saved) = try model.forwardTraining(sample: xt, timesteps: tt, context: context, batch: sides * b, height: batch.height,
-                                                    width: batch.width, contextLength: batch.contextLength, loraScale: 1)
+    let (policy, saved) = try model.forwardTraining(sample: xt, timesteps: tt, context: context, batch: sides * b,
+                                                    height: batch.height, width: batch.width,
+                                                    contextLength: batch.contextLength, loraScale: 1)
     let reference: Buffer? = objective.kind == .sft ? nil
-        : try model.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: batch.height, width: batch.width,
+        : try (referenceModel ?? model).forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: batch.height, width: batch.width,
                             contextLength: batch.contextLength, loraScale: nil)
     let dPolicy = Buffer(uninitialized: sides * b * n)
     let terms = objective.evaluate(policy: policy.ptr, reference: reference?.ptr, noise: batch.noise, timesteps: batch.timesteps,

@@ -31,6 +31,8 @@ public struct TrainConfig: Sendable, Equatable {
     public var data = ""
     public var output = ""
     public var objective = ObjectiveKind.hgdpo
+    /// What is trained: "lora" (adapters on the attention projections) or "unet" (every U-Net parameter).
+    public var train = "lora"
     /// Diffusion-DPO β as in paper Eq. 3 and diffusers' train_diffusion_dpo.py (Salesforce's DiffusionDPO applies
     /// −½·β: its β 5000 is this 2500).
     public var beta: Double = 2500
@@ -92,6 +94,10 @@ public struct TrainConfig: Sendable, Equatable {
         .value("data", \.data, "CACHE_DIR", "Latent cache (hgdpo encode) of the triplet dataset", identity: false),
         .value("out", \.output, "RUN_DIR", "Run folder: checkpoints, metrics.jsonl, config.json", identity: false),
         .choice("objective", \.objective, "NAME", "hgdpo = Diffusion-DPO + statistic matching; dpo; sft = noise MSE on the winners only"),
+        // Not hashed (checkpoints of older builds keep their hash): a resume checks it by name (TrainerState.train).
+        .value("train", \.train, "WHAT",
+               "lora: LoRA adapters on the attention projections (the paper's); unet: every U-Net parameter (full fine-tuning, fp32 only; checkpoints hold a diffusers unet/ folder)",
+               choices: ["lora", "unet"], identity: false),
         .value("beta", \.beta, "B", "Diffusion-DPO β (paper Eq. 3: inside = β·(Δref − Δθ); Salesforce's β is twice this)", range: 0...1e9),
         .value("stat_weight", \.statWeight, "L", "Statistic-matching weight λ_stat (hgdpo only)", range: 0...1e15),
         .value("stat_inference_steps", \.statInferenceSteps, "N",
@@ -151,9 +157,9 @@ public struct TrainConfig: Sendable, Equatable {
                range: 0...1000, identity: false),
         .value("validation_lora_scale", \.validationLoraScale, "S", "LoRA scale of the validation images (default 1)",
                range: -100...100, identity: false),
-        .value("validation_height", \.validationHeight, "H", "Validation image height (default: the latent cache's, times 8)",
+        .value("validation_height", \.validationHeight, "H", "Validation image height (default: the latent cache's, times the VAE's 8; times 1 in pixel space)",
                range: 8...16384, identity: false),
-        .value("validation_width", \.validationWidth, "W", "Validation image width (default: the latent cache's, times 8)",
+        .value("validation_width", \.validationWidth, "W", "Validation image width (default: the latent cache's, times the VAE's 8; times 1 in pixel space)",
                range: 8...16384, identity: false),
     ])
 

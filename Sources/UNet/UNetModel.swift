@@ -36,40 +36,36 @@ public final class UNetModel: @unchecked Sendable {
         linear1 = Linear(t, "time_embedding.linear_1", inFeatures: spec.timeProjDim, outFeatures: temb)
         linear2 = Linear(t, "time_embedding.linear_2", inFeatures: temb, outFeatures: temb)
         convIn = Conv2d(t, "conv_in", cin: spec.inChannels, cout: spec.config.blockOutChannels[0], kernel: 3)
+        func resnets(_ key: String, _ n: Int, cout: Int, cin: (Int) -> Int) -> [ResnetBlock2D] {
+            (0..<n).map { ResnetBlock2D(t, key + ".resnets.\($0)", cin: cin($0), cout: cout, tembDim: temb, groups: g, eps: eps) }
+        }
+        // diffusers declares resnets and attentions as separate ModuleLists; key order does not matter for loading.
+        func attentions(_ key: String, _ n: Int, _ c: Int, heads: Int, context: Int, layers: Int) -> [Transformer2D] {
+            (0..<n).map {
+                Transformer2D(t, key + ".attentions.\($0)", channels: c, heads: heads, contextDim: context, layers: layers,
+                              groups: g, linearProjection: spec.useLinearProjection, lora: adapters)
+            }
+        }
         var dr: [[ResnetBlock2D]] = [], da: [[Transformer2D]] = [], ds: [Downsample2D?] = []
         for (i, blk) in spec.down.enumerated() {
-            let key = "down_blocks.\(i)"
-            dr.append((0..<blk.layers).map {
-                ResnetBlock2D(t, key + ".resnets.\($0)", cin: $0 == 0 ? blk.inChannels : blk.outChannels, cout: blk.outChannels,
-                            tembDim: temb, groups: g, eps: eps)
-            })
-            // diffusers declares resnets and attentions as separate ModuleLists; key order does not matter for loading.
-            da.append(blk.hasAttention ? (0..<blk.layers).map {
-                Transformer2D(t, key + ".attentions.\($0)", channels: blk.outChannels, heads: blk.heads,
-                              contextDim: blk.crossAttentionDim, layers: blk.transformerLayers, groups: g,
-                              linearProjection: spec.useLinearProjection, lora: adapters)
-            } : [])
-            ds.append(blk.addDownsample ? Downsample2D(t, key + ".downsamplers.0", channels: blk.outChannels) : nil)
+            let key = "down_blocks.\(i)", c = blk.outChannels
+            dr.append(resnets(key, blk.layers, cout: c) { $0 == 0 ? blk.inChannels : c })
+            da.append(blk.hasAttention ? attentions(key, blk.layers, c, heads: blk.heads, context: blk.crossAttentionDim,
+                                                    layers: blk.transformerLayers) : [])
+            ds.append(blk.addDownsample ? Downsample2D(t, key + ".downsamplers.0", channels: c) : nil)
         }
         downResnets = dr; downAttentions = da; downsamplers = ds
         let midC = spec.config.blockOutChannels.last!
-        midResnets = [ResnetBlock2D(t, "mid_block.resnets.0", cin: midC, cout: midC, tembDim: temb, groups: g, eps: eps)]
-            + [ResnetBlock2D(t, "mid_block.resnets.1", cin: midC, cout: midC, tembDim: temb, groups: g, eps: eps)]
-        midAttention = Transformer2D(t, "mid_block.attentions.0", channels: midC, heads: spec.midHeads,
-                                     contextDim: spec.midCrossAttentionDim, layers: spec.midTransformerLayers, groups: g,
-                                     linearProjection: spec.useLinearProjection, lora: adapters)
+        midResnets = resnets("mid_block", 2, cout: midC) { _ in midC }
+        midAttention = attentions("mid_block", 1, midC, heads: spec.midHeads, context: spec.midCrossAttentionDim,
+                                  layers: spec.midTransformerLayers)[0]
         var ur: [[ResnetBlock2D]] = [], ua: [[Transformer2D]] = [], us: [Upsample2D?] = []
         for (i, blk) in spec.up.enumerated() {
-            let key = "up_blocks.\(i)"
-            ur.append((0..<blk.layers).map {
-                ResnetBlock2D(t, key + ".resnets.\($0)", cin: blk.resnetIn($0), cout: blk.outChannels, tembDim: temb, groups: g, eps: eps)
-            })
-            ua.append(blk.hasAttention ? (0..<blk.layers).map {
-                Transformer2D(t, key + ".attentions.\($0)", channels: blk.outChannels, heads: blk.heads,
-                              contextDim: blk.crossAttentionDim, layers: blk.transformerLayers, groups: g,
-                              linearProjection: spec.useLinearProjection, lora: adapters)
-            } : [])
-            us.append(blk.addUpsample ? Upsample2D(t, key + ".upsamplers.0", channels: blk.outChannels) : nil)
+            let key = "up_blocks.\(i)", c = blk.outChannels
+            ur.append(resnets(key, blk.layers, cout: c) { blk.resnetIn($0) })
+            ua.append(blk.hasAttention ? attentions(key, blk.layers, c, heads: blk.heads, context: blk.crossAttentionDim,
+                                                    layers: blk.transformerLayers) : [])
+            us.append(blk.addUpsample ? Upsample2D(t, key + ".upsamplers.0", channels: c) : nil)
         }
         upResnets = ur; upAttentions = ua; upsamplers = us
         normOut = GroupNorm(t, "conv_norm_out", channels: spec.config.blockOutChannels[0], groups: g, eps: eps)
@@ -90,6 +86,19 @@ public final class UNetModel: @unchecked Sendable {
     }
 
     public func randomizeWeights(seed: UInt64) { weights.randomize(seed: seed) }
+
+    // MARK: - Full-parameter training
+
+    /// The gradient of every parameter, in the layout of `weights.storage` (one flat buffer: one all-reduce, one
+    /// optimizer call); nil while the base weights are frozen (LoRA training, inference).
+    public private(set) var weightGrads: Buffer?
+
+    /// Makes every U-Net parameter trainable: backward then accumulates into `weightGrads` (the caller zeroes it).
+    /// fp32 weights only (`--mixed-precision no`).
+    public func enableWeightGradients() {
+        precondition(precision == .no, "full-parameter training needs fp32 weights")
+        if weightGrads == nil { weightGrads = Buffer(zeros: weights.table.fp32Count) }
+    }
 
     // MARK: - Forward
 
@@ -121,7 +130,22 @@ public final class UNetModel: @unchecked Sendable {
 
     private func pass(loraScale: Float?, training: Bool) -> Pass {
         Pass(weights: weights, lora: lora, loraMultiplier: lora != nil ? loraScale.map { lora!.multiplier(scale: $0) } : nil,
-             training: training, workspace: workspace)
+             training: training, workspace: workspace, grads: training ? weightGrads : nil)
+    }
+
+    /// The time embedding: sinusoidal projection → linear_1 → SiLU → linear_2 → SiLU. Returns SiLU(temb) and, for the
+    /// backward of the parameters, the projection and both pre-activations.
+    private func timeEmbedding(_ p: Pass, _ timesteps: [Float], _ b: Int) -> (act: Buffer, tproj: Buffer, l1: Buffer, temb: Buffer) {
+        let tproj = Buffer(uninitialized: b * spec.timeProjDim)
+        timestepEmbedding(out: tproj.ptr, timesteps: timesteps, dim: spec.timeProjDim, flipSinToCos: spec.config.flipSinToCos,
+                          freqShift: Float(spec.config.freqShift))
+        let l1 = linear1.forward(p, tproj, b).out
+        let a1 = Buffer(uninitialized: l1.count)
+        siluForward(out: a1.ptr, inp: l1.ptr, n: l1.count)
+        let temb = linear2.forward(p, a1, b).out
+        let act = Buffer(uninitialized: temb.count)
+        siluForward(out: act.ptr, inp: temb.ptr, n: temb.count)
+        return (act, tproj, l1, temb)
     }
 
     private func run(sample: Buffer, timesteps: [Float], context: Buffer, b: Int, hh: Int, ww: Int, s: Int,
@@ -129,13 +153,10 @@ public final class UNetModel: @unchecked Sendable {
         precondition(sample.count == b * spec.inChannels * hh * ww && timesteps.count == b
                      && context.count == b * s * spec.crossAttentionDim, "UNetModel.forward: input sizes do not match")
         // Time embedding: sinusoidal projection -> linear_1 -> SiLU -> linear_2; resnets use SiLU(temb).
-        let tproj = Buffer(uninitialized: b * spec.timeProjDim)
-        timestepEmbedding(out: tproj.ptr, timesteps: timesteps, dim: spec.timeProjDim, flipSinToCos: spec.config.flipSinToCos,
-                          freqShift: Float(spec.config.freqShift))
-        let l1 = linear1.forward(p, tproj, b).out
-        siluForward(out: l1.ptr, inp: l1.ptr, n: l1.count)
-        let tembAct = linear2.forward(p, l1, b).out
-        siluForward(out: tembAct.ptr, inp: tembAct.ptr, n: tembAct.count)
+        let tembAct = timeEmbedding(p, timesteps, b).act
+        // Full-parameter training also keeps the inputs of conv_in and of every resampler (their weight gradients).
+        let full = p.training && p.grads != nil
+        var resampleInputs: [Buffer] = []
 
         // Blocks save their activations, or (gradient checkpointing) run without and only their input is kept.
         let checkpointing = p.training && gradientCheckpointing
@@ -163,6 +184,7 @@ public final class UNetModel: @unchecked Sendable {
                 skips.append(h); skipShapes.append((blk.outChannels, cur.0, cur.1))
             }
             if let d = downsamplers[i] {
+                if full { resampleInputs.append(h) }
                 h = d.conv.forward(p, h, b, cur.0, cur.1)
                 cur = d.conv.outSize(cur.0, cur.1)
                 skips.append(h); skipShapes.append((blk.outChannels, cur.0, cur.1))
@@ -182,6 +204,7 @@ public final class UNetModel: @unchecked Sendable {
             }
             if let u = upsamplers[i] {
                 let next = skipShapes[skips.count - 1]      // the size of the skip the next block pops
+                if full { resampleInputs.append(h) }
                 h = u.forward(p, h, b, cur.0, cur.1, outSize: (next.h, next.w))
                 cur = (next.h, next.w)
             }
@@ -191,18 +214,26 @@ public final class UNetModel: @unchecked Sendable {
         let out = convOut.forward(p, n, b, hh, ww)
         guard p.training else { return (out, nil) }
         return (out, UNetActivations(b: b, h: hh, w: ww, s: s, context: context, tembAct: tembAct, loraMultiplier: p.loraMultiplier,
-                                     sizes: sizes, skipShapes: skipShapes, blocks: blocks, xOut: h, stOut: stOut))
+                                     sizes: sizes, skipShapes: skipShapes, blocks: blocks, xOut: h, stOut: stOut,
+                                     timesteps: timesteps, sample: full ? sample : nil, resampleInputs: resampleInputs))
     }
 
     // MARK: - Backward
 
     /// Backward of a training forward for d(loss)/d(output) = `dout`, given that forward's saved activations:
-    /// accumulates into `lora.grads` and returns d(loss)/d(sample) when asked (it costs one more convolution backward).
+    /// accumulates into `lora.grads` (and into `weightGrads` when the parameters are trained) and returns
+    /// d(loss)/d(sample) when asked (it costs one more convolution backward).
     @discardableResult
     public func backward(_ dout: Buffer, _ saved: UNetActivations, wantSampleGradient: Bool = false) -> Buffer? {
         let t = saved
-        let p = Pass(weights: weights, lora: lora, loraMultiplier: t.loraMultiplier, training: true, workspace: workspace)
+        let full = weightGrads != nil
+        precondition(!full || t.sample != nil, "UNetModel.backward: the forward ran before enableWeightGradients")
+        let p = Pass(weights: weights, lora: lora, loraMultiplier: t.loraMultiplier, training: true, workspace: workspace,
+                     grads: weightGrads)
         let b = t.b, s = t.s, context = t.context
+        // d(SiLU(temb)), summed over every resnet's time_emb_proj (full-parameter training only).
+        let dtemb: Buffer? = full ? Buffer(zeros: t.tembAct.count) : nil
+        var resampleInputs = t.resampleInputs
         // Blocks are visited in the reverse order of the forward, so their activations pop off the end; a block that
         // kept only its input (gradient checkpointing) runs its forward again first.
         var blocks = t.blocks
@@ -213,7 +244,7 @@ public final class UNetModel: @unchecked Sendable {
             case .input(let x): sv = r.forward(p, x, temb: t.tembAct, b, size.0, size.1).1!
             case .transformer: preconditionFailure("UNetModel.backward: activations out of order")
             }
-            return r.backward(p, dh, sv, b, size.0, size.1)
+            return r.backward(p, dh, sv, b, size.0, size.1, temb: t.tembAct, dtemb: dtemb)
         }
         func transformer(_ a: Transformer2D, _ dh: Buffer, _ size: (Int, Int)) -> Buffer {
             let sv: Transformer2D.Saved
@@ -225,7 +256,7 @@ public final class UNetModel: @unchecked Sendable {
             return a.backward(p, dh, context, sv, b, size.0, size.1, s)
         }
         // out = conv_out(silu(norm_out(h)))
-        let ds = convOut.backward(p, dout, b, t.h, t.w)
+        let ds = convOut.backward(p, dout, b, t.h, t.w, x: full ? normOut.forward(p, t.xOut, b, t.h * t.w, silu: true).0 : nil)
         var dh = Buffer(zeros: t.xOut.count)
         normOut.backward(p, ds, t.xOut, t.stOut, b, t.h * t.w, silu: true, into: dh)
         // Skip gradients, one per pushed skip, filled by the up path.
@@ -236,7 +267,7 @@ public final class UNetModel: @unchecked Sendable {
             let popped = spec.up[..<i].reduce(0) { $0 + $1.layers }
             if let u = upsamplers[i] {
                 cur = (cur.0 / 2, cur.1 / 2)
-                dh = u.backward(p, dh, b, cur.0, cur.1)
+                dh = u.backward(p, dh, b, cur.0, cur.1, x: full ? resampleInputs.removeLast() : nil)
             }
             for j in (0..<blk.layers).reversed() {
                 if blk.hasAttention { dh = transformer(upAttentions[i][j], dh, cur) }
@@ -258,7 +289,7 @@ public final class UNetModel: @unchecked Sendable {
             let size = t.sizes[i]
             if let d = downsamplers[i] {
                 addInto(dh.ptr, dskips[k]!.ptr, n: dh.count); k -= 1
-                dh = d.conv.backward(p, dh, b, size.0, size.1)
+                dh = d.conv.backward(p, dh, b, size.0, size.1, x: full ? resampleInputs.removeLast() : nil)
             }
             for j in (0..<blk.layers).reversed() {
                 addInto(dh.ptr, dskips[k]!.ptr, n: dh.count); k -= 1
@@ -268,8 +299,22 @@ public final class UNetModel: @unchecked Sendable {
             cur = size
         }
         addInto(dh.ptr, dskips[0]!.ptr, n: dh.count)
-        precondition(blocks.isEmpty, "UNetModel.backward: saved activations left over")
-        return wantSampleGradient ? convIn.backward(p, dh, b, t.h, t.w) : nil
+        precondition(blocks.isEmpty && resampleInputs.isEmpty, "UNetModel.backward: saved activations left over")
+        if let dtemb, let sample = t.sample {
+            // temb = linear_2(SiLU(linear_1(tproj))); the resnets took SiLU(temb). Recomputed: a few small GEMMs.
+            let te = timeEmbedding(p, t.timesteps, b)
+            let dpre2 = Buffer(zeros: te.temb.count)
+            siluBackward(dinp: dpre2.ptr, dout: dtemb.ptr, inp: te.temb.ptr, n: te.temb.count)
+            let a1 = Buffer(uninitialized: te.l1.count)
+            siluForward(out: a1.ptr, inp: te.l1.ptr, n: te.l1.count)
+            let da1 = Buffer(zeros: a1.count)
+            linear2.backward(p, dpre2, a1, nil, b, into: da1)
+            let dpre1 = Buffer(zeros: te.l1.count)
+            siluBackward(dinp: dpre1.ptr, dout: da1.ptr, inp: te.l1.ptr, n: te.l1.count)
+            linear1.backward(p, dpre1, te.tproj, nil, b, into: nil)
+            if !wantSampleGradient { convIn.backwardWeights(p, dh, sample, b, t.h, t.w) }
+        }
+        return wantSampleGradient ? convIn.backward(p, dh, b, t.h, t.w, x: t.sample) : nil
     }
 }
 
@@ -284,6 +329,9 @@ public struct UNetActivations {
     let blocks: [BlockActivations]
     /// conv_norm_out's input and statistics.
     let xOut: Buffer, stOut: GroupNorm.Stats
+    /// Full-parameter training: the timesteps (the time embedding is recomputed), conv_in's input and every
+    /// resampler's input in forward order (nil and empty otherwise).
+    let timesteps: [Float], sample: Buffer?, resampleInputs: [Buffer]
 
     /// Blocks that kept only their input, to run again in backward (gradient checkpointing); 0 otherwise.
     public var recomputedBlockCount: Int { blocks.filter { if case .input = $0 { return true } else { return false } }.count }

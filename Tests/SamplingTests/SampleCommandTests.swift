@@ -124,7 +124,7 @@ final class SampleCommandTests: XCTestCase {
         try refuses(small + ["--prompt", "a", "--prompts", dir + "/p.txt", "--out", dir + "/x"], "either --prompt or --prompts")
         try refuses(small + ["--prompt", "a", "--out", dir + "/x", "--lan"], "it needs --lora")
         try refuses(small + ["--prompt", "a", "--out", dir + "/x", "--lora-scale", "0.5"], "--lora-scale needs --lora")
-        try refuses(["--model", model, "--prompt", "a", "--out", dir + "/x", "--height", "60"], "'--height': expected a multiple of 8")
+        try refuses(["--model", model, "--prompt", "a", "--out", dir + "/x", "--height", "60"], "512x60: width and height must be positive multiples of 8")
         try refuses(small + ["--prompt", "a", "--out", dir + "/x", "--scheduler", "pndm"], "expected one of")
         try refuses(small + ["--prompts", dir + "/missing.txt", "--out", dir + "/x"], "missing.txt")
         // A U-Net-only folder (what the trainer can use) cannot sample.

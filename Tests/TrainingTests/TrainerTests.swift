@@ -124,6 +124,66 @@ final class TrainerTests: XCTestCase {
         XCTAssertTrue(bad.stderr.contains("--mixed-precision bf16") && bad.stderr.contains("asks for no"), bad.stderr)
     }
 
+    /// The U-Net of a `--train unet` checkpoint, tensor by tensor.
+    func unet(_ run: String, step: Int = 3) throws -> [String: [Float]] {
+        let f = try SafeTensorsFile(path: "\(run)/\(Checkpoint.name(step: step))/\(Checkpoint.unetWeightsFile)")
+        return Dictionary(uniqueKeysWithValues: try f.tensorNames.map { ($0, try f.floats($0)) })
+    }
+
+    /// `--train unet --objective sft` (every U-Net parameter, the toy world's SFT model): 1 and 2 ranks give the same
+    /// U-Net; every tensor moved from the starting model; the checkpoint's unet/ folder loads as a U-Net; a run
+    /// stopped after step 2 and resumed ends bit-identical; bf16 is refused by name; dpo runs with a frozen reference.
+    func testFullUNetTrainingSFT() throws {
+        let dir = try temporaryDirectory(self)
+        let opts = ["--train": "unet", "--objective": "sft", "--checkpoint-every": "1"]
+        for w in [1, 2] {
+            let r = try train(ranks: w, output: "\(dir)/w\(w)", options: opts)
+            XCTAssertEqual(r.status, 0, "\(w) ranks: \(r.stderr)")
+        }
+        let one = try unet("\(dir)/w1"), two = try unet("\(dir)/w2")
+        assertSameLoRA(two, one, rtol: 1e-6, label: "--train unet: 2 ranks vs 1")
+        // Every parameter tensor trained (3 AdamW steps at lr 1e-3 move every element that has a gradient).
+        let start = try SafeTensorsFile(path: Self.world.model + "/unet/diffusion_pytorch_model.safetensors")
+        XCTAssertEqual(Set(start.tensorNames), Set(one.keys))
+        for name in start.tensorNames {
+            let a = try start.floats(name), b = one[name]!
+            let moved = zip(a, b).filter { $0 != $1 }.count
+            XCTAssertGreaterThan(moved, a.count / 2, "\(name): \(moved) of \(a.count) elements changed")
+        }
+        // The checkpoint's unet/ is a diffusers U-Net folder.
+        let folder = ComponentFolder(path: "\(dir)/w1/\(Checkpoint.name(step: 3))/\(Checkpoint.unetFolder)")
+        let model = try UNetModel.load(folder: folder)
+        for (name, values) in one { XCTAssertEqual(model.weights.floats(name), values, name) }
+        let probe = try runProcess(hgdpoBinary, ["probe", "unet", "--model", folder.path, "--out", "\(dir)/probe.safetensors",
+                                                 "--input", repoRoot + "/Tests/UNetTests/Fixtures/unet_conv/io.safetensors"])
+        XCTAssertEqual(probe.status, 0, probe.stderr)
+        XCTAssertTrue(try SafeTensorsFile(path: "\(dir)/probe.safetensors").floats("sample").allSatisfy(\.isFinite))
+        // Resume: stop after step 2, continue to 3: bit-identical.
+        var part = opts
+        part["--max-steps"] = "2"
+        XCTAssertEqual(try train(ranks: 2, output: "\(dir)/part", options: part).status, 0)
+        var resume = opts
+        resume["--resume"] = "auto"
+        let r = try train(ranks: 2, output: "\(dir)/part", options: resume)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("resumed from"), r.stdout)
+        XCTAssertEqual(try unet("\(dir)/part"), two, "resumed --train unet run: bit-identical")
+        // A LoRA resume of a --train unet run is refused by name.
+        let mixed = try train(ranks: 1, output: "\(dir)/part", options: ["--objective": "sft", "--resume": "auto", "--max-steps": "4"])
+        XCTAssertEqual(mixed.status, 2, mixed.stderr)
+        XCTAssertTrue(mixed.stderr.contains("was trained with --train unet"), mixed.stderr)
+        // bf16 is refused, by name.
+        let bf16 = try train(ranks: 1, output: "\(dir)/bf16", options: opts.merging(["--mixed-precision": "bf16"]) { $1 })
+        XCTAssertEqual(bf16.status, 2)
+        XCTAssertTrue(bf16.stderr.contains("--train unet") && bf16.stderr.contains("--mixed-precision no"), bf16.stderr)
+        // dpo: the reference is a frozen copy of the starting U-Net; the loss at step 1 is log 2 (policy = reference).
+        let dpo = try train(ranks: 2, output: "\(dir)/dpo", options: ["--train": "unet", "--objective": "dpo", "--max-steps": "2"])
+        XCTAssertEqual(dpo.status, 0, dpo.stderr)
+        let first = try String(contentsOfFile: "\(dir)/dpo/metrics.jsonl", encoding: .utf8).split(separator: "\n")[0]
+        let rec = try JSONSerialization.jsonObject(with: Data(first.utf8)) as! [String: Any]
+        XCTAssertEqual(rec["dpo"] as? Double ?? 0, log(2.0), accuracy: 1e-6, "\(rec)")
+    }
+
     /// A run stopped after step 2 and resumed (on another rank count) ends where an uninterrupted run ends.
     func testResumeContinuesExactly() throws {
         let dir = try temporaryDirectory(self)

@@ -50,7 +50,7 @@ final class LayerParityTests: XCTestCase {
         let x = try c.tensor("input")
         let out = c.module.forward(c.pass, x, s[0], s[2], s[3])
         assertClose(out.array, try c.expected("output"), rtol: 1e-5, atol: 1e-5, label: "\(name) forward")
-        let dx = c.module.backward(c.pass, try c.tensor("grad_output"), s[0], s[2], s[3])
+        let dx = c.module.backward(c.pass, try c.tensor("grad_output"), s[0], s[2], s[3], x: nil)
         assertClose(dx.array, try c.expected("grad_input"), rtol: 1e-4, atol: 1e-5, label: "\(name) backward")
     }
 
@@ -83,7 +83,7 @@ final class LayerParityTests: XCTestCase {
         let (out, saved) = c.module.forward(c.pass, x, 10)
         assertClose(out.array, try c.expected("output"), rtol: 1e-5, atol: 1e-5, label: "ff forward")
         let dx = Buffer(zeros: x.count)
-        c.module.backward(c.pass, try c.tensor("grad_output"), saved!, 10, into: dx)
+        c.module.backward(c.pass, try c.tensor("grad_output"), saved!, 10, x: nil, into: dx)
         assertClose(dx.array, try c.expected("grad_input"), rtol: 1e-4, atol: 1e-5, label: "ff backward")
     }
 
@@ -150,12 +150,12 @@ final class LayerParityTests: XCTestCase {
         let d = try load("downsample") { Downsample2D($0, "module", channels: 16) }
         let x = try d.tensor("input")
         assertClose(d.module.conv.forward(d.pass, x, 2, 6, 5).array, try d.expected("output"), rtol: 1e-5, atol: 1e-5, label: "downsample forward")
-        assertClose(d.module.conv.backward(d.pass, try d.tensor("grad_output"), 2, 6, 5).array, try d.expected("grad_input"),
+        assertClose(d.module.conv.backward(d.pass, try d.tensor("grad_output"), 2, 6, 5, x: nil).array, try d.expected("grad_input"),
                     rtol: 1e-4, atol: 1e-5, label: "downsample backward")
         let u = try load("upsample") { Upsample2D($0, "module", channels: 16) }
         let y = try u.tensor("input")
         assertClose(u.module.forward(u.pass, y, 2, 3, 4).array, try u.expected("output"), rtol: 1e-5, atol: 1e-5, label: "upsample forward")
-        assertClose(u.module.backward(u.pass, try u.tensor("grad_output"), 2, 3, 4).array, try u.expected("grad_input"),
+        assertClose(u.module.backward(u.pass, try u.tensor("grad_output"), 2, 3, 4, x: nil).array, try u.expected("grad_input"),
                     rtol: 1e-4, atol: 1e-5, label: "upsample backward")
     }
 

@@ -97,6 +97,35 @@ final class UNetParityTests: XCTestCase {
     func testLoRAGradientsConvProjections() throws { try checkGradients("conv") }
     func testLoRAGradientsLinearProjections() throws { try checkGradients("linear") }
 
+    /// Full-parameter training (`--train unet`): every parameter's gradient of sum(output · loss_weights) against
+    /// autograd (weight_grads.safetensors, Tests/parity/make_weight_grad_fixtures.py): all norm weights and biases, all
+    /// biases, and matrices of every kind (convs, shortcut, resamplers, time embedding, projections, attention, ff).
+    func checkWeightGradients(_ name: String) throws {
+        let f = try fixture(name)
+        let m = try model(f)
+        m.enableWeightGradients()
+        let (_, saved) = try forwardTraining(m, f, scale: nil)
+        m.backward(Buffer(try f.io.floats("loss_weights")), saved)
+        let expected = try SafeTensorsFile(path: f.folder + "/weight_grads.safetensors")
+        let grads = m.weightGrads!.ptr
+        var worst = (0.0, "")
+        for key in expected.tensorNames {
+            let e = m.weights.table.entry(String(key.dropFirst("grad.".count)))!
+            let want = try expected.floats(key), got = Array(UnsafeBufferPointer(start: grads + e.offset, count: e.count))
+            var num = 0.0, den = 0.0
+            for i in 0..<e.count { num += Double(got[i] - want[i]) * Double(got[i] - want[i]); den += Double(want[i] * want[i]) }
+            let rel = (num / max(den, 1e-30)).squareRoot()
+            XCTAssertLessThanOrEqual(rel, 1e-3, "\(name) \(key)")
+            if rel > worst.0 { worst = (rel, key) }
+        }
+        XCTAssertGreaterThan(expected.tensorNames.count, 100)
+        print(String(format: "unet_%@: %d parameter gradients, worst relative error %.2e (%@)", name, expected.tensorNames.count,
+                     worst.0, worst.1))
+    }
+
+    func testWeightGradientsConvProjections() throws { try checkWeightGradients("conv") }
+    func testWeightGradientsLinearProjections() throws { try checkWeightGradients("linear") }
+
     /// Gradient checkpointing recomputes each block's forward from its kept input: the same operations in the same
     /// order, so the LoRA gradients and d/d sample are bit-identical to a cached run, also with a reference forward
     /// (adapters off, as the trainer runs it) between the policy forward and its backward.
@@ -119,6 +148,25 @@ final class UNetParityTests: XCTestCase {
             XCTAssertEqual(results[0].grads, results[1].grads, "\(name): LoRA gradients")
             XCTAssertTrue(results[1].grads.contains { $0 != 0 }, "\(name): gradients are not all zero")
         }
+    }
+
+    /// Modules hold no state between calls: two training forwards (LoRA scales 1 and 0.5), then their backwards in
+    /// the other order, give each forward its own gradients, bit for bit as one forward followed by its backward.
+    func testInterleavedTrainingForwards() throws {
+        let f = try fixture("conv")
+        let m = try model(f, lora: "lora_diffusers.safetensors")
+        let dout = Buffer(try f.io.floats("loss_weights"))
+        func gradients(_ saved: UNetActivations) -> [Float] {
+            m.lora!.zeroGrad()
+            m.backward(dout, saved)
+            return m.lora!.grads.array
+        }
+        let one = gradients(try forwardTraining(m, f, scale: 1).saved)
+        let half = gradients(try forwardTraining(m, f, scale: 0.5).saved)
+        XCTAssertNotEqual(one, half)
+        let first = try forwardTraining(m, f, scale: 1).saved, second = try forwardTraining(m, f, scale: 0.5).saved
+        XCTAssertEqual(gradients(second), half, "the later forward's backward first")
+        XCTAssertEqual(gradients(first), one, "then the earlier forward's")
     }
 
     func testLoRAFileFormats() throws {
