@@ -42,12 +42,13 @@ let package = Package(
         .target(name: "Sampling", dependencies: ["Tensors", "IO", "NN", "UNet", "TextEncoder", "VAE", "Schedulers"], swiftSettings: optimize),
         .target(name: "Datasets", dependencies: ["Tensors", "IO"], swiftSettings: optimize),
         .target(name: "Scoring", dependencies: ["Tensors", "IO"], swiftSettings: optimize),
+        .target(name: "ToyWorld", dependencies: ["Tensors", "IO", "Scoring"], swiftSettings: optimize),
         .target(name: "Evaluation", dependencies: ["Tensors", "IO", "NN", "UNet", "Sampling", "Scoring"], swiftSettings: optimize),
         .target(name: "Training", dependencies: ["Tensors", "IO", "NN", "UNet", "Schedulers", "Distributed", "Datasets", "Sampling", "TextEncoder", "VAE"], swiftSettings: optimize),
         .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: optimize),
         .target(name: "LatentEncoding", dependencies: ["Tensors", "IO", "NN", "Datasets", "VAE", "TextEncoder", "Distributed"], swiftSettings: optimize),
         .target(name: "Commands", dependencies: ["Tensors", "IO", "Layers", "NN", "Distributed", "UNet", "Schedulers", "Training", "Datasets",
-                                                  "TextEncoder", "VAE", "LatentEncoding", "Sampling", "Scoring", "Evaluation"],
+                                                  "TextEncoder", "VAE", "LatentEncoding", "Sampling", "Scoring", "Evaluation", "ToyWorld"],
                 swiftSettings: optimize),
         .executableTarget(name: "hgdpo", dependencies: ["Commands", "CKernels", "Tensors"], swiftSettings: optimizeBaseline),
 
@@ -63,9 +64,12 @@ let package = Package(
         .testTarget(name: "TrainingTests", dependencies: ["Training", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "IOTests", dependencies: ["IO", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport", "hgdpo"]),
-        .testTarget(name: "SamplingTests", dependencies: ["Sampling", "Training", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "SamplingTests", dependencies: ["Sampling", "Training", "Datasets", "ToyWorld", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "ToyWorldTests", dependencies: ["ToyWorld", "TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Scoring", "Sampling", "Schedulers", "TestSupport", "hgdpo"]),
         .testTarget(name: "CommandsTests", dependencies: ["Commands", "TestSupport", "hgdpo"]),
+        .testTarget(name: "FuzzTests", dependencies: ["IO", "Datasets", "Schedulers", "Tensors", "TextEncoder", "Training", "UNet", "VAE",
+                                                  "TestSupport"]),
         .testTarget(name: "LatentEncodingTests", dependencies: ["LatentEncoding", "NN", "UNet", "TestSupport", "hgdpo"], resources: [.copy("Fixtures")]),
     ]
 )

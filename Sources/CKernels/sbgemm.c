@@ -8,21 +8,16 @@
 
 // MARK: - Settings
 
-static int g_threads = 0;     // 0: not decided yet
+// Both are set by the caller (Swift's RuntimeOptions.install, from the environment read once at start-up); the
+// kernels themselves read no environment.
+static int g_threads = 0;     // 0: not set, the online CPUs
 static int g_path = HG_PATH_AUTO;  // resolved on first use
-
-static int env_int(const char *name) {
-    const char *s = getenv(name);
-    return s && *s ? atoi(s) : 0;
-}
 
 void hg_kernels_set_threads(int n) { g_threads = n < 1 ? 1 : n; }
 
 int hg_kernels_get_threads(void) {
     if (g_threads <= 0) {
-        int n = env_int("HGDPO_THREADS");
-        if (n <= 0) n = env_int("OMP_NUM_THREADS");
-        if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+        int n = (int)sysconf(_SC_NPROCESSORS_ONLN);
         g_threads = n < 1 ? 1 : n;
     }
     return g_threads;
@@ -42,13 +37,6 @@ static int path_supported(int path) {
 }
 
 static int default_path(void) {
-    const char *e = getenv("HGDPO_BF16_PATH");
-    if (e && *e) {
-        static const struct { const char *name; int path; } names[] = {
-            {"generic", HG_PATH_GENERIC}, {"avx2", HG_PATH_AVX2}, {"avx512", HG_PATH_AVX512}, {"emulated", HG_PATH_EMULATED}};
-        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-            if (strcmp(e, names[i].name) == 0 && path_supported(names[i].path)) return names[i].path;
-    }
     if (path_supported(HG_PATH_AVX512)) return HG_PATH_AVX512;
     if (path_supported(HG_PATH_AVX2)) return HG_PATH_AVX2;
     return HG_PATH_GENERIC;

@@ -10,6 +10,7 @@ static inline MPI_Datatype hg_mpi_float(void) { return MPI_FLOAT; }
 static inline MPI_Datatype hg_mpi_double(void) { return MPI_DOUBLE; }
 static inline MPI_Datatype hg_mpi_byte(void) { return MPI_BYTE; }
 static inline MPI_Datatype hg_mpi_int64(void) { return MPI_INT64_T; }
+static inline MPI_Datatype hg_mpi_int32(void) { return MPI_INT32_T; }
 static inline MPI_Op hg_mpi_sum(void) { return MPI_SUM; }
 static inline MPI_Op hg_mpi_max(void) { return MPI_MAX; }
 static inline MPI_Op hg_mpi_min(void) { return MPI_MIN; }

@@ -242,10 +242,10 @@ extension Commands {
         let ws = Buffer(zeros: conv2dWorkspaceSize(Cin: cin, H: n, W: n, kernel: k, stride: s, padding: p))
         let t = timeKernelPair(iters: iters) {
             conv2dForward(out: out.ptr, inp: x.ptr, weight: w.ptr, bias: bias.ptr, B: B, Cin: cin, H: n, W: n, Cout: cout,
-                          kernel: k, stride: s, padding: p, workspace: ws.ptr)
+                          kernel: k, stride: s, padding: Conv2DPadding(p), workspace: ws.ptr)
         } backward: {
             conv2dBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: w.ptr, B: B, Cin: cin, H: n, W: n, Cout: cout,
-                                kernel: k, stride: s, padding: p, workspace: ws.ptr)
+                                kernel: k, stride: s, padding: Conv2DPadding(p), workspace: ws.ptr)
         }
         let flops = 2.0 * Double(B * cout * cin * k * k * no * no)   // the input gradient costs the same
         print(JSONValue.object([

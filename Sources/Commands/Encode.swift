@@ -76,6 +76,8 @@ extension Commands {
         }
         let comm = try Communicator.world()
         let timeout = try args.double("--collective-timeout", in: 0...1e7)!
+        let lock = comm.isRoot ? try lockRunFolder(s.out, command: "encode") : nil
+        defer { lock?.release() }
         let encoder = try CacheEncoder(settings: s, comm: comm, collectiveTimeout: timeout) { fputs($0 + "\n", stderr) }
         let summary = try encoder.run()
         if comm.isRoot {

@@ -101,6 +101,9 @@ extension Commands {
         let scorers = try args.strings("--scorer").map { try makeScorer($0) }
 
         let comm = try Communicator.world()
+        // One job per output folder (RunFolderLock): rank 0 holds it; a second eval on the folder stops with exit code 2.
+        let lock = comm.isRoot ? try lockRunFolder(config.out, command: "eval") : nil
+        defer { lock?.release() }
         let watchdog = Watchdog(timeout: timeout, rank: comm.rank, host: comm.host)
         let ranks = RankGroup(rank: comm.rank, size: comm.size) { buffer, what in
             try watchdog.guarded("MPI_Allreduce of \(what)") { try comm.allreduce(buffer) }

@@ -69,9 +69,10 @@ extension Commands {
             throw CLIError.invalid("--config \(name): the U-Net has a per-block cross_attention_dim; a text encoder cannot match it (use --parts unet)")
         }
         var text = CLIPTextConfig()
-        text.vocabSize = ByteLevelVocabulary.size
-        text.bosTokenId = ByteLevelVocabulary.bosId
-        text.eosTokenId = ByteLevelVocabulary.eosId
+        let vocabulary = ByteLevelVocabulary()
+        text.vocabSize = vocabulary.size
+        text.bosTokenId = vocabulary.bosId
+        text.eosTokenId = vocabulary.eosId
         text.padTokenId = 1   // transformers' CLIPTextConfig default, unused by the model
         text.maxPositionEmbeddings = 77
         text.hiddenAct = "quick_gelu"
@@ -97,9 +98,12 @@ extension Commands {
 
     // MARK: - Writing
 
-    /// Writes `model` as a diffusers pipeline folder with Stable Diffusion's scheduler configuration; with a text
-    /// encoder and a VAE, also text_encoder/, tokenizer/ (the byte-level vocabulary) and vae/.
+    /// Writes `model` as a diffusers pipeline folder with Stable Diffusion's scheduler configuration (with
+    /// `schedulerOverrides` replacing its keys); with a text encoder and a VAE, also text_encoder/, tokenizer/ (the
+    /// byte-level vocabulary, plus whole-word tokens for `vocabulary.words`) and vae/. Without a VAE but with a text
+    /// encoder the pipeline is pixel space (VAE/LatentSpace.swift).
     static func writePipeline(model: UNetModel, textEncoder: CLIPTextModel? = nil, vae: AutoencoderKL? = nil,
+                              vocabulary: ByteLevelVocabulary = ByteLevelVocabulary(), schedulerOverrides: [String: Any] = [:],
                               to out: String, fp16Variant: Bool = false) throws {
         func path(_ parts: String...) -> String { parts.reduce(out) { ($0 as NSString).appendingPathComponent($1) } }
         for dir in ["unet", "scheduler"] + (textEncoder != nil ? ["text_encoder", "tokenizer"] : []) + (vae != nil ? ["vae"] : []) {
@@ -113,11 +117,12 @@ extension Commands {
         try JSONSerialization.data(withJSONObject: unetJSON, options: [.sortedKeys, .prettyPrinted])
             .write(to: URL(fileURLWithPath: path("unet", "config.json")))
         try writeWeights(model.weights.namedParameters, to: path("unet"), name: "diffusion_pytorch_model", fp16Variant: fp16Variant)
-        let scheduler: [String: Any] = [
+        var scheduler: [String: Any] = [
             "_class_name": "DDPMScheduler", "_diffusers_version": diffusersVersion, "beta_start": 0.00085, "beta_end": 0.012,
             "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon", "clip_sample": false,
             "set_alpha_to_one": false, "steps_offset": 1, "timestep_spacing": "leading",
         ]
+        scheduler.merge(schedulerOverrides) { $1 }
         try JSONSerialization.data(withJSONObject: scheduler, options: [.sortedKeys, .prettyPrinted])
             .write(to: URL(fileURLWithPath: path("scheduler", "scheduler_config.json")))
 
@@ -127,7 +132,7 @@ extension Commands {
             // Keys as transformers 4 saved them (`text_model.…`, as every SD release has them): transformers 4 and 5 load that.
             let prefixed = textEncoder.weights.namedParameters.map { (key: "text_model." + $0.key, shape: $0.shape, values: $0.values) }
             try writeWeights(prefixed, to: path("text_encoder"), name: "model", fp16Variant: fp16Variant)
-            try ByteLevelVocabulary.write(to: path("tokenizer"))
+            try vocabulary.write(to: path("tokenizer"))
         }
         if let vae {
             try writeJSON(vaeConfigJSON(vae.spec.config), to: path("vae", "config.json"))
@@ -195,13 +200,16 @@ extension Commands {
 
 // MARK: - Tokenizer
 
-/// A CLIP tokenizer over bytes alone, laid out as CLIP's vocabulary starts (ids 0…255 the byte symbols of
-/// bytes_to_unicode in its order, 256…511 the same with "</w>", then <|startoftext|>, <|endoftext|>) with no merges:
-/// every UTF-8 byte of a word is one token, the last one carrying "</w>". transformers' CLIPTokenizer and ours
-/// read it as any CLIP vocabulary.
-enum ByteLevelVocabulary {
-    static let size = 514
-    static let bosId = 512, eosId = 513
+/// A CLIP tokenizer over bytes, laid out as CLIP's vocabulary starts (ids 0…255 the byte symbols of bytes_to_unicode
+/// in its order, 256…511 the same with "</w>"), then optional whole-word tokens, then <|startoftext|>, <|endoftext|>.
+/// Without words (make-model) there are no merges: every UTF-8 byte of a word is one token, the last one carrying
+/// "</w>" (514 tokens). Each of `words` (the toy world's grammar) gets the merges that make it one token (e.g.
+/// "r e", "re d</w>"), and other text still tokenizes, in pieces down to bytes. transformers'
+/// CLIPTokenizer and ours read it as any CLIP vocabulary.
+struct ByteLevelVocabulary {
+    var words: [String] = []
+    /// model_max_length: the token sequence length (the text encoder's max_position_embeddings must be at least it).
+    var maxLength = 77
 
     /// The 256 byte symbols in CLIP's vocabulary order: the printable bytes ("!"…"~", "¡"…"¬", "®"…"ÿ") first,
     /// then the others' remapped symbols (U+0100…) in byte order.
@@ -211,18 +219,58 @@ enum ByteLevelVocabulary {
         return (printable + rest).map { String(Character(bytesToUnicode[$0])) }
     }
 
-    static func write(to dir: String) throws {
-        let s = symbols
-        let vocab = s + s.map { $0 + "</w>" } + ["<|startoftext|>", "<|endoftext|>"]
-        precondition(vocab.count == size)
+    /// The merges, in rank order, that make each of `words` one token. Word by word, BPE (as the tokenizer runs it:
+    /// repeatedly the best-ranked adjacent pair, every occurrence) is run with the merges so far, and while the word
+    /// is still in pieces the merge of its first two is appended. An appended merge ranks below all earlier ones, so
+    /// it never changes how an earlier word is merged (that word always has a better-ranked pair until it is whole).
+    var merges: [(String, String)] {
+        var out: [(String, String)] = []
+        var rank: [String: Int] = [:]   // "left right" → rank
+        for word in words {
+            var parts = Array(word.utf8).map { String(Character(bytesToUnicode[Int($0)])) }
+            guard !parts.isEmpty else { continue }
+            parts[parts.count - 1] += "</w>"
+            while parts.count > 1 {
+                let pairs = (0..<(parts.count - 1)).compactMap { i in rank[parts[i] + " " + parts[i + 1]].map { (i, $0) } }
+                if let best = pairs.min(by: { $0.1 < $1.1 }) {
+                    let (l, r) = (parts[best.0], parts[best.0 + 1])
+                    var merged: [String] = [], i = 0
+                    while i < parts.count {
+                        if i + 1 < parts.count && parts[i] == l && parts[i + 1] == r { merged.append(l + r); i += 2 } else { merged.append(parts[i]); i += 1 }
+                    }
+                    parts = merged
+                } else {
+                    rank[parts[0] + " " + parts[1]] = out.count
+                    out.append((parts[0], parts[1]))
+                }
+            }
+        }
+        return out
+    }
+
+    var tokens: [String] {
+        let s = ByteLevelVocabulary.symbols
+        var merged: [String] = []
+        for (a, b) in merges where !merged.contains(a + b) { merged.append(a + b) }
+        return s + s.map { $0 + "</w>" } + merged + ["<|startoftext|>", "<|endoftext|>"]
+    }
+
+    var size: Int { tokens.count }
+    var bosId: Int { size - 2 }
+    var eosId: Int { size - 1 }
+
+    func write(to dir: String) throws {
+        let vocab = tokens
         func token(_ content: String) -> JSONValue {
             .object([("content", .string(content)), ("lstrip", false), ("normalized", true), ("rstrip", false), ("single_word", false)])
         }
         try Commands.writeJSON(.object(vocab.enumerated().map { ($1, .int($0)) }), to: (dir as NSString).appendingPathComponent("vocab.json"))
-        try Foundation.Data("#version: 0.2\n".utf8).write(to: URL(fileURLWithPath: (dir as NSString).appendingPathComponent("merges.txt")))
+        let mergeLines = merges.map { "\($0.0) \($0.1)\n" }.joined()
+        try Foundation.Data(("#version: 0.2\n" + mergeLines).utf8)
+            .write(to: URL(fileURLWithPath: (dir as NSString).appendingPathComponent("merges.txt")))
         try Commands.writeJSON(.object([
             ("add_prefix_space", false), ("bos_token", token("<|startoftext|>")), ("do_lower_case", true),
-            ("eos_token", token("<|endoftext|>")), ("errors", "replace"), ("model_max_length", .int(77)),
+            ("eos_token", token("<|endoftext|>")), ("errors", "replace"), ("model_max_length", .int(maxLength)),
             ("pad_token", "<|endoftext|>"), ("tokenizer_class", "CLIPTokenizer"), ("unk_token", token("<|endoftext|>")),
         ]), to: (dir as NSString).appendingPathComponent("tokenizer_config.json"))
         try Commands.writeJSON(.object([

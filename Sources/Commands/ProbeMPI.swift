@@ -50,11 +50,20 @@ extension Commands {
         var badB = 0
         for i in 0..<count where y[i] != Float(i % 4093) - 2046.5 { badB += 1 }
         try comm.barrier()
+        // Gather of blocks of different lengths onto the last rank: rank r sends r + 1 bytes (r·7 + i) mod 251.
+        let gathered = try comm.gather((0...comm.rank).map { UInt8((comm.rank * 7 + $0) % 251) }, root: comm.size - 1)
+        var badG = 0
+        if let gathered {
+            badG = gathered.count == comm.size ? 0 : 1
+            for (r, block) in gathered.enumerated() where block != (0...r).map({ UInt8((r * 7 + $0) % 251) }) { badG += 1 }
+        }
         // Who is where, gathered through an all-reduce of one slot per rank.
         var slots = [Double](repeating: 0, count: 2 * comm.size)
         slots[2 * comm.rank] = Double(comm.localRank); slots[2 * comm.rank + 1] = Double(comm.localSize)
         try comm.allreduce(&slots)
-        var bad = [Double(badF + badD + badB)]
+        var gatherBad = [Double(badG)]
+        try comm.allreduce(&gatherBad)
+        var bad = [Double(badF + badD + badB + badG)]
         try comm.allreduce(&bad)
         let hostBytes = try (0..<comm.size).map { r in
             String(decoding: try comm.broadcast(Array(comm.host.utf8), root: r), as: UTF8.self)
@@ -71,6 +80,7 @@ extension Commands {
             ("allreduce_float", .object([("sum", .double(sumF)), ("expected_sum", .double(expectedSum)), ("mismatches", .int(badF))])),
             ("allreduce_double", .object([("sum", .double(sumD)), ("expected_sum", .double(expectedSum)), ("mismatches", .int(badD))])),
             ("broadcast", .object([("mismatches", .int(badB))])),
+            ("gather", .object([("mismatches", .int(Int(gatherBad[0])))])),
             ("mismatches_all_ranks", .int(Int(bad[0]))),
             ("ok", .bool(bad[0] == 0)),
         ])

@@ -31,7 +31,7 @@ extension Commands {
                        --prompt "a photo of a woman, (bust shot:1.2)" --out samples --steps 50 --guidance 5 --seed 1 --images-per-prompt 4
             """,
         options: [
-            .value("--model", "DIR", "diffusers pipeline folder (unet, vae, text_encoder, tokenizer, scheduler)", required: true),
+            .value("--model", "DIR", "diffusers pipeline folder (unet, vae, text_encoder, tokenizer, scheduler; no vae: pixel space)", required: true),
             .value("--variant", "NAME", "Weight variant, e.g. fp16"),
             .value("--lora", "FILE", "LoRA weights (diffusers, peft or kohya format)"),
             .value("--lora-scale", "S", "LoRA scale (the paper samples at 0.5)", default: "1.0"),
@@ -43,8 +43,8 @@ extension Commands {
             .value("--steps", "N", "Sampler steps", default: "50"),
             .value("--guidance", "G", "Classifier-free guidance scale (≤ 1: off)", default: "5"),
             .value("--scheduler", "NAME", "Sampler", default: "dpmsolver++", choices: SchedulerRecipe.named.map(\.name)),
-            .value("--height", "H", "Image height (multiple of 8)", default: "512"),
-            .value("--width", "W", "Image width (multiple of 8)", default: "512"),
+            .value("--height", "H", "Image height (a multiple of 8 with a VAE; any in pixel space)", default: "512"),
+            .value("--width", "W", "Image width (a multiple of 8 with a VAE; any in pixel space)", default: "512"),
             .value("--seed", "S", "Seed of the first image (image k uses S + k)", default: "0"),
             .value("--images-per-prompt", "N", "Images per prompt", default: "1"),
             .value("--batch", "B", "Images per U-Net batch", default: "1"),
@@ -77,9 +77,6 @@ extension Commands {
         params.guidanceScale = Float(try args.double("--guidance", in: 0...1000)!)
         params.height = try args.int("--height", in: 8...16384)!
         params.width = try args.int("--width", in: 8...16384)!
-        for (name, v) in [("--height", params.height), ("--width", params.width)] where v % 8 != 0 {
-            throw CLIError.badValue(option: name, value: String(v), expected: "a multiple of 8")
-        }
         if loraPath != nil { params.loraScale = Float(try args.double("--lora-scale", in: -100...100)!) }
         params.lan = args.flag("--lan")
         guard let seed = UInt64(args.string("--seed")!) else {
@@ -100,9 +97,12 @@ extension Commands {
                                                     schedulerName: args.string("--scheduler"))
         } catch let e as SamplingError { throw CLIError.invalid(e.message) }
         if let tile = args.string("--vae-tile") {
-            if tile == "auto" { pipeline.vaeTiling = try pipeline.vae.tiling() } else {
+            guard let vae = pipeline.latentSpace.vae else {
+                throw CLIError.invalid("--vae-tile: \(modelPath) is a pixel-space pipeline (no vae/); there is nothing to tile")
+            }
+            if tile == "auto" { pipeline.vaeTiling = try vae.tiling() } else {
                 guard let n = Int(tile), n > 0 else { throw CLIError.badValue(option: "--vae-tile", value: tile, expected: "a positive integer or auto") }
-                pipeline.vaeTiling = try pipeline.vae.tiling(sampleTileSize: n)
+                pipeline.vaeTiling = try vae.tiling(sampleTileSize: n)
             }
         }
         if let encoder = pipeline.promptEncoder, clipSkip >= encoder.model.layerCount {

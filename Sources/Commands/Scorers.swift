@@ -2,6 +2,7 @@
 // `scorerKinds`; `score`, `eval` and the toy world's demo all go through `makeScorer`, so a kind added here is
 // available to every command at once.
 import Scoring
+import ToyWorld
 
 extension Commands {
     /// A scorer kind: what its ARGUMENT is (nil when it takes none) and how to build it.
@@ -11,7 +12,9 @@ extension Commands {
     }
 
     /// Every scorer kind, by the KIND word of a spec.
-    static let scorerKinds: [String: ScorerKind] = [:]
+    static let scorerKinds: [String: ScorerKind] = [
+        ToyHumanScorer.kind: ScorerKind(argument: nil) { ToyHumanScorer(name: $0.name) },
+    ]
 
     static func makeScorer(_ text: String) throws -> any Scorer {
         let spec = try ScorerSpec(parsing: text)

@@ -35,8 +35,10 @@ extension Commands {
         try applyThreads(args)
         if let n = config.threads { Parallel.threads = n; BLAS.setThreads(n) }
         let comm = try Communicator.world()
+        // One job per run folder (rank 0 holds the lock for the job; a second job stops here with exit code 2).
+        let lock = comm.isRoot ? try lockRunFolder(config.output, command: "train") : nil
+        defer { lock?.release() }
         if comm.isRoot {
-            try FileManager.default.createDirectory(atPath: config.output, withIntermediateDirectories: true)
             try Data((config.json.pretty() + "\n").utf8).write(
                 to: URL(fileURLWithPath: (config.output as NSString).appendingPathComponent("config.json")), options: .atomic)
         }

@@ -152,6 +152,40 @@ public final class Communicator: @unchecked Sendable {
 
     public func barrier() throws { try check(MPI_Barrier(comm), "MPI_Barrier") }
 
+    /// Every rank's bytes (any length, rank order) on `root`; nil on the other ranks. MPI_Gather of the lengths, then
+    /// one MPI_Gatherv: only the root receives, and only what each rank has (no padding).
+    public func gather(_ bytes: [UInt8], root: Int = 0) throws -> [[UInt8]]? {
+        guard size > 1 else { return [bytes] }
+        guard bytes.count < Int(Int32.max) else {
+            throw MPIError(operation: "MPI_Gatherv", code: 0, rank: rank, host: host,
+                           mpiMessage: "\(bytes.count) bytes exceed one call's 2^31 − 1")
+        }
+        var mine = Int32(bytes.count)
+        var counts = [Int32](repeating: 0, count: rank == root ? size : 1)
+        try check(MPI_Gather(&mine, 1, hg_mpi_int32(), &counts, 1, hg_mpi_int32(), Int32(root), comm), "MPI_Gather")
+        var displacements = [Int32](repeating: 0, count: counts.count)
+        var total = 0
+        if rank == root {
+            for r in 0..<size { displacements[r] = Int32(clamping: total); total += Int(counts[r]) }
+            guard total < Int(Int32.max) else {
+                throw MPIError(operation: "MPI_Gatherv", code: 0, rank: rank, host: host,
+                               mpiMessage: "\(total) bytes in all exceed one call's 2^31 − 1")
+            }
+        }
+        var received = [UInt8](repeating: 0, count: max(1, total))
+        try bytes.withUnsafeBytes { send in
+            try received.withUnsafeMutableBytes { recv in
+                try check(MPI_Gatherv(send.baseAddress, mine, hg_mpi_byte(), recv.baseAddress, &counts, &displacements,
+                                      hg_mpi_byte(), Int32(root), comm), "MPI_Gatherv")
+            }
+        }
+        guard rank == root else { return nil }
+        return (0..<size).map { r in
+            let start = Int(displacements[r])
+            return Array(received[start..<(start + Int(counts[r]))])
+        }
+    }
+
     /// Ends the whole job: prints the message with this rank's identity and calls MPI_Abort (every rank exits).
     public func abort(_ message: String, code: Int32 = 1) -> Never {
         let line = "hgdpo: rank \(rank)/\(size) on \(host): \(message)\n"

@@ -7,26 +7,9 @@ import IO
 import Sampling
 
 public enum HTML {
-    /// Text for an HTML element or a quoted attribute: & < > " ' escaped; control characters other than tab, newline
-    /// and carriage return (which HTML forbids) become U+FFFD, as do lone surrogates (Swift strings cannot hold them:
-    /// invalid UTF-8 was already replaced when the text was decoded).
-    public static func escape(_ s: String) -> String {
-        var out = ""
-        out.reserveCapacity(s.utf8.count)
-        for u in s.unicodeScalars {
-            switch u {
-            case "&": out += "&amp;"
-            case "<": out += "&lt;"
-            case ">": out += "&gt;"
-            case "\"": out += "&quot;"
-            case "'": out += "&#39;"
-            case "\t", "\n", "\r": out.unicodeScalars.append(u)
-            case _ where u.value < 0x20 || u.value == 0x7F || (0x80..<0xA0).contains(u.value): out += "\u{FFFD}"
-            default: out.unicodeScalars.append(u)
-            }
-        }
-        return out
-    }
+    /// Text for an HTML element or a quoted attribute (IO's SafeText.html, shared by every report): & < > " ' escaped;
+    /// control characters other than tab, newline and carriage return (which HTML forbids) become U+FFFD.
+    public static func escape(_ s: String) -> String { SafeText.html(s) }
 
     /// Text for a Markdown table cell: HTML-escaped (Markdown renders inline HTML), `|` and backslash escaped,
     /// newlines as spaces.

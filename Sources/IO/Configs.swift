@@ -345,7 +345,13 @@ public struct TokenizerConfig: Codable, Sendable, Equatable {
             return try c.decode(AddedToken.self, forKey: k).content
         }
         // Very large sentinel values (1e30) stand for "no limit" in transformers.
-        if let m = try? c.decodeIfPresent(Double.self, forKey: .modelMaxLength) { modelMaxLength = m > 1e9 ? Int.max : Int(m) }
+        if let m = try? c.decodeIfPresent(Double.self, forKey: .modelMaxLength) {
+            // (Found by Tests/FuzzTests: Int(NaN) traps.)
+            guard m >= 1 else {
+                throw DecodingError.dataCorruptedError(forKey: .modelMaxLength, in: c, debugDescription: "must be a positive number, is \(m)")
+            }
+            modelMaxLength = m > 1e9 ? Int.max : Int(m)
+        }
         doLowerCase = try c.value(.doLowerCase, d.doLowerCase)
         bosToken = try token(.bosToken, d.bosToken)
         eosToken = try token(.eosToken, d.eosToken)

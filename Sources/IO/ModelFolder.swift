@@ -36,6 +36,11 @@ public enum ModelFolderError: Error, UserInputError, CustomStringConvertible, Eq
     }
 }
 
+/// Whether `data` is UTF-8 text. Foundation's JSON5 reader (`allowsJSON5`, for Python's -Infinity / NaN) traps with
+/// a fatal error instead of throwing on some invalid UTF-8 (0xFF where a key should start; found by Tests/FuzzTests),
+/// so every JSON5 decode checks this first.
+public func isUTF8(_ data: Data) -> Bool { String(data: data, encoding: .utf8) != nil }
+
 /// Reads a JSON config file (or a flat YAML one: `.yaml`/`.yml`, see FlatYAML) into a Codable struct; errors name
 /// the file and the key path.
 public func decodeConfig<T: Decodable>(_ type: T.Type, from path: String) throws -> T {
@@ -50,6 +55,7 @@ public func decodeConfig<T: Decodable>(_ type: T.Type, from path: String) throws
     }
     // JSON5 numbers: diffusers writes configs with Python's json, which gives -Infinity, Infinity and NaN for
     // non-finite floats (e.g. DPMSolverMultistepScheduler's lambda_min_clipped).
+    guard isUTF8(data) else { throw ModelFolderError.badJSON(path, detail: "not UTF-8 text") }
     let decoder = JSONDecoder()
     decoder.allowsJSON5 = true
     do {
@@ -90,7 +96,7 @@ public struct ComponentFolder: Sendable, Equatable {
         struct Names: Decodable { let _class_name: String?; let architectures: [String]? }
         let decoder = JSONDecoder()
         decoder.allowsJSON5 = true      // -Infinity / NaN as Python's json writes them (see decodeConfig)
-        guard let names = try? decoder.decode(Names.self, from: data) else {
+        guard isUTF8(data), let names = try? decoder.decode(Names.self, from: data) else {
             throw ModelFolderError.badJSON(configPath, detail: "expected a JSON object")
         }
         return names._class_name ?? names.architectures?.first

@@ -272,6 +272,7 @@ public struct OptionTable<Settings> {
             guard let text = String(data: data, encoding: .utf8) else { throw ModelFolderError.badJSON(path, detail: "not UTF-8 text") }
             data = Data(try FlatYAML.json(from: text, path: path).utf8)
         }
+        guard isUTF8(data) else { throw ModelFolderError.badJSON(path, detail: "not UTF-8 text") }   // see isUTF8
         let decoder = JSONDecoder()
         decoder.allowsJSON5 = true
         let object: ConfigJSON

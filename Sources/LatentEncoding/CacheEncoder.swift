@@ -7,7 +7,8 @@
 //           cropped to it, in [-1, 1] (TrainingImage), winner and loser with the same crop; a random crop's fractions
 //           come from (seed, r)
 //   latent  AutoencoderKL.encode: `latent_dist.sample() · scaling_factor` as diffusers' training scripts (default), the
-//           noise from the counter-based RNG keyed by (seed, r, winner|loser), or the posterior mean (--latent-mode mean)
+//           noise from the counter-based RNG keyed by (seed, r, winner|loser), or the posterior mean (--latent-mode mean);
+//           for a pixel-space pipeline (no vae/, VAE/LatentSpace.swift) the image in [-1, 1] itself
 //   context CLIP last_hidden_state [77, D] with the prompt weighting `hgdpo sample` and the probes use
 //
 // Distribution and determinism. Shard k holds rows [k·S, k·S + S). Within a shard, rows go in batches of B and
@@ -109,13 +110,13 @@ public final class CacheEncoder {
     public static let manifestFile = "encode.json"
 
     let settings: EncodeSettings
-    let comm: Communicator?
+    /// Every collective, under the --collective-timeout watchdog (a lost rank or a cut network otherwise leaves the
+    /// others waiting forever); nil without MPI.
+    let comm: GuardedCommunicator?
     var rank: Int { comm?.rank ?? 0 }
     var worldSize: Int { comm?.size ?? 1 }
     /// Progress lines (rank 0 only).
     let progress: (String) -> Void
-    /// Bounds every collective (a lost rank or a cut network otherwise leaves the others waiting forever).
-    let watchdog: Watchdog?
 
     /// `collectiveTimeout`: seconds a collective may take before the process exits naming rank, host and operation
     /// (0: no bound; only used with more than one rank).
@@ -131,16 +132,41 @@ public final class CacheEncoder {
             throw EncodeError.badSetting("cache dtype \(settings.dtype.rawValue) is not supported (F16 or F32)")
         }
         self.settings = settings
-        self.comm = comm
+        self.comm = comm.map { GuardedCommunicator($0, timeout: collectiveTimeout) }
         self.progress = comm.map { $0.isRoot } ?? true ? progress : { _ in }
-        watchdog = comm.flatMap { $0.size > 1 && collectiveTimeout > 0
-            ? Watchdog(timeout: collectiveTimeout, rank: $0.rank, host: $0.host) : nil }
     }
 
-    /// Runs a collective under the watchdog.
-    func collective<T>(_ operation: String, _ body: () throws -> T) rethrows -> T {
-        if let watchdog { return try watchdog.guarded(operation, body) }
-        return try body()
+    /// Sends this rank's batches of shard k (batch g is encoded by rank g mod W) to the shard's writer, rank k mod W,
+    /// in one gather; the writer copies the other ranks' rows into place, bit for bit.
+    private func gatherShard(_ k: Int, rows r: Range<Int>, comm: GuardedCommunicator, winners: inout [Float],
+                             losers: inout [Float], contexts: inout [Float], latentCount: Int, contextCount: Int) throws {
+        let batch = settings.batch, n = r.count, batches = (n + batch - 1) / batch
+        func shardRows(_ g: Int) -> Range<Int> { (g * batch)..<min((g + 1) * batch, n) }
+        var packed: [UInt8] = []
+        func pack(_ a: [Float], _ rows: Range<Int>, _ per: Int) {
+            a[(rows.lowerBound * per)..<(rows.upperBound * per)].withUnsafeBytes { packed += $0 }
+        }
+        for g in stride(from: comm.rank, to: batches, by: comm.size) {
+            pack(winners, shardRows(g), latentCount); pack(losers, shardRows(g), latentCount); pack(contexts, shardRows(g), contextCount)
+        }
+        guard let blocks = try comm.gather("shard \(k)", packed, root: k % comm.size) else { return }
+        for (source, block) in blocks.enumerated() where source != comm.rank {
+            var at = 0
+            func unpack(_ a: inout [Float], _ rows: Range<Int>, _ per: Int) {
+                let bytes = rows.count * per * MemoryLayout<Float>.stride
+                a.withUnsafeMutableBytes { dst in
+                    block.withUnsafeBytes { src in
+                        (dst.baseAddress! + rows.lowerBound * per * MemoryLayout<Float>.stride)
+                            .copyMemory(from: src.baseAddress! + at, byteCount: bytes)
+                    }
+                }
+                at += bytes
+            }
+            for g in stride(from: source, to: batches, by: comm.size) {
+                unpack(&winners, shardRows(g), latentCount); unpack(&losers, shardRows(g), latentCount)
+                unpack(&contexts, shardRows(g), contextCount)
+            }
+        }
     }
 
     public func run() throws -> EncodeSummary {
@@ -151,12 +177,44 @@ public final class CacheEncoder {
             throw EncodeError.outputExists(path: s.out, reason: "is already a complete latent cache (it has \(LatentCacheFormat.indexFile)); "
                                            + "choose a new folder to encode again")
         }
+        let models = try loadModels()                     // first: a wrong model is reported before the dataset is read
+        let (triplets, problems) = try usableTriplets()
+        // The output folder: new, or an interrupted encode of the same settings and data.
+        try prepareOutput(s.manifest(count: triplets.count, fingerprint: Self.fingerprint(triplets)))
+        let shards = ShardPlan(count: triplets.count, shardSize: s.shardSize)
+        let pending = try pendingShards(shards, triplets: triplets, models: models)
+        let resumed = shards.count - pending.count
+        if resumed > 0 { progress("encode: resuming: \(resumed) of \(shards.count) shards are already written") }
+        var meter = ProgressMeter(total: pending.reduce(0) { $0 + shards.rows($1).count }, shardCount: shards.count)
+        for k in pending {
+            try encodeShard(k, rows: shards.rows(k), triplets: triplets, models: models, meter: &meter)
+        }
+        // Every shard is on disk (each writer finished before reaching the barrier): the index comes last.
+        try comm?.barrier("before the index")
+        if rank == 0 { try writeIndex(shards, models: models, skipped: problems.count) }
+        try comm?.barrier("after the index")
+        return EncodeSummary(count: triplets.count, skipped: problems.count, shards: shards.count, resumedShards: resumed,
+                             latentShape: models.latentShape, contextShape: models.contextShape)
+    }
 
-        // Models first: a wrong model is reported before the dataset is read.
+    // MARK: - Steps of run()
+
+    /// The VAE encoder (or pixel space) and the prompt encoder, the cache's shapes, checked against the settings and
+    /// the U-Net.
+    struct Models {
+        let space: LatentSpace, prompts: PromptEncoder, tiling: VAETiling?
+        /// (C, H/f, W/f) and (S, D)
+        let latentShape: [Int], contextShape: [Int]
+        var latentCount: Int { latentShape.reduce(1, *) }
+        var contextCount: Int { contextShape.reduce(1, *) }
+    }
+
+    func loadModels() throws -> Models {
+        let s = settings
         let folder = try ModelFolder(path: s.model)
-        let vae = try AutoencoderKL.load(folder: folder.vae(), variant: s.variant, parts: .encoder, precision: s.bf16 ? .bf16 : .no)
+        let space = try LatentSpace.load(folder, variant: s.variant, parts: .encoder, precision: s.bf16 ? .bf16 : .no)
         let prompts = try PromptEncoder.load(folder, variant: s.variant)
-        let f = vae.downsamplingFactor
+        let f = space.downsamplingFactor
         guard s.width % f == 0, s.height % f == 0 else {
             throw EncodeError.badSetting("training size \(s.width)x\(s.height): width and height must be multiples of \(f), "
                                          + "the VAE's downsampling factor")
@@ -164,12 +222,22 @@ public final class CacheEncoder {
         guard s.clipSkip < prompts.model.layerCount else {
             throw EncodeError.badSetting("clip skip \(s.clipSkip) must be below the text encoder's \(prompts.model.layerCount) layers")
         }
-        let latentShape = [vae.spec.latentChannels, s.height / f, s.width / f]
+        let latentShape = [space.latentChannels, s.height / f, s.width / f]
         let contextShape = [prompts.tokenizer.maxLength, prompts.model.width]
         try checkUNet(folder, latentShape: latentShape, contextWidth: contextShape[1])
-        let tiling = try s.tile.map { try vae.tiling(sampleTileSize: $0 == 0 ? nil : $0) }
+        let tiling = try s.tile.map { tile in
+            guard let vae = space.vae else {
+                throw EncodeError.badSetting("VAE tiles: \(s.model) is a pixel-space pipeline (no vae/); there is nothing to tile")
+            }
+            return try vae.tiling(sampleTileSize: tile == 0 ? nil : tile)
+        }
+        return Models(space: space, prompts: prompts, tiling: tiling, latentShape: latentShape, contextShape: contextShape)
+    }
 
-        // The dataset: lines checked on every rank, images decoded once, split over the ranks.
+    /// The dataset's lines checked on every rank and its images decoded once, split over the ranks: the triplets to
+    /// encode, and the problems skipped (an error without --skip-bad).
+    func usableTriplets() throws -> (triplets: [Triplet], problems: [TripletProblem]) {
+        let s = settings
         let dataset = try TripletDataset.open(folder: s.data, skipBad: true)
         let imageProblems = try decodeCheck(dataset)
         let bad = Set(imageProblems.map(\.line))
@@ -184,122 +252,129 @@ public final class CacheEncoder {
         guard !triplets.isEmpty else {
             throw EncodeError.badSetting("\(s.data): no usable triplets" + (problems.isEmpty ? "" : " (\(problems.count) bad lines skipped)"))
         }
+        return (triplets, problems)
+    }
 
-        // The output folder: new, or an interrupted encode of the same settings and data.
-        try prepareOutput(s.manifest(count: triplets.count, fingerprint: Self.fingerprint(triplets)))
-
-        let S = s.shardSize, shardCount = (triplets.count + S - 1) / S
-        func rows(_ k: Int) -> Range<Int> { (k * S)..<min((k + 1) * S, triplets.count) }
-        var done = (0..<shardCount).map { k in
-            Self.shardIsComplete(path: shardPath(k), ids: triplets[rows(k)].map(\.id), latentShape: latentShape,
-                                 contextShape: contextShape, dtype: s.dtype) ? Float(1) : 0
+    /// Shard k holds rows k·S ..< (k + 1)·S of the triplets.
+    struct ShardPlan {
+        let count: Int, shardSize: Int, rowCount: Int
+        init(count rows: Int, shardSize: Int) {
+            self.rowCount = rows; self.shardSize = shardSize; count = (rows + shardSize - 1) / shardSize
         }
-        // Every rank agrees on what is left.
-        try collective("MPI_Allreduce of the finished shards") { try comm?.allreduce(&done, op: .min) }
-        let resumed = done.filter { $0 == 1 }.count
-        if resumed > 0 { progress("encode: resuming: \(resumed) of \(shardCount) shards are already written") }
+        func rows(_ k: Int) -> Range<Int> { (k * shardSize)..<min((k + 1) * shardSize, rowCount) }
+    }
 
-        let latentCount = latentShape.reduce(1, *), contextCount = contextShape.reduce(1, *)
-        let base = CounterRNG(seed: s.seed)
-        let noise = base.substream(RNGStream.latentNoise), crops = base.substream(RNGStream.crop)
+    /// The shards not yet complete on disk, as every rank agrees.
+    func pendingShards(_ shards: ShardPlan, triplets: [Triplet], models: Models) throws -> [Int] {
+        var done = (0..<shards.count).map { k in
+            Self.shardIsComplete(path: shardPath(k), ids: triplets[shards.rows(k)].map(\.id), latentShape: models.latentShape,
+                                 contextShape: models.contextShape, dtype: settings.dtype) ? Float(1) : 0
+        }
+        try comm?.allreduce("the finished shards", &done, op: .min)
+        return (0..<shards.count).filter { done[$0] == 0 }
+    }
+
+    /// Progress lines: at most every 5 s while a shard is encoded, and after each shard.
+    struct ProgressMeter {
+        let total: Int, shardCount: Int
         let start = Date()
-        var encoded = 0, lastReport = start, lastDone = -1
-        func report(_ k: Int, done: Int, force: Bool) {
+        var encoded = 0, lastReport = Date(), lastDone = -1
+
+        init(total: Int, shardCount: Int) { self.total = total; self.shardCount = shardCount; lastReport = start }
+
+        mutating func report(_ k: Int, done: Int, force: Bool, to progress: (String) -> Void) {
             let now = Date()
             guard done != lastDone, force || now.timeIntervalSince(lastReport) >= 5 else { return }
             lastReport = now
             lastDone = done
             let rate = Double(done) / max(now.timeIntervalSince(start), 1e-9)
             let speed = rate >= 1 ? String(format: "%.2f triplets/s", rate) : String(format: "%.1f s/triplet", 1 / max(rate, 1e-9))
-            progress("encode: shard \(k + 1)/\(shardCount)  \(done)/\(pendingTotal) triplets  \(speed)  "
-                     + String(format: "ETA %.0fs", Double(pendingTotal - done) / max(rate, 1e-9)))
+            progress("encode: shard \(k + 1)/\(shardCount)  \(done)/\(total) triplets  \(speed)  "
+                     + String(format: "ETA %.0fs", Double(total - done) / max(rate, 1e-9)))
         }
-        let pendingTotal = (0..<shardCount).filter { done[$0] == 0 }.reduce(0) { $0 + rows($1).count }
-        for k in 0..<shardCount where done[k] == 0 {
-            let r = rows(k), n = r.count
-            var winners = [Float](repeating: 0, count: n * latentCount), losers = winners
-            var contexts = [Float](repeating: 0, count: n * contextCount)
-            let batches = (n + s.batch - 1) / s.batch
-            for g in stride(from: rank, to: batches, by: worldSize) {
-                let b0 = r.lowerBound + g * s.batch, b1 = min(b0 + s.batch, r.upperBound)
-                let batch = Array(triplets[b0..<b1])
-                var winnerImages: [Image] = [], loserImages: [Image] = []
-                for (i, t) in batch.enumerated() {
-                    let fraction = s.crop == .random ? TrainingImage.cropFraction(rng: crops, row: b0 + i) : nil
-                    for (role, path, list) in [("winner", t.winner, 0), ("loser", t.loser, 1)] {
-                        let full = (s.data as NSString).appendingPathComponent(path)
-                        let image: ByteImage
-                        do {
-                            image = try PNG.readBytes(full, channels: vae.spec.inChannels)
-                        } catch {   // changed since the check
-                            throw EncodeError.badImage(TripletProblem(line: t.line, id: t.id, reason: "\(role) \(path): \(error)"))
-                        }
-                        let prepared = TrainingImage.prepare(image, width: s.width, height: s.height, cropFraction: fraction,
-                                                             method: s.resize)
-                        if list == 0 { winnerImages.append(prepared) } else { loserImages.append(prepared) }
-                    }
-                }
-                let offset = b0 - r.lowerBound
-                for (images, stream, out) in [(winnerImages, UInt64(0), 0), (loserImages, UInt64(1), 1)] {
-                    let mode: AutoencoderKL.LatentMode = s.latentMode == .mean ? .mean
-                        : .sample(rng: noise.substream(stream), firstImage: b0)
-                    let latents = try vae.encode(FeatureMap(images: images), mode: mode, tiling: tiling)
-                    let src = UnsafeBufferPointer(start: latents.ptr, count: latents.count)
-                    if out == 0 {
-                        winners.replaceSubrange((offset * latentCount)..<((offset + batch.count) * latentCount), with: src)
-                    } else {
-                        losers.replaceSubrange((offset * latentCount)..<((offset + batch.count) * latentCount), with: src)
-                    }
-                }
-                let encoding = try prompts.encode(prompts: batch.map(\.prompt), weighting: s.weighting, clipSkip: s.clipSkip)
-                contexts.replaceSubrange((offset * contextCount)..<((offset + batch.count) * contextCount),
-                                         with: UnsafeBufferPointer(start: encoding.hiddenStates.ptr, count: batch.count * contextCount))
-                // Rank 0 encodes batches 0, W, 2W, …: when it is done with batch g, about g + 1 batches are done on every rank.
-                report(k, done: encoded + min(n, (g + 1) * s.batch), force: false)
-            }
-            // Gather the shard: each row is non-zero on its encoding rank only; x + 0 = x exactly once −0 is +0.
-            for i in winners.indices where winners[i] == 0 { winners[i] = 0 }
-            for i in losers.indices where losers[i] == 0 { losers[i] = 0 }
-            for i in contexts.indices where contexts[i] == 0 { contexts[i] = 0 }
-            if let comm, comm.size > 1 {
-                try collective("MPI_Allreduce of shard \(k)") {
-                    try comm.allreduce(&winners)
-                    try comm.allreduce(&losers)
-                    try comm.allreduce(&contexts)
-                }
-            }
-            if k % worldSize == rank {
-                try LatentCacheWriter.writeShard(path: shardPath(k), ids: triplets[r].map(\.id), latentShape: latentShape,
-                                                 contextShape: contextShape, dtype: s.dtype, winner: bytes(winners),
-                                                 loser: bytes(losers), context: bytes(contexts))
-            }
-            encoded += n
-            report(k, done: encoded, force: true)
-        }
+    }
 
-        // Every shard is on disk (each writer finished before reaching the barrier): the index comes last.
-        try collective("MPI_Barrier before the index") { try comm?.barrier() }
-        if rank == 0 {
-            let source: JSONValue = .object([
-                ("generator", "hgdpo encode"), ("model", .string(s.model)), ("data", .string(s.data)),
-                ("width", .int(s.width)), ("height", .int(s.height)), ("crop", .string(s.crop.rawValue)),
-                ("resize", .string(s.resize.rawValue)), ("mixed_precision", s.bf16 ? "bf16" : "no"), ("latent_mode", .string(s.latentMode.rawValue)), ("seed", .string(String(s.seed))),
-                ("prompt_weighting", .bool(s.weighting)), ("clip_skip", .int(s.clipSkip)),
-                ("skipped", .int(problems.count)),
-            ])
-            try LatentCacheWriter.writeIndex(folder: s.out, latentShape: latentShape, contextShape: contextShape, dtype: s.dtype,
-                                             shards: (0..<shardCount).map { (LatentCacheFormat.shardFileName($0), rows($0).count) },
-                                             source: source)
-            _ = try LatentCache.open(s.out)   // the trainer's own checks, on what was just written
-            // Temporary files of shards a killed run was writing (`.shard-XXXXX.safetensors.tmp-PID`).
-            for name in (try? FileManager.default.contentsOfDirectory(atPath: s.out)) ?? []
-            where name.hasPrefix(".shard-") && name.contains(".tmp-") {
-                try? FileManager.default.removeItem(atPath: (s.out as NSString).appendingPathComponent(name))
+    /// Encodes this rank's batches of shard k (batch g on rank g mod W), gathers the shard on its writer (rank k mod W),
+    /// which writes it.
+    func encodeShard(_ k: Int, rows r: Range<Int>, triplets: [Triplet], models m: Models, meter: inout ProgressMeter) throws {
+        let s = settings, n = r.count
+        var winners = [Float](repeating: 0, count: n * m.latentCount), losers = winners
+        var contexts = [Float](repeating: 0, count: n * m.contextCount)
+        let batches = (n + s.batch - 1) / s.batch
+        for g in stride(from: rank, to: batches, by: worldSize) {
+            let b0 = r.lowerBound + g * s.batch, b1 = min(b0 + s.batch, r.upperBound)
+            let (w, l, c) = try encodeBatch(Array(triplets[b0..<b1]), firstRow: b0, models: m)
+            let offset = b0 - r.lowerBound, count = b1 - b0
+            winners.replaceSubrange((offset * m.latentCount)..<((offset + count) * m.latentCount), with: w)
+            losers.replaceSubrange((offset * m.latentCount)..<((offset + count) * m.latentCount), with: l)
+            contexts.replaceSubrange((offset * m.contextCount)..<((offset + count) * m.contextCount), with: c)
+            // Rank 0 encodes batches 0, W, 2W, …: when it is done with batch g, about g + 1 batches are done on every rank.
+            meter.report(k, done: meter.encoded + min(n, (g + 1) * s.batch), force: false, to: progress)
+        }
+        if let comm, comm.size > 1 {
+            try gatherShard(k, rows: r, comm: comm, winners: &winners, losers: &losers, contexts: &contexts,
+                            latentCount: m.latentCount, contextCount: m.contextCount)
+        }
+        if k % worldSize == rank {
+            try LatentCacheWriter.writeShard(path: shardPath(k), ids: triplets[r].map(\.id), latentShape: m.latentShape,
+                                             contextShape: m.contextShape, dtype: s.dtype, winner: bytes(winners),
+                                             loser: bytes(losers), context: bytes(contexts))
+        }
+        meter.encoded += n
+        meter.report(k, done: meter.encoded, force: true, to: progress)
+    }
+
+    /// One batch of triplets (rows firstRow ..< firstRow + count of the dataset): winner and loser latents, prompt
+    /// contexts, flat (B, C, h, w) and (B, S, D).
+    func encodeBatch(_ batch: [Triplet], firstRow b0: Int, models m: Models) throws -> ([Float], [Float], [Float]) {
+        let s = settings
+        let base = CounterRNG(seed: s.seed)
+        let noise = base.substream(RNGStream.latentNoise), crops = base.substream(RNGStream.crop)
+        var images: [[Image]] = [[], []]                  // winners, losers
+        for (i, t) in batch.enumerated() {
+            let fraction = s.crop == .random ? TrainingImage.cropFraction(rng: crops, row: b0 + i) : nil
+            for (role, path, list) in [("winner", t.winner, 0), ("loser", t.loser, 1)] {
+                let image: ByteImage
+                do {
+                    image = try PNG.readBytes((s.data as NSString).appendingPathComponent(path), channels: m.space.imageChannels)
+                } catch {   // changed since the check
+                    throw EncodeError.badImage(TripletProblem(line: t.line, id: t.id, reason: "\(role) \(path): \(error)"))
+                }
+                images[list].append(TrainingImage.prepare(image, width: s.width, height: s.height, cropFraction: fraction,
+                                                          method: s.resize))
             }
         }
-        try collective("MPI_Barrier after the index") { try comm?.barrier() }
-        return EncodeSummary(count: triplets.count, skipped: problems.count, shards: shardCount, resumedShards: resumed,
-                             latentShape: latentShape, contextShape: contextShape)
+        let latents = try [UInt64(0), 1].map { stream -> [Float] in
+            let mode: AutoencoderKL.LatentMode = s.latentMode == .mean ? .mean
+                : .sample(rng: noise.substream(stream), firstImage: b0)
+            let z = try m.space.encode(FeatureMap(images: images[Int(stream)]), mode: mode, tiling: m.tiling)
+            return Array(UnsafeBufferPointer(start: z.ptr, count: z.count))
+        }
+        let encoding = try m.prompts.encode(prompts: batch.map(\.prompt), weighting: s.weighting, clipSkip: s.clipSkip)
+        let contexts = Array(UnsafeBufferPointer(start: encoding.hiddenStates.ptr, count: batch.count * m.contextCount))
+        return (latents[0], latents[1], contexts)
+    }
+
+    /// Rank 0, after every shard: index.json with the settings as its source, checked by opening the cache as the
+    /// trainer does; temporary files of shards a killed run was writing are removed.
+    func writeIndex(_ shards: ShardPlan, models m: Models, skipped: Int) throws {
+        let s = settings
+        let source: JSONValue = .object([
+            ("generator", "hgdpo encode"), ("model", .string(s.model)), ("data", .string(s.data)),
+            ("width", .int(s.width)), ("height", .int(s.height)), ("crop", .string(s.crop.rawValue)),
+            ("resize", .string(s.resize.rawValue)), ("mixed_precision", s.bf16 ? "bf16" : "no"), ("latent_mode", .string(s.latentMode.rawValue)), ("seed", .string(String(s.seed))),
+            ("prompt_weighting", .bool(s.weighting)), ("clip_skip", .int(s.clipSkip)),
+            ("skipped", .int(skipped)),
+        ])
+        try LatentCacheWriter.writeIndex(folder: s.out, latentShape: m.latentShape, contextShape: m.contextShape, dtype: s.dtype,
+                                         shards: (0..<shards.count).map { (LatentCacheFormat.shardFileName($0), shards.rows($0).count) },
+                                         source: source)
+        _ = try LatentCache.open(s.out)   // the trainer's own checks, on what was just written
+        // Temporary files of shards a killed run was writing (`.shard-XXXXX.safetensors.tmp-PID`).
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: s.out)) ?? []
+        where name.hasPrefix(".shard-") && name.contains(".tmp-") {
+            try? FileManager.default.removeItem(atPath: (s.out as NSString).appendingPathComponent(name))
+        }
     }
 
     // MARK: - Pieces
@@ -324,7 +399,8 @@ public final class CacheEncoder {
         guard let unet = try? folder.unet(), FileManager.default.fileExists(atPath: unet.configPath) else { return }
         let config = try unet.config(UNet2DConditionConfig.self)
         if config.inChannels != latentShape[0] {
-            throw EncodeError.modelMismatch("\(unet.configPath): the U-Net takes \(config.inChannels) latent channels but the VAE makes \(latentShape[0])")
+            throw EncodeError.modelMismatch("\(unet.configPath): the U-Net takes \(config.inChannels) latent channels but the "
+                                               + "\(LatentSpace.isPixelSpace(folder) ? "pixel-space latents have" : "VAE makes") \(latentShape[0])")
         }
         let m = 1 << max(0, config.blockOutChannels.count - 1)   // the U-Net halves the latent at every level but the last
         if latentShape[1] % m != 0 || latentShape[2] % m != 0 {
@@ -361,9 +437,7 @@ public final class CacheEncoder {
             }).serialized().utf8)
             problems = []
             for root in 0..<comm.size {
-                let bytes = try collective("MPI_Bcast of rank \(root)'s unreadable triplets") {
-                    try comm.broadcast(encoded, root: root)
-                }
+                let bytes = try comm.broadcast("rank \(root)'s unreadable triplets", encoded, root: root)
                 guard let items = try JSONSerialization.jsonObject(with: Foundation.Data(bytes)) as? [[String: Any]] else { continue }
                 for item in items {
                     problems.append(TripletProblem(line: item["line"] as? Int ?? 0, id: item["id"] as? String,
@@ -391,7 +465,7 @@ public final class CacheEncoder {
                         return a == b ? nil : "\(key): was \(a), now \(b)"
                     }
                     if !differences.isEmpty { throw EncodeError.settingsChanged(path: out, differences: differences) }
-                } else if !((try? fm.contentsOfDirectory(atPath: out)) ?? []).isEmpty {
+                } else if !((try? fm.contentsOfDirectory(atPath: out)) ?? []).filter({ !RunFolderLock.isLockFile($0) }).isEmpty {
                     throw EncodeError.outputExists(path: out, reason: "exists and is not an interrupted `hgdpo encode` (no \(Self.manifestFile)); "
                                                    + "choose a new or empty folder")
                 }
@@ -403,7 +477,7 @@ public final class CacheEncoder {
                 throw EncodeError.outputExists(path: out, reason: "cannot write: \(error.localizedDescription)")
             }
         }
-        try collective("MPI_Barrier after preparing the output folder") { try comm?.barrier() }
+        try comm?.barrier("after preparing the output folder")
     }
 
     /// A shard written by an earlier run: present (files appear only complete) with the expected rows and ids.

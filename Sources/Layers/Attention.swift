@@ -56,8 +56,9 @@ public enum AttentionKernel: String, Sendable {
     /// The CPU runs the AVX-512 kernels (these and the softmax rows of the OpenBLAS path).
     public static let avx512Available = hg_cpu_has_avx512f() != 0
 
-    /// HGDPO_ATTENTION=blas|avx512 forces one (benchmarks); avx512 where the CPU lacks AVX-512F falls back to blas.
-    static let forced: AttentionKernel? = ProcessInfo.processInfo.environment["HGDPO_ATTENTION"].flatMap(AttentionKernel.init)
+    /// HGDPO_ATTENTION=blas|avx512 (`RuntimeOptions.attentionKernel`) forces one (benchmarks); avx512 where the CPU
+    /// lacks AVX-512F falls back to blas.
+    static var forced: AttentionKernel? { RuntimeOptions.current.attentionKernel.flatMap(AttentionKernel.init) }
 
     /// The default for a head size: avx512 where the CPU has it and d ≤ avx512MaxHeadDim, unless forced.
     public static func choose(headDim: Int) -> AttentionKernel {

@@ -104,13 +104,14 @@ public func conv2dWorkspaceSize(Cin: Int, H: Int, W: Int, kernel: Int, stride: I
 /// width a multiple of 16, or 1, 2, 4 or 8 with Ho·Wo a multiple of 16 (for the input gradient: the input's size),
 /// a CPU with AVX-512F. Any padding: the input gradient of a stride-1 convolution is a stride-1 correlation with
 /// padding k − 1 − p (negative is fine).
-/// HGDPO_CONV=blas keeps im2col + OpenBLAS everywhere (benchmarks).
+/// HGDPO_CONV=blas (`RuntimeOptions.convolutionsOnBLAS`) keeps im2col + OpenBLAS everywhere (benchmarks).
 @inline(__always)
 func conv2dImplicitGEMM(stride: Int, kernel: Int, Ho: Int, Wo: Int) -> Bool {
     conv2dImplicitAvailable && stride == 1 && kernel <= 7 && (Wo % 16 == 0 || (16 % Wo == 0 && (Ho * Wo) % 16 == 0))
 }
 
-let conv2dImplicitAvailable = hg_cpu_has_avx512f() != 0 && ProcessInfo.processInfo.environment["HGDPO_CONV"] != "blas"
+let conv2dHasAVX512 = hg_cpu_has_avx512f() != 0
+var conv2dImplicitAvailable: Bool { conv2dHasAVX512 && !RuntimeOptions.current.convolutionsOnBLAS }
 
 /// out (B, M, Ho, Wo) += the correlation of inp (B, C, H, W) with the weights (see hg_conv_s1_avx512), cut into
 /// items of whole 48-pixel panels × output channels, about two per thread, spread over the threads. Channels are
@@ -237,22 +238,10 @@ private func col2imTransposedRowsAccumulate(_ dinp: UnsafeMutablePointer<Float>,
 
 // MARK: - Forward / backward
 
-/// out = conv2d(inp, weight, bias, stride, padding). Overwrites `out`.
-/// Ref: torch.nn.Conv2d (diffusers conv_in/conv_out, resnet conv1/conv2/conv_shortcut, Downsample2D, Upsample2D, proj_in/out).
-/// - Parameter workspace: at least `conv2dWorkspaceSize(Cin:H:W:kernel:stride:padding:)` floats.
-public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho, Wo)
-                          inp: UnsafePointer<Float>,              // (B, Cin, H, W)
-                          weight: WeightMatrix,                   // (Cout, Cin, K, K)
-                          bias: UnsafePointer<Float>?,            // (Cout)
-                          B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
-                          kernel: Int, stride: Int, padding: Int,
-                          workspace: UnsafeMutablePointer<Float>) {
-    conv2dForward(out: out, inp: inp, weight: weight, bias: bias, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
-                  kernel: kernel, stride: stride, padding: Conv2DPadding(padding), workspace: workspace)
-}
-
-/// out = conv2d(pad(inp, padding), weight, bias, stride) with zero padding given per side. Overwrites `out`.
-/// Ref: diffusers Downsample2D with padding 0 (`F.pad(x, (0, 1, 0, 1))`, then a stride-2 3x3 conv), the VAE encoder's.
+/// out = conv2d(pad(inp, padding), weight, bias, stride) with zero padding given per side (`Conv2DPadding(p)`: p on
+/// every side, as torch). Overwrites `out`.
+/// Ref: torch.nn.Conv2d (diffusers conv_in/conv_out, resnet conv1/conv2/conv_shortcut, Downsample2D, Upsample2D,
+/// proj_in/out); diffusers Downsample2D with padding 0 (`F.pad(x, (0, 1, 0, 1))`, then a stride-2 3x3 conv), the VAE's.
 /// - Parameter workspace: at least `conv2dWorkspaceSize(Cin:H:W:kernel:stride:padding:)` floats.
 public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho, Wo)
                           inp: UnsafePointer<Float>,              // (B, Cin, H, W)
@@ -318,18 +307,6 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho
 
 /// dinp += ∂L/∂inp of `conv2dForward` given dout = ∂L/∂out. Accumulates; the caller zeroes `dinp`.
 /// No weight or bias gradients: base convolutions are frozen (LoRA trains only the attention projections).
-/// - Parameter workspace: at least `conv2dWorkspaceSize(Cin:H:W:kernel:stride:padding:)` floats.
-public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin, H, W)
-                                dout: UnsafePointer<Float>,           // (B, Cout, Ho, Wo)
-                                weight: WeightMatrix,                 // (Cout, Cin, K, K)
-                                B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
-                                kernel: Int, stride: Int, padding: Int,
-                                workspace: UnsafeMutablePointer<Float>) {
-    conv2dBackwardInput(dinp: dinp, dout: dout, weight: weight, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
-                        kernel: kernel, stride: stride, padding: Conv2DPadding(padding), workspace: workspace)
-}
-
-/// dinp += ∂L/∂inp of the per-side-padding `conv2dForward`. Accumulates; the caller zeroes `dinp`.
 /// - Parameter workspace: at least `conv2dWorkspaceSize(Cin:H:W:kernel:stride:padding:)` floats.
 public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin, H, W)
                                 dout: UnsafePointer<Float>,           // (B, Cout, Ho, Wo)
@@ -405,28 +382,12 @@ public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin,
 /// `conv2dForward` with an fp32 weight (Cout, Cin, K, K).
 public func conv2dForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
                           bias: UnsafePointer<Float>?, B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
-                          kernel: Int, stride: Int, padding: Int, workspace: UnsafeMutablePointer<Float>) {
-    conv2dForward(out: out, inp: inp, weight: .f32(weight), bias: bias, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
-                  kernel: kernel, stride: stride, padding: padding, workspace: workspace)
-}
-
-/// `conv2dBackwardInput` with an fp32 weight (Cout, Cin, K, K).
-public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, weight: UnsafePointer<Float>,
-                                B: Int, Cin: Int, H: Int, W: Int, Cout: Int, kernel: Int, stride: Int, padding: Int,
-                                workspace: UnsafeMutablePointer<Float>) {
-    conv2dBackwardInput(dinp: dinp, dout: dout, weight: .f32(weight), B: B, Cin: Cin, H: H, W: W, Cout: Cout,
-                        kernel: kernel, stride: stride, padding: padding, workspace: workspace)
-}
-
-/// Per-side-padding `conv2dForward` with an fp32 weight (Cout, Cin, K, K).
-public func conv2dForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
-                          bias: UnsafePointer<Float>?, B: Int, Cin: Int, H: Int, W: Int, Cout: Int,
                           kernel: Int, stride: Int, padding: Conv2DPadding, workspace: UnsafeMutablePointer<Float>) {
     conv2dForward(out: out, inp: inp, weight: .f32(weight), bias: bias, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
                   kernel: kernel, stride: stride, padding: padding, workspace: workspace)
 }
 
-/// Per-side-padding `conv2dBackwardInput` with an fp32 weight (Cout, Cin, K, K).
+/// `conv2dBackwardInput` with an fp32 weight (Cout, Cin, K, K).
 public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, weight: UnsafePointer<Float>,
                                 B: Int, Cin: Int, H: Int, W: Int, Cout: Int, kernel: Int, stride: Int, padding: Conv2DPadding,
                                 workspace: UnsafeMutablePointer<Float>) {

@@ -8,6 +8,7 @@
 //       ε = ε_u + g·(ε_c − ε_u)                                                 (no CFG when g ≤ 1: one call on N)
 //       x = scheduler.step(ε, t, x)
 //   images = clamp(vae.decode(x_0 / scaling_factor) / 2 + 0.5, 0, 1)
+// A pixel-space pipeline (no vae/, VAE/LatentSpace.swift) has latents (N, 3, H, W) and images = clamp(x_0 / 2 + 0.5, 0, 1).
 //
 // The U-Net's LoRA runs at `loraScale` (nil = adapters off, the base model; the reference is the same weights).
 // LAN (paper §3.2, Eq. 7): h_tgt^{t−1} = sampler(ĥ_tgt^t, p, t, ε_θ) and h_sft^{t−1} = sampler(h_sft^t, p, t, ε_sft)
@@ -131,7 +132,8 @@ public struct Conditioning: @unchecked Sendable {
 
 public final class TextToImagePipeline: @unchecked Sendable {
     public let unet: UNetModel
-    public let vae: AutoencoderKL
+    /// The VAE's latent space, or pixel space.
+    public let latentSpace: LatentSpace
     public let scheduler: SchedulerRecipe
     /// nil when the prompts are encoded elsewhere (e.g. once, before training).
     public let promptEncoder: PromptEncoder?
@@ -142,16 +144,21 @@ public final class TextToImagePipeline: @unchecked Sendable {
     public static let latentStream: UInt64 = 0x6C61_746E
     public static let stepNoiseStream: UInt64 = 0x7374_706E
 
-    public init(unet: UNetModel, vae: AutoencoderKL, scheduler: SchedulerRecipe, promptEncoder: PromptEncoder?) throws {
-        guard vae.spec.latentChannels == unet.spec.inChannels, unet.spec.outChannels == unet.spec.inChannels else {
-            throw SamplingError("the VAE's latent_channels (\(vae.spec.latentChannels)) and the U-Net's in/out channels "
+    public convenience init(unet: UNetModel, vae: AutoencoderKL, scheduler: SchedulerRecipe, promptEncoder: PromptEncoder?) throws {
+        try self.init(unet: unet, latentSpace: .vae(vae), scheduler: scheduler, promptEncoder: promptEncoder)
+    }
+
+    public init(unet: UNetModel, latentSpace: LatentSpace, scheduler: SchedulerRecipe, promptEncoder: PromptEncoder?) throws {
+        guard latentSpace.latentChannels == unet.spec.inChannels, unet.spec.outChannels == unet.spec.inChannels else {
+            throw SamplingError((latentSpace.vae == nil ? "pixel-space latents have 3 channels (RGB)" : "the VAE's latent_channels "
+                                 + "(\(latentSpace.latentChannels))") + " and the U-Net's in/out channels "
                                 + "(\(unet.spec.inChannels)/\(unet.spec.outChannels)) must agree")
         }
         if let p = promptEncoder, p.model.width != unet.spec.crossAttentionDim {
             throw SamplingError("the text encoder's hidden size \(p.model.width) differs from the U-Net's cross_attention_dim "
                                 + "\(unet.spec.crossAttentionDim)")
         }
-        self.unet = unet; self.vae = vae; self.scheduler = scheduler; self.promptEncoder = promptEncoder
+        self.unet = unet; self.latentSpace = latentSpace; self.scheduler = scheduler; self.promptEncoder = promptEncoder
     }
 
     /// A pipeline folder's U-Net (with the LoRA of `lora`, if any), VAE decoder, text encoder and tokenizer, and
@@ -163,25 +170,26 @@ public final class TextToImagePipeline: @unchecked Sendable {
         let unet = try UNetModel.load(folder: folder.unet(), variant: variant, lora: lora.map { ($0.rank, $0.alpha) },
                                       precision: precision)
         if let lora { try unet.lora!.assign(lora, source: loraSource) }
-        return try TextToImagePipeline(unet: unet, vae: AutoencoderKL.load(folder: folder.vae(), variant: variant, parts: .decoder),
+        return try TextToImagePipeline(unet: unet, latentSpace: LatentSpace.load(folder, variant: variant, parts: .decoder),
                                        scheduler: SchedulerRecipe.load(folder, name: schedulerName),
                                        promptEncoder: PromptEncoder.load(folder, variant: variant))
     }
 
-    /// Refuses a folder that lacks what text-to-image needs (a U-Net-only folder, as the trainer can use).
+    /// Refuses a folder that lacks what text-to-image needs (a U-Net-only folder, as the trainer can use). vae/ may be
+    /// absent when model_index.json does not list it (pixel space).
     public static func checkPipelineFolder(_ folder: ModelFolder) throws {
         guard folder.isPipeline else {
             throw SamplingError("\(folder.path): sampling needs a diffusers pipeline folder (model_index.json with unet, vae, "
                                 + "text_encoder, tokenizer, scheduler), this is a single component folder")
         }
         var missing: [String] = []
-        for name in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
+        for name in ["unet", "text_encoder", "tokenizer", "scheduler"] + (LatentSpace.isPixelSpace(folder) ? [] : ["vae"]) {
             let sub = (folder.path as NSString).appendingPathComponent(name)
             if !FileManager.default.fileExists(atPath: sub) { missing.append(name + "/") }
         }
         guard missing.isEmpty else {
-            throw SamplingError("\(folder.path): sampling needs the pipeline's unet/, vae/, text_encoder/, tokenizer/ and "
-                                + "scheduler/; missing: \(missing.joined(separator: ", "))")
+            throw SamplingError("\(folder.path): sampling needs the pipeline's unet/, vae/ (unless model_index.json lists no vae: "
+                                + "pixel space), text_encoder/, tokenizer/ and scheduler/; missing: \(missing.joined(separator: ", "))")
         }
     }
 
@@ -203,9 +211,10 @@ public final class TextToImagePipeline: @unchecked Sendable {
 
     public var latentChannels: Int { unet.spec.inChannels }
 
-    /// The latent size of an image size; both must be positive multiples of the VAE's factor (8) and fit the U-Net.
+    /// The latent size of an image size; both must be positive multiples of the VAE's factor (8; 1 in pixel space)
+    /// and fit the U-Net.
     public func latentSize(height: Int, width: Int) throws -> (h: Int, w: Int) {
-        let f = vae.downsamplingFactor
+        let f = latentSpace.downsamplingFactor
         guard height > 0, width > 0, height % f == 0, width % f == 0 else {
             throw SamplingError("image size \(width)x\(height): width and height must be positive multiples of \(f)")
         }
@@ -317,10 +326,10 @@ public final class TextToImagePipeline: @unchecked Sendable {
 
     // MARK: - Decoding
 
-    /// Final latents (N, C, h, w) → images (N, 3, H, W) in [0, 1]: vae.decode(latents / scaling_factor), then
-    /// (x / 2 + 0.5) clamped, as VaeImageProcessor.postprocess (do_denormalize).
+    /// Final latents (N, C, h, w) → images (N, 3, H, W) in [0, 1]: vae.decode(latents / scaling_factor) (in pixel
+    /// space the latents), then (x / 2 + 0.5) clamped, as VaeImageProcessor.postprocess (do_denormalize).
     public func decode(latents: Buffer, count n: Int, height h: Int, width w: Int) throws -> FeatureMap {
-        let images = try vae.decode(FeatureMap(latents, batch: n, channels: latentChannels, height: h, width: w), tiling: vaeTiling)
+        let images = try latentSpace.decode(FeatureMap(latents, batch: n, channels: latentChannels, height: h, width: w), tiling: vaeTiling)
         let q = images.ptr
         for i in 0..<images.count { q[i] = min(max(q[i] / 2 + 0.5, 0), 1) }
         return images

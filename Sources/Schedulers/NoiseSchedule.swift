@@ -16,7 +16,14 @@ public struct NoiseSchedule: Sendable {
     public let predictionType: String
 
     /// The trainer's schedule: also refuses prediction types other than epsilon (hgdpo trains epsilon models).
-    public init(_ c: SchedulerConfig) throws {
+    /// - Parameter source: the config file, named in errors.
+    public init(_ c: SchedulerConfig, source: String? = nil) throws {
+        do { try self.init(config: c) } catch let e as NoiseScheduleError where source != nil {
+            throw NoiseScheduleError(message: "\(source!): \(e.message)")
+        }
+    }
+
+    init(config c: SchedulerConfig) throws {
         try self.init(trainTimesteps: c.numTrainTimesteps, betaStart: c.betaStart, betaEnd: c.betaEnd,
                       betaSchedule: c.betaSchedule, trainedBetas: c.trainedBetas,
                       rescaleBetasZeroSnr: c.rescaleBetasZeroSnr, predictionType: c.predictionType)
@@ -30,7 +37,10 @@ public struct NoiseSchedule: Sendable {
     /// epsilon, v_prediction and sample; they check it themselves).
     public init(trainTimesteps n: Int, betaStart: Double, betaEnd: Double, betaSchedule: String, trainedBetas: [Double]?,
                 rescaleBetasZeroSnr: Bool, predictionType: String) throws {
-        guard n > 0 else { throw NoiseScheduleError(message: "scheduler config: num_train_timesteps must be positive, is \(n)") }
+        // Bounded (diffusers' models use 1000): a mutated file's 2^31 would allocate gigabytes (Tests/FuzzTests).
+        guard n > 0, n <= 1_000_000 else {
+            throw NoiseScheduleError(message: "scheduler config: num_train_timesteps must be in 1...1000000, is \(n)")
+        }
         var b: [Float]
         if let trained = trainedBetas {
             guard trained.count == n else {

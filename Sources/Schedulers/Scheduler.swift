@@ -125,6 +125,7 @@ public enum SchedulerKind: String, CaseIterable, Sendable {
     /// Int, Double, Bool) replace the file's. `source` names the file in errors.
     public func make(configJSON data: Data, source: String, overrides: [String: Any] = [:]) throws -> any Scheduler {
         var data = data
+        guard isUTF8(data) else { throw SchedulerError("\(source): not UTF-8 text") }
         if !overrides.isEmpty {
             guard var object = try? configDecoder().decode([String: ConfigValue].self, from: data) else {
                 throw SchedulerError("\(source): not valid JSON: expected an object")

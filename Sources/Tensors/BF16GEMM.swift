@@ -22,7 +22,7 @@ public enum BF16 {
     /// Whether the GEMMs run on AVX512-BF16 (false: they widen to fp32 and call sgemm, at sgemm's speed).
     public static var isAccelerated: Bool { hg_bf16_gemm_accelerated() != 0 }
 
-    /// The path in force: the best the CPU has unless `setPath` or HGDPO_BF16_PATH chose another.
+    /// The path in force: the best the CPU has unless `setPath` (or HGDPO_BF16_PATH through RuntimeOptions) chose another.
     public static var path: Path { Path(rawValue: hg_kernels_path()) ?? .generic }
 
     /// Chooses the path (nil: back to the default). Returns false (and changes nothing) if the CPU cannot run it.
@@ -35,7 +35,7 @@ public enum BF16 {
     }
 
     /// Threads of the AVX512-BF16 GEMMs (the fallback uses OpenBLAS's threads: `BLAS.setThreads`).
-    /// Default: $HGDPO_THREADS, else $OMP_NUM_THREADS, else the online CPUs.
+    /// Default: `RuntimeOptions.threads` once installed, else the online CPUs.
     public static func setThreads(_ n: Int) { hg_kernels_set_threads(Int32(max(1, min(n, Int(Int32.max))))) }
     public static var threads: Int { Int(hg_kernels_get_threads()) }
 

@@ -6,12 +6,9 @@ import CKernels
 import Foundation
 
 public enum Parallel {
-    /// Worker threads for `parallelFor`: `HGDPO_THREADS` if set to a positive integer, else the active processor
-    /// count. Set it once at start-up (e.g. to the threads per MPI rank); 1 makes every loop serial.
-    nonisolated(unsafe) public static var threads: Int = {
-        if let s = ProcessInfo.processInfo.environment["HGDPO_THREADS"], let n = Int(s), n > 0 { return n }
-        return max(1, ProcessInfo.processInfo.activeProcessorCount)
-    }()
+    /// Worker threads for `parallelFor`: `RuntimeOptions.threads`, set once at start-up (e.g. to the threads per MPI
+    /// rank); 1 makes every loop serial.
+    nonisolated(unsafe) public static var threads: Int = RuntimeOptions.defaults.threads
 
     /// Loops whose total work (in elements touched) is below this run serially: waking workers costs a few µs.
     public static let minimumParallelWork = 1 << 15

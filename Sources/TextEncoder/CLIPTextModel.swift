@@ -55,6 +55,13 @@ public final class CLIPTextModel: @unchecked Sendable {
         try check(config.vocabSize > 0, "vocab_size", "must be positive, got \(config.vocabSize)")
         try check(config.maxPositionEmbeddings > 0, "max_position_embeddings", "must be positive, got \(config.maxPositionEmbeddings)")
         try check(config.layerNormEps > 0, "layer_norm_eps", "must be positive, got \(config.layerNormEps)")
+        // Bounds far above any CLIP text model, so that a damaged file cannot overflow the size arithmetic or ask
+        // for terabytes (found by Tests/FuzzTests).
+        for (key, value, limit) in [("hidden_size", config.hiddenSize, 1 << 16), ("intermediate_size", config.intermediateSize, 1 << 18),
+                                    ("vocab_size", config.vocabSize, 1 << 24), ("max_position_embeddings", config.maxPositionEmbeddings, 1 << 16),
+                                    ("num_hidden_layers", config.numHiddenLayers, 1 << 10)] {
+            try check(value <= limit, key, "\(value) is larger than this implementation's limit \(limit)")
+        }
         guard let act = CLIPActivation(rawValue: config.hiddenAct) else {
             throw TextModelError.badConfig(path: source, key: "hidden_act",
                                            detail: "'\(config.hiddenAct)' is not supported (quick_gelu or gelu)")

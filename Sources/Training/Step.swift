@@ -42,8 +42,9 @@ public func accumulatePairGradients(model: UNetModel, objective: Objective, sche
     }
     for side in 0..<sides { (context.ptr + side * b * sd).update(from: batch.context, count: b * sd) }
     let tt = Array(repeating: batch.timesteps, count: sides).flatMap { $0 }.map(Float.init)
-    let (policy, saved) = try model.forwardTraining(sample: xt, timesteps: tt, context: context, batch: sides * b, height: batch.height,
-                                                    width: batch.width, contextLength: batch.contextLength, loraScale: 1)
+    let (policy, saved) = try model.forwardTraining(sample: xt, timesteps: tt, context: context, batch: sides * b,
+                                                    height: batch.height, width: batch.width,
+                                                    contextLength: batch.contextLength, loraScale: 1)
     let reference: Buffer? = objective.kind == .sft ? nil
         : try model.forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: batch.height, width: batch.width,
                             contextLength: batch.contextLength, loraScale: nil)

@@ -151,9 +151,9 @@ public struct TrainConfig: Sendable, Equatable {
                range: 0...1000, identity: false),
         .value("validation_lora_scale", \.validationLoraScale, "S", "LoRA scale of the validation images (default 1)",
                range: -100...100, identity: false),
-        .value("validation_height", \.validationHeight, "H", "Validation image height (default: the latent cache's, times 8)",
+        .value("validation_height", \.validationHeight, "H", "Validation image height (default: the latent cache's, times the VAE's 8; times 1 in pixel space)",
                range: 8...16384, identity: false),
-        .value("validation_width", \.validationWidth, "W", "Validation image width (default: the latent cache's, times 8)",
+        .value("validation_width", \.validationWidth, "W", "Validation image width (default: the latent cache's, times the VAE's 8; times 1 in pixel space)",
                range: 8...16384, identity: false),
     ])
 

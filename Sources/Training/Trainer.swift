@@ -24,8 +24,8 @@ nonisolated(unsafe) var stopSignal: sig_atomic_t = 0
 
 public final class Trainer {
     public let config: TrainConfig
-    let comm: Communicator
-    let watchdog: Watchdog
+    /// Every collective of the run, under the --collective-timeout watchdog.
+    let comm: GuardedCommunicator
     let model: UNetModel
     let schedule: NoiseSchedule
     let objective: Objective
@@ -34,7 +34,8 @@ public final class Trainer {
     let plan: GlobalBatchPlan
     public let totalSteps: Int
     var state: TrainerState
-    let faults = FaultInjection.fromEnvironment()
+    /// Test-only fault hooks (HGDPO_FAULT_*); nil in every normal run.
+    let faults = FaultInjection(RuntimeOptions.current.faults)
     /// Validation images (--validation-prompts), nil without.
     let validation: Validation?
     var divergenceGuard: DivergenceGuard
@@ -46,20 +47,19 @@ public final class Trainer {
 
     public init(config c: TrainConfig, comm: Communicator, log: @escaping (String) -> Void = { print($0) }) throws {
         self.config = c
-        self.comm = comm
+        self.comm = GuardedCommunicator(comm, timeout: c.collectiveTimeout)
         self.log = log
         // From the start (loading a large U-Net takes a while): a stop request during set-up is honoured after the
         // first step instead of killing the rank with no checkpoint.
         signal(SIGTERM) { _ in stopSignal = 1 }
         signal(SIGUSR1) { _ in stopSignal = 1 }
-        watchdog = Watchdog(timeout: c.collectiveTimeout, rank: comm.rank, host: comm.host)
         guard let precision = MixedPrecision(rawValue: c.mixedPrecision) else {
             throw TrainInputError("--mixed-precision \(c.mixedPrecision): expected no (fp32) or bf16")
         }
         let folder = try ModelFolder(path: c.model)
         let unetFolder = try folder.unet()
-        schedule = try NoiseSchedule(try ComponentFolder(path: (c.model as NSString).appendingPathComponent("scheduler"))
-            .config(SchedulerConfig.self))
+        let schedulerFolder = ComponentFolder(path: (c.model as NSString).appendingPathComponent("scheduler"))
+        schedule = try NoiseSchedule(try schedulerFolder.config(SchedulerConfig.self), source: schedulerFolder.configPath)
         // bf16: the frozen base weights in bf16 (half the memory, bf16 GEMMs where the CPU has them); the LoRA, its
         // gradients, their all-reduce and the optimizer stay fp32.
         model = try UNetModel.load(folder: unetFolder, variant: c.variant, lora: (c.loraRank, Float(c.loraAlpha)),
@@ -95,8 +95,8 @@ public final class Trainer {
                              mixedPrecision: c.mixedPrecision)
         // Start: rank 0's LoRA everywhere (a resume loads it on every rank from the shared filesystem).
         model.lora!.initialize(seed: c.seed)
-        if let r = c.resume, let dir = try Checkpoint.resolve(r, runDir: c.output) { try restore(dir) }
-        try watchdog.guarded("MPI_Bcast of the initial LoRA") { try comm.broadcast(model.lora!.params.buffer) }
+        if let r = c.resume, let dir = try Checkpoint.resolve(r, runDir: c.output, log: comm.isRoot ? log : { _ in }) { try restore(dir) }
+        try self.comm.broadcast("the initial LoRA", model.lora!.params.buffer)
     }
 
     static func makeOptimizer(_ c: TrainConfig, lora: LoRAAdapters) throws -> Optimizer {
@@ -152,138 +152,193 @@ public final class Trainer {
     /// Runs until the last step or a stop signal; returns the steps completed in this call.
     @discardableResult
     public func run() throws -> Int {
-        let lora = model.lora!
-        let c = cache.latentShape[0], h = cache.latentShape[1], w = cache.latentShape[2], n = c * h * w
-        let s = cache.contextShape[0], d = cache.contextShape[1]
-        let b = config.localBatch
-        let metricsPath = (config.output as NSString).appendingPathComponent("metrics.jsonl")
-        var metrics: FileHandle?
-        if comm.isRoot {
-            if !FileManager.default.fileExists(atPath: metricsPath) { _ = FileManager.default.createFile(atPath: metricsPath, contents: nil) }
-            metrics = FileHandle(forWritingAtPath: metricsPath)
-            metrics?.seekToEndOfFile()
-        }
+        let metrics = comm.isRoot ? try openMetrics() : nil
         defer { try? metrics?.close() }
+        let buffers = MicroBatchBuffers(cache: cache, localBatch: config.localBatch)
+        let gradSum = DoubleBuffer(count: model.lora!.count)
         let started = Watchdog.now()
-        let firstStep = state.step
         var done = 0
-        // Buffers for one micro-batch.
-        let winners = Buffer(uninitialized: b * n), losers = Buffer(uninitialized: b * n)
-        let noise = Buffer(uninitialized: b * n), context = Buffer(uninitialized: b * s * d)
-        let rng = CounterRNG(seed: config.seed)
-        let gradSum = DoubleBuffer(count: lora.count)
-        if let validation, state.step < totalSteps { try validation.runBaseIfNeeded(comm: comm, watchdog: watchdog, log: log) }
+        if let validation, state.step < totalSteps { try validation.runBaseIfNeeded(comm: comm, log: log) }
         while state.step < totalSteps {
             let stepStart = Watchdog.now()
-            gradSum.zero()
-            var terms = Objective.Terms()
-            for micro in plan.microBatches(step: state.step, rank: comm.rank) {
-                precondition(micro.count == b, "the plan gives micro-batches of exactly --local-batch")
-                var timesteps: [Int] = []
-                for (j, sample) in micro.enumerated() {
-                    try cache.read(sample.datasetIndex, winner: winners.ptr + j * n, loser: losers.ptr + j * n,
-                                   context: context.ptr + j * s * d)
-                    // Noise and timestep depend only on (seed, epoch, position): the same whichever rank draws them.
-                    rng.substream(Trainer.noisePurpose, UInt64(sample.epoch), UInt64(sample.position))
-                        .fillNormal(UnsafeMutableBufferPointer(start: noise.ptr + j * n, count: n))
-                    timesteps.append(rng.substream(Trainer.timestepPurpose, UInt64(sample.epoch), UInt64(sample.position))
-                        .integer(0, below: schedule.trainTimesteps))
-                }
-                let batch = PairBatch(pairs: b, winner: winners.ptr, loser: losers.ptr, noise: noise.ptr, timesteps: timesteps,
-                                      context: context.ptr, channels: c, height: h, width: w, contextLength: s, contextDim: d)
-                lora.zeroGrad()
-                terms.add(try accumulatePairGradients(model: model, objective: objective, schedule: schedule, batch: batch,
-                                                      normalizer: config.globalBatch))
-                // Each micro-batch's gradient is the same bits whatever the rank count (same samples, same order);
-                // summing them in double makes the total independent of how they are split over ranks.
-                let g = lora.grads.ptr
-                for i in 0..<lora.count { gradSum.ptr[i] += Double(g[i]) }
-            }
-            try faults.inject(rank: comm.rank, step: state.step + 1, grads: gradSum)
-            // One all-reduce for the gradients, one for the logged terms and the stop flag.
-            let commStart = Watchdog.now()
-            try watchdog.guarded("MPI_Allreduce of the LoRA gradients (step \(state.step))") { try comm.allreduce(gradSum.buffer) }
-            let commSeconds = Watchdog.now() - commStart
-            for i in 0..<lora.count { lora.grads.ptr[i] = Float(gradSum.ptr[i]) }
-            var packed = [terms.loss, terms.dpo, terms.stat, terms.correct, terms.insideSum, terms.mseThetaW, terms.mseThetaL,
-                          terms.mseRefW, terms.mseRefL, Double(terms.pairs), Double(stopSignal), terms.absInsideSum]
-            try watchdog.guarded("MPI_Allreduce of the step's metrics (step \(state.step))") { try comm.allreduce(&packed) }
-            let pairs = packed[9]
-            // Global gradient norm, after the all-reduce: identical on every rank, so every rank decides the same.
-            var sq = 0.0
-            let g = lora.grads.ptr
-            for i in 0..<lora.count { sq += Double(g[i]) * Double(g[i]) }
-            let gradNorm = sq.squareRoot()
-            let finite = gradNorm.isFinite && packed[0].isFinite
-            let lr = learningRate(state.step)
-            // As torch.nn.utils.clip_grad_norm_ (diffusers' and Salesforce's DPO scripts, max norm 1.0).
-            let clipped = finite && config.maxGradNorm > 0 && gradNorm > config.maxGradNorm
-            if finite {
-                if clipped {
-                    let f = Float(config.maxGradNorm / (gradNorm + 1e-6))
-                    for i in 0..<lora.count { g[i] *= f }
-                }
-                optimizer.update(params: lora.params.ptr, grads: g, count: lora.count, lr: lr)
-                state.consecutiveSkips = 0
-            } else {
-                state.consecutiveSkips += 1
-                state.skippedSteps += 1
-                if comm.isRoot { log("step \(state.step + 1): non-finite loss or gradient, step skipped (\(state.consecutiveSkips) in a row)") }
-                if state.consecutiveSkips >= config.maxSkippedSteps {
-                    throw TrainError("\(state.consecutiveSkips) consecutive steps had a non-finite loss or gradient; stopping "
-                                     + "(last complete checkpoint: \(Checkpoint.list(runDir: config.output).last?.path ?? "none"))")
-                }
-            }
-            state.step += 1
-            state.samplesSeen += config.globalBatch
-            state.epoch = (state.step - 1) / plan.stepsPerEpoch
+            let terms = try accumulateGradients(into: gradSum, buffers)
+            let figures = try reduce(gradSum, terms)
+            let update = try applyUpdate(figures)
             done += 1
-            let now = Watchdog.now()
             if comm.isRoot && (state.step % max(1, config.logEvery) == 0 || state.step == totalSteps) {
-                let elapsed = now - started
-                let rate = Double(config.globalBatch * done) / max(elapsed, 1e-9)
-                let eta = Double(totalSteps - state.step) * elapsed / Double(done)
-                let record = JSONValue.object([
-                    ("step", .int(state.step)), ("epoch", .int(state.epoch)), ("loss", .double(packed[0])),
-                    ("dpo", .double(packed[1] / pairs)), ("stat", .double(packed[2] / pairs)),
-                    ("stat_weighted", .double(Double(objective.statWeight) * packed[2] / pairs)),
-                    ("implicit_acc", .double(packed[3] / pairs)), ("reward_margin", .double(packed[4] / pairs)),
-                    ("reward_margin_abs", .double(packed[11] / pairs)),
-                    ("mse_theta_w", .double(packed[5] / pairs)), ("mse_theta_l", .double(packed[6] / pairs)),
-                    ("mse_ref_w", .double(packed[7] / pairs)), ("mse_ref_l", .double(packed[8] / pairs)),
-                    ("lr", .double(Double(lr))), ("grad_norm", .double(gradNorm)), ("clipped", .bool(clipped)),
-                    ("skipped", .bool(!finite)),
-                    ("samples_per_s", .double(rate)), ("step_s", .double(now - stepStart)), ("allreduce_s", .double(commSeconds)), ("world_size", .int(comm.size)),
-                ])
-                metrics?.write((record.serialized() + "\n").data(using: .utf8)!)
-                log(String(format: "step %d/%d  loss %.5f  dpo %.5f  stat %.3e  acc %.2f  %.2f samples/s  ETA %@",
-                           state.step, totalSteps, packed[0], packed[1] / pairs, packed[2] / pairs, packed[3] / pairs, rate,
-                           formatDuration(eta)))
+                try logStep(figures, update, to: metrics, elapsed: Watchdog.now() - started, stepSeconds: Watchdog.now() - stepStart,
+                        stepsDone: done)
             }
-            let stop = packed[10] > 0
-            // Every rank sees the same all-reduced figures, so every rank takes the same decision.
-            let divergence = finite ? divergenceGuard.observe(step: state.step, mseThetaW: packed[5] / pairs,
-                                                              mseRefW: packed[7] / pairs, absMargin: packed[11] / pairs) : nil
-            if let divergence, comm.isRoot { log("warning: \(divergence)") }
-            let stopDiverged = divergence != nil && config.stopOnDivergence
-            if state.step % max(1, config.checkpointEvery) == 0 || state.step == totalSteps || stop || stopDiverged {
-                try checkpoint()
+            if try finishStep(figures) { break }
+        }
+        return done
+    }
+
+    /// RUN_DIR/metrics.jsonl, appended to (rank 0).
+    /// metrics.jsonl for appending, cut back to the steps before the one training continues from (a resume that fell
+    /// back to an older checkpoint must not leave the later steps' records in the log).
+    func openMetrics() throws -> FileHandle? {
+        let path = (config.output as NSString).appendingPathComponent("metrics.jsonl")
+        try Checkpoint.trimMetrics(path, throughStep: state.step)
+        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
+        let metrics = FileHandle(forWritingAtPath: path)
+        metrics?.seekToEndOfFile()
+        return metrics
+    }
+
+    /// One micro-batch's latents, noise and context (B = --local-batch).
+    struct MicroBatchBuffers {
+        let c: Int, h: Int, w: Int, s: Int, d: Int, b: Int
+        var n: Int { c * h * w }
+        let winners: Buffer, losers: Buffer, noise: Buffer, context: Buffer    // (B, C, H, W) ×3, (B, S, D)
+
+        init(cache: LatentCache, localBatch b: Int) {
+            c = cache.latentShape[0]; h = cache.latentShape[1]; w = cache.latentShape[2]
+            s = cache.contextShape[0]; d = cache.contextShape[1]; self.b = b
+            winners = Buffer(uninitialized: b * c * h * w); losers = Buffer(uninitialized: b * c * h * w)
+            noise = Buffer(uninitialized: b * c * h * w); context = Buffer(uninitialized: b * s * d)
+        }
+    }
+
+    /// Step 1: this rank's micro-batches of the step (read, draw noise and timesteps, forward and backward), their LoRA
+    /// gradients summed in double into `gradSum`.
+    func accumulateGradients(into gradSum: DoubleBuffer, _ io: MicroBatchBuffers) throws -> Objective.Terms {
+        let lora = model.lora!
+        let rng = CounterRNG(seed: config.seed)
+        let n = io.n, sd = io.s * io.d
+        gradSum.zero()
+        var terms = Objective.Terms()
+        for micro in plan.microBatches(step: state.step, rank: comm.rank) {
+            precondition(micro.count == io.b, "the plan gives micro-batches of exactly --local-batch")
+            var timesteps: [Int] = []
+            for (j, sample) in micro.enumerated() {
+                try cache.read(sample.datasetIndex, winner: io.winners.ptr + j * n, loser: io.losers.ptr + j * n,
+                               context: io.context.ptr + j * sd)
+                // Noise and timestep depend only on (seed, epoch, position): the same whichever rank draws them.
+                rng.substream(Trainer.noisePurpose, UInt64(sample.epoch), UInt64(sample.position))
+                    .fillNormal(UnsafeMutableBufferPointer(start: io.noise.ptr + j * n, count: n))
+                timesteps.append(rng.substream(Trainer.timestepPurpose, UInt64(sample.epoch), UInt64(sample.position))
+                    .integer(0, below: schedule.trainTimesteps))
             }
-            if stopDiverged {
-                throw TrainDivergedError(message: "\(divergence!); stopped by --stop-on-divergence after writing the checkpoint of step "
-                                         + "\(state.step) (\(Checkpoint.list(runDir: config.output).last?.path ?? "none"))")
+            let batch = PairBatch(pairs: io.b, winner: io.winners.ptr, loser: io.losers.ptr, noise: io.noise.ptr,
+                                  timesteps: timesteps, context: io.context.ptr, channels: io.c, height: io.h, width: io.w,
+                                  contextLength: io.s, contextDim: io.d)
+            lora.zeroGrad()
+            terms.add(try accumulatePairGradients(model: model, objective: objective, schedule: schedule, batch: batch,
+                                                  normalizer: config.globalBatch))
+            // Each micro-batch's gradient is the same bits whatever the rank count (same samples, same order);
+            // summing them in double makes the total independent of how they are split over ranks.
+            let g = lora.grads.ptr
+            for i in 0..<lora.count { gradSum.ptr[i] += Double(g[i]) }
+        }
+        return terms
+    }
+
+    /// What every rank knows after the step's all-reduces: the same bits everywhere, so every rank decides the same.
+    struct StepFigures {
+        /// Σ over ranks of loss, dpo, stat, correct, Σ inside, the four MSEs, pairs, stop flag, Σ |inside|.
+        let packed: [Double]
+        let gradNorm: Double, commSeconds: Double
+        var loss: Double { packed[0] }
+        var pairs: Double { packed[9] }
+        var stop: Bool { packed[10] > 0 }
+        var finite: Bool { gradNorm.isFinite && loss.isFinite }
+        func perPair(_ i: Int) -> Double { packed[i] / pairs }
+    }
+
+    /// Step 2: the all-reduces of the gradients (into `lora.grads`) and of the logged terms with the stop flag.
+    func reduce(_ gradSum: DoubleBuffer, _ terms: Objective.Terms) throws -> StepFigures {
+        let lora = model.lora!
+        try faults?.inject(rank: comm.rank, step: state.step + 1, grads: gradSum)
+        let commStart = Watchdog.now()
+        try comm.allreduce("the LoRA gradients (step \(state.step))", gradSum.buffer)
+        let commSeconds = Watchdog.now() - commStart
+        for i in 0..<lora.count { lora.grads.ptr[i] = Float(gradSum.ptr[i]) }
+        var packed = [terms.loss, terms.dpo, terms.stat, terms.correct, terms.insideSum, terms.mseThetaW, terms.mseThetaL,
+                      terms.mseRefW, terms.mseRefL, Double(terms.pairs), Double(stopSignal), terms.absInsideSum]
+        try comm.allreduce("the step's metrics (step \(state.step))", &packed)
+        // Global gradient norm, after the all-reduce.
+        var sq = 0.0
+        let g = lora.grads.ptr
+        for i in 0..<lora.count { sq += Double(g[i]) * Double(g[i]) }
+        return StepFigures(packed: packed, gradNorm: sq.squareRoot(), commSeconds: commSeconds)
+    }
+
+    struct StepUpdate { let lr: Float, clipped: Bool }
+
+    /// Step 3: clip and apply the update, or skip a non-finite step (failing after --max-skipped-steps in a row);
+    /// advance the step counters.
+    func applyUpdate(_ f: StepFigures) throws -> StepUpdate {
+        let lora = model.lora!, g = lora.grads.ptr
+        let lr = learningRate(state.step)
+        // As torch.nn.utils.clip_grad_norm_ (diffusers' and Salesforce's DPO scripts, max norm 1.0).
+        let clipped = f.finite && config.maxGradNorm > 0 && f.gradNorm > config.maxGradNorm
+        if f.finite {
+            if clipped {
+                let factor = Float(config.maxGradNorm / (f.gradNorm + 1e-6))
+                for i in 0..<lora.count { g[i] *= factor }
             }
-            // After the checkpoint (a crash while sampling loses nothing) and not when stopping (Slurm's grace time).
-            if let validation, !stop, validation.due(step: state.step, last: totalSteps) {
-                try validation.run(step: state.step, comm: comm, watchdog: watchdog, log: log)
-            }
-            if stop {
-                if comm.isRoot { log("stop signal received: checkpoint at step \(state.step) written, exiting") }
-                break
+            optimizer.update(params: lora.params.ptr, grads: g, count: lora.count, lr: lr)
+            state.consecutiveSkips = 0
+        } else {
+            state.consecutiveSkips += 1
+            state.skippedSteps += 1
+            if comm.isRoot { log("step \(state.step + 1): non-finite loss or gradient, step skipped (\(state.consecutiveSkips) in a row)") }
+            if state.consecutiveSkips >= config.maxSkippedSteps {
+                throw TrainError("\(state.consecutiveSkips) consecutive steps had a non-finite loss or gradient; stopping "
+                                 + "(last complete checkpoint: \(Checkpoint.list(runDir: config.output).last?.path ?? "none"))")
             }
         }
-        _ = firstStep
-        return done
+        state.step += 1
+        state.samplesSeen += config.globalBatch
+        state.epoch = (state.step - 1) / plan.stepsPerEpoch
+        return StepUpdate(lr: lr, clipped: clipped)
+    }
+
+    /// Step 4 (rank 0): one JSON record in metrics.jsonl and the progress line.
+    func logStep(_ f: StepFigures, _ u: StepUpdate, to metrics: FileHandle?, elapsed: Double, stepSeconds: Double, stepsDone: Int) throws {
+        let rate = Double(config.globalBatch * stepsDone) / max(elapsed, 1e-9)
+        let eta = Double(totalSteps - state.step) * elapsed / Double(stepsDone)
+        let record = JSONValue.object([
+            ("step", .int(state.step)), ("epoch", .int(state.epoch)), ("loss", .double(f.loss)),
+            ("dpo", .double(f.perPair(1))), ("stat", .double(f.perPair(2))),
+            ("stat_weighted", .double(Double(objective.statWeight) * f.perPair(2))),
+            ("implicit_acc", .double(f.perPair(3))), ("reward_margin", .double(f.perPair(4))),
+            ("reward_margin_abs", .double(f.perPair(11))),
+            ("mse_theta_w", .double(f.perPair(5))), ("mse_theta_l", .double(f.perPair(6))),
+            ("mse_ref_w", .double(f.perPair(7))), ("mse_ref_l", .double(f.perPair(8))),
+            ("lr", .double(Double(u.lr))), ("grad_norm", .double(f.gradNorm)), ("clipped", .bool(u.clipped)),
+            ("skipped", .bool(!f.finite)),
+            ("samples_per_s", .double(rate)), ("step_s", .double(stepSeconds)), ("allreduce_s", .double(f.commSeconds)),
+            ("world_size", .int(comm.size)),
+        ])
+        // write(contentsOf:) throws where write(_:) traps (a full disk would crash the rank).
+        do { try metrics?.write(contentsOf: Data((record.serialized() + "\n").utf8)) } catch {
+            throw TrainError("metrics.jsonl in \(config.output): cannot append the step's record: \(error.localizedDescription)")
+        }
+        log(String(format: "step %d/%d  loss %.5f  dpo %.5f  stat %.3e  acc %.2f  %.2f samples/s  ETA %@",
+                   state.step, totalSteps, f.loss, f.perPair(1), f.perPair(2), f.perPair(3), rate, formatDuration(eta)))
+    }
+
+    /// Step 5: the divergence guard, the checkpoint, validation images; true when the run stops here.
+    func finishStep(_ f: StepFigures) throws -> Bool {
+        let divergence = f.finite ? divergenceGuard.observe(step: state.step, mseThetaW: f.perPair(5), mseRefW: f.perPair(7),
+                                                            absMargin: f.perPair(11)) : nil
+        if let divergence, comm.isRoot { log("warning: \(divergence)") }
+        let stopDiverged = divergence != nil && config.stopOnDivergence
+        if state.step % max(1, config.checkpointEvery) == 0 || state.step == totalSteps || f.stop || stopDiverged {
+            try checkpoint()
+        }
+        if let divergence, stopDiverged {
+            throw TrainDivergedError(message: "\(divergence); stopped by --stop-on-divergence after writing the checkpoint of step "
+                                     + "\(state.step) (\(Checkpoint.list(runDir: config.output).last?.path ?? "none"))")
+        }
+        // After the checkpoint (a crash while sampling loses nothing) and not when stopping (Slurm's grace time).
+        if let validation, !f.stop, validation.due(step: state.step, last: totalSteps) {
+            try validation.run(step: state.step, comm: comm, log: log)
+        }
+        if f.stop, comm.isRoot { log("stop signal received: checkpoint at step \(state.step) written, exiting") }
+        return f.stop
     }
 
     func checkpoint() throws {
@@ -292,37 +347,7 @@ public final class Trainer {
                                           keep: config.keepCheckpoints)
             log("checkpoint: \(dir)")
         }
-        try watchdog.guarded("MPI_Barrier after the checkpoint") { try comm.barrier() }
-    }
-}
-
-/// Test hooks for the fault tests (never set in normal runs): `HGDPO_FAULT_NAN="rank=R,from_step=S"` puts a NaN into
-/// rank R's gradients from step S on; `HGDPO_FAULT_EXIT="rank=R,step=S"` kills rank R (SIGKILL) at step S;
-/// `HGDPO_FAULT_THROW="rank=R,step=S"` makes rank R fail with an error at step S (the other ranks are in a collective).
-struct FaultInjection {
-    var nanRank: Int?, nanFrom = 0, exitRank: Int?, exitStep = 0, throwRank: Int?, throwStep = 0
-
-    static func fromEnvironment() -> FaultInjection {
-        func parse(_ name: String) -> [String: Int]? {
-            guard let v = getenv(name) else { return nil }
-            var d: [String: Int] = [:]
-            for part in String(cString: v).split(separator: ",") {
-                let kv = part.split(separator: "=")
-                if kv.count == 2, let n = Int(kv[1]) { d[String(kv[0])] = n }
-            }
-            return d
-        }
-        var f = FaultInjection()
-        if let d = parse("HGDPO_FAULT_NAN") { f.nanRank = d["rank"]; f.nanFrom = d["from_step"] ?? 1 }
-        if let d = parse("HGDPO_FAULT_EXIT") { f.exitRank = d["rank"]; f.exitStep = d["step"] ?? 1 }
-        if let d = parse("HGDPO_FAULT_THROW") { f.throwRank = d["rank"]; f.throwStep = d["step"] ?? 1 }
-        return f
-    }
-
-    func inject(rank: Int, step: Int, grads: DoubleBuffer) throws {
-        if exitRank == rank && step == exitStep { raise(SIGKILL) }
-        if throwRank == rank && step == throwStep { throw TrainError("fault injected by HGDPO_FAULT_THROW at step \(step)") }
-        if nanRank == rank && step >= nanFrom && grads.count > 0 { grads.ptr[0] = .nan }
+        try comm.barrier("after the checkpoint")
     }
 }
 

@@ -2,8 +2,8 @@
 // the current LoRA into RUN_DIR/validation/step-NNNNNN/, and once with the LoRA off into RUN_DIR/validation/base/,
 // each image k from seed validation_seed + k, so every folder shows the same noise and prompts (Sources/Sampling).
 //
-// Set-up refuses up front a --model without text_encoder/, tokenizer/ or vae/. The prompts are encoded once (the text
-// encoder is then freed); the VAE decoder stays loaded; the U-Net is the trainer's own (its LoRA at
+// Set-up refuses up front a --model without text_encoder/, tokenizer/ or vae/ (vae/ may be absent in a pixel-space
+// pipeline). The prompts are encoded once (the text encoder is then freed); the VAE decoder stays loaded; the U-Net is the trainer's own (its LoRA at
 // validation_lora_scale, or off for the base images).
 //
 // Every rank samples its share of the images (image k on rank k mod W), so validation takes 1/W of the time and no
@@ -45,15 +45,15 @@ final class Validation {
             .map { $0.hasSuffix("\r") ? String($0.dropLast()) : String($0) }
             .filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
         guard !prompts.isEmpty else { throw TrainInputError("--validation-prompts \(promptsPath): no prompts") }
-        let vae = try AutoencoderKL.load(folder: folder.vae(), variant: c.variant, parts: .decoder)
-        let f = vae.downsamplingFactor
+        let latentSpace = try LatentSpace.load(folder, variant: c.variant, parts: .decoder)
+        let f = latentSpace.downsamplingFactor
         var params = SamplingParameters(steps: c.validationSteps ?? Validation.defaultSteps,
                                         guidanceScale: Float(c.validationGuidance ?? Validation.defaultGuidance),
                                         height: c.validationHeight ?? latentHeight * f, width: c.validationWidth ?? latentWidth * f,
                                         loraScale: Float(c.validationLoraScale ?? Validation.defaultLoraScale))
         params.lan = false
         let encoder = try PromptEncoder.load(folder, variant: c.variant)
-        pipeline = try TextToImagePipeline(unet: unet, vae: vae, scheduler: SchedulerRecipe.load(folder, name: "dpmsolver++"),
+        pipeline = try TextToImagePipeline(unet: unet, latentSpace: latentSpace, scheduler: SchedulerRecipe.load(folder, name: "dpmsolver++"),
                                            promptEncoder: nil)
         do { _ = try pipeline.latentSize(height: params.height, width: params.width) } catch let e as SamplingError {
             throw TrainInputError("validation image size: \(e.message)")
@@ -82,13 +82,13 @@ final class Validation {
 
     /// The base images (LoRA off), unless RUN_DIR/validation/base/ already holds them with these settings (a resume
     /// with other validation options, e.g. another seed or size, makes them again).
-    func runBaseIfNeeded(comm: Communicator, watchdog: Watchdog, log: (String) -> Void) throws {
+    func runBaseIfNeeded(comm: GuardedCommunicator, log: (String) -> Void) throws {
         let folder = (root as NSString).appendingPathComponent("base")
         // Rank 0 decides (it is the one writing): every rank takes the same branch.
         var flag = [comm.isRoot && baseIsCurrent(folder) ? 1.0 : 0.0]
-        try watchdog.guarded("MPI_Allreduce before the base validation images") { try comm.allreduce(&flag) }
+        try comm.allreduce("the flag before the base validation images", &flag)
         guard flag[0] == 0 else { return }
-        try sample(folder: folder, loraScale: nil, label: "base (LoRA off)", comm: comm, watchdog: watchdog, log: log)
+        try sample(folder: folder, loraScale: nil, label: "base (LoRA off)", comm: comm, log: log)
     }
 
     /// Whether every base image is there with the text chunks these settings write.
@@ -108,38 +108,35 @@ final class Validation {
         return s
     }
 
-    func run(step: Int, comm: Communicator, watchdog: Watchdog, log: (String) -> Void) throws {
+    func run(step: Int, comm: GuardedCommunicator, log: (String) -> Void) throws {
         let folder = (root as NSString).appendingPathComponent(String(format: "step-%06d", step))
-        try sample(folder: folder, loraScale: settings.parameters.loraScale, label: "step \(step)", comm: comm, watchdog: watchdog, log: log)
+        try sample(folder: folder, loraScale: settings.parameters.loraScale, label: "step \(step)", comm: comm, log: log)
     }
 
-    private func sample(folder: String, loraScale: Float?, label: String, comm: Communicator, watchdog: Watchdog,
+    private func sample(folder: String, loraScale: Float?, label: String, comm: GuardedCommunicator,
                         log: (String) -> Void) throws {
         let start = Watchdog.now()
         var params = settings.parameters
         params.loraScale = loraScale
         let mine = jobs.indices.filter { $0 % comm.size == comm.rank }
         let pixelsPer = 3 * params.height * params.width
-        let gathered = Buffer(zeros: jobs.count * pixelsPer)
+        var packed: [UInt8] = []                           // this rank's images, in order
+        packed.reserveCapacity(mine.count * pixelsPer)
         for chunkStart in stride(from: 0, to: mine.count, by: batch) {
             let chunk = Array(mine[chunkStart..<min(chunkStart + batch, mine.count)])
             let batchCond = conditioning.rows(chunk)       // not contiguous: image k on rank k mod W
             let (images, _) = try pipeline.generate(conditioning: batchCond, seeds: chunk.map { jobs[$0].seed }, parameters: params)
-            for (i, k) in chunk.enumerated() {
-                let bytes = try byteImage(images, i).pixels
-                let dst = gathered.ptr + k * pixelsPer
-                for j in 0..<pixelsPer { dst[j] = Float(bytes[j]) }
-            }
+            for i in chunk.indices { packed += try byteImage(images, i).pixels }
         }
-        try watchdog.guarded("MPI_Allreduce of the validation images (\(label))") { try comm.allreduce(gathered.buffer) }
-        guard comm.isRoot else { return }
+        // Rank 0 receives every rank's images: rank r's block holds images r, r + W, r + 2W, …
+        guard let blocks = try comm.gather("the validation images (\(label))", packed) else { return }
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         let s = textSettings(loraScale: loraScale, label: label)
         var written: [ByteImage] = []
         for (k, job) in jobs.enumerated() {
-            let src = gathered.ptr + k * pixelsPer
+            let block = blocks[k % comm.size], start = (k / comm.size) * pixelsPer
             let image = try ByteImage(width: params.width, height: params.height, channels: 3,
-                                      pixels: (0..<pixelsPer).map { UInt8(min(max(src[$0], 0), 255)) })
+                                      pixels: Array(block[start..<(start + pixelsPer)]))
             try PNG.writeBytes(image, to: (folder as NSString).appendingPathComponent(job.fileName), text: s.pngText(job))
             written.append(image)
         }

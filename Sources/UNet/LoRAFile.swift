@@ -115,16 +115,19 @@ public enum LoRAFile {
         for prefix in ["base_model.model.", "unet."] where k.hasPrefix(prefix) { k.removeFirst(prefix.count) }
         for (suffix, role, fmt) in [(".lora.down.weight", "down", LoRAFormat.diffusers), (".lora.up.weight", "up", .diffusers),
                                     (".lora_A.weight", "down", .peft), (".lora_B.weight", "up", .peft),
-                                    (".lora_A.default.weight", "down", .peft), (".lora_B.default.weight", "up", .peft)]
+                                    (".lora_A.default.weight", "down", .peft), (".lora_B.default.weight", "up", .peft),
+                                    (".down.weight", "down", .attnProcs), (".up.weight", "up", .attnProcs)]
         where k.hasSuffix(suffix) {
             let module = String(k.dropLast(suffix.count))
-            // Old attention-processor naming: …attn1.processor.to_q_lora.down.weight
+            // Old attention-processor naming: …attn1.processor.to_q_lora.down.weight (found by Tests/FuzzTests:
+            // these keys end in "_lora.down.weight", which the diffusers suffix ".lora.down.weight" does not match).
             if let r = module.range(of: ".processor.") {
                 let proj = module[r.upperBound...]
                 let map = ["to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_out_lora": "to_out.0"]
                 guard let p = map[String(proj)] else { return nil }
                 return (module[..<r.lowerBound] + "." + p, role, .attnProcs)
             }
+            guard fmt != .attnProcs else { return nil }
             return (module, role, fmt)
         }
         return nil

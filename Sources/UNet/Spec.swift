@@ -6,7 +6,9 @@ import IO
 public struct UNetConfigError: Error, UserInputError, CustomStringConvertible, Equatable {
     public let key: String
     public let message: String
-    public var description: String { "unsupported U-Net config: '\(key)' \(message)" }
+    /// The config file, when known.
+    public var path: String? = nil
+    public var description: String { (path.map { "\($0): " } ?? "") + "unsupported U-Net config: '\(key)' \(message)" }
 }
 
 public struct UNetSpec: Sendable, Equatable {
@@ -33,8 +35,9 @@ public struct UNetSpec: Sendable, Equatable {
     /// The width of `encoder_hidden_states` every cross attention reads.
     public let crossAttentionDim: Int
 
-    public init(_ c: UNet2DConditionConfig) throws {
-        func refuse(_ key: String, _ why: String) -> UNetConfigError { UNetConfigError(key: key, message: why) }
+    /// - Parameter source: the config file, named in errors.
+    public init(_ c: UNet2DConditionConfig, source: String? = nil) throws {
+        func refuse(_ key: String, _ why: String) -> UNetConfigError { UNetConfigError(key: key, message: why, path: source) }
         let n = c.blockOutChannels.count
         guard n >= 1, c.blockOutChannels.allSatisfy({ $0 > 0 }) else { throw refuse("block_out_channels", "must be a non-empty list of positive ints") }
         guard c.downBlockTypes.count == n else { throw refuse("down_block_types", "has \(c.downBlockTypes.count) entries, block_out_channels \(n)") }

@@ -36,40 +36,36 @@ public final class UNetModel: @unchecked Sendable {
         linear1 = Linear(t, "time_embedding.linear_1", inFeatures: spec.timeProjDim, outFeatures: temb)
         linear2 = Linear(t, "time_embedding.linear_2", inFeatures: temb, outFeatures: temb)
         convIn = Conv2d(t, "conv_in", cin: spec.inChannels, cout: spec.config.blockOutChannels[0], kernel: 3)
+        func resnets(_ key: String, _ n: Int, cout: Int, cin: (Int) -> Int) -> [ResnetBlock2D] {
+            (0..<n).map { ResnetBlock2D(t, key + ".resnets.\($0)", cin: cin($0), cout: cout, tembDim: temb, groups: g, eps: eps) }
+        }
+        // diffusers declares resnets and attentions as separate ModuleLists; key order does not matter for loading.
+        func attentions(_ key: String, _ n: Int, _ c: Int, heads: Int, context: Int, layers: Int) -> [Transformer2D] {
+            (0..<n).map {
+                Transformer2D(t, key + ".attentions.\($0)", channels: c, heads: heads, contextDim: context, layers: layers,
+                              groups: g, linearProjection: spec.useLinearProjection, lora: adapters)
+            }
+        }
         var dr: [[ResnetBlock2D]] = [], da: [[Transformer2D]] = [], ds: [Downsample2D?] = []
         for (i, blk) in spec.down.enumerated() {
-            let key = "down_blocks.\(i)"
-            dr.append((0..<blk.layers).map {
-                ResnetBlock2D(t, key + ".resnets.\($0)", cin: $0 == 0 ? blk.inChannels : blk.outChannels, cout: blk.outChannels,
-                            tembDim: temb, groups: g, eps: eps)
-            })
-            // diffusers declares resnets and attentions as separate ModuleLists; key order does not matter for loading.
-            da.append(blk.hasAttention ? (0..<blk.layers).map {
-                Transformer2D(t, key + ".attentions.\($0)", channels: blk.outChannels, heads: blk.heads,
-                              contextDim: blk.crossAttentionDim, layers: blk.transformerLayers, groups: g,
-                              linearProjection: spec.useLinearProjection, lora: adapters)
-            } : [])
-            ds.append(blk.addDownsample ? Downsample2D(t, key + ".downsamplers.0", channels: blk.outChannels) : nil)
+            let key = "down_blocks.\(i)", c = blk.outChannels
+            dr.append(resnets(key, blk.layers, cout: c) { $0 == 0 ? blk.inChannels : c })
+            da.append(blk.hasAttention ? attentions(key, blk.layers, c, heads: blk.heads, context: blk.crossAttentionDim,
+                                                    layers: blk.transformerLayers) : [])
+            ds.append(blk.addDownsample ? Downsample2D(t, key + ".downsamplers.0", channels: c) : nil)
         }
         downResnets = dr; downAttentions = da; downsamplers = ds
         let midC = spec.config.blockOutChannels.last!
-        midResnets = [ResnetBlock2D(t, "mid_block.resnets.0", cin: midC, cout: midC, tembDim: temb, groups: g, eps: eps)]
-            + [ResnetBlock2D(t, "mid_block.resnets.1", cin: midC, cout: midC, tembDim: temb, groups: g, eps: eps)]
-        midAttention = Transformer2D(t, "mid_block.attentions.0", channels: midC, heads: spec.midHeads,
-                                     contextDim: spec.midCrossAttentionDim, layers: spec.midTransformerLayers, groups: g,
-                                     linearProjection: spec.useLinearProjection, lora: adapters)
+        midResnets = resnets("mid_block", 2, cout: midC) { _ in midC }
+        midAttention = attentions("mid_block", 1, midC, heads: spec.midHeads, context: spec.midCrossAttentionDim,
+                                  layers: spec.midTransformerLayers)[0]
         var ur: [[ResnetBlock2D]] = [], ua: [[Transformer2D]] = [], us: [Upsample2D?] = []
         for (i, blk) in spec.up.enumerated() {
-            let key = "up_blocks.\(i)"
-            ur.append((0..<blk.layers).map {
-                ResnetBlock2D(t, key + ".resnets.\($0)", cin: blk.resnetIn($0), cout: blk.outChannels, tembDim: temb, groups: g, eps: eps)
-            })
-            ua.append(blk.hasAttention ? (0..<blk.layers).map {
-                Transformer2D(t, key + ".attentions.\($0)", channels: blk.outChannels, heads: blk.heads,
-                              contextDim: blk.crossAttentionDim, layers: blk.transformerLayers, groups: g,
-                              linearProjection: spec.useLinearProjection, lora: adapters)
-            } : [])
-            us.append(blk.addUpsample ? Upsample2D(t, key + ".upsamplers.0", channels: blk.outChannels) : nil)
+            let key = "up_blocks.\(i)", c = blk.outChannels
+            ur.append(resnets(key, blk.layers, cout: c) { blk.resnetIn($0) })
+            ua.append(blk.hasAttention ? attentions(key, blk.layers, c, heads: blk.heads, context: blk.crossAttentionDim,
+                                                    layers: blk.transformerLayers) : [])
+            us.append(blk.addUpsample ? Upsample2D(t, key + ".upsamplers.0", channels: c) : nil)
         }
         upResnets = ur; upAttentions = ua; upsamplers = us
         normOut = GroupNorm(t, "conv_norm_out", channels: spec.config.blockOutChannels[0], groups: g, eps: eps)
@@ -83,7 +79,7 @@ public final class UNetModel: @unchecked Sendable {
     /// In bf16 mixed precision each conv / linear weight is rounded to bf16 as it is read (bf16 files: copied as is).
     public static func load(folder: ComponentFolder, variant: String? = nil, lora: (rank: Int, alpha: Float)? = nil,
                             precision: MixedPrecision = .no) throws -> UNetModel {
-        let spec = try UNetSpec(folder.config(UNet2DConditionConfig.self))
+        let spec = try UNetSpec(folder.config(UNet2DConditionConfig.self), source: folder.configPath)
         let model = UNetModel(spec: spec, lora: lora, precision: precision)
         try model.weights.load(files: folder.weightFiles(variant: variant), model: "U-Net")
         return model

@@ -1,6 +1,7 @@
 // The `hgdpo` executable: parses nothing itself, see Sources/Commands.
 import Commands
 import CKernels
+import Foundation
 import Tensors
 #if canImport(Glibc)
 import Glibc
@@ -14,6 +15,8 @@ if hg_cpu_has_avx2_fma() == 0 {
     exit(2)
 }
 #endif
+// The one place the environment is read: threads, kernel choices, bf16 path (and the trainer's test-only faults).
+RuntimeOptions.install(RuntimeOptions(environment: ProcessInfo.processInfo.environment))
 Memory.keepFreedMemory()
 setvbuf(stdout, nil, _IOLBF, 0)
 exit(Commands.main(Array(CommandLine.arguments.dropFirst())))

@@ -24,6 +24,7 @@ final class LocalLaunchTests: XCTestCase {
         XCTAssertEqual(report["world_size"] as? Int, w)
         XCTAssertEqual(report["ok"] as? Bool, true)
         XCTAssertEqual(report["mismatches_all_ranks"] as? Int, 0)
+        XCTAssertEqual((report["gather"] as? [String: Any])?["mismatches"] as? Int, 0, "gather of blocks of different lengths")
         // Sum over i of W(W+1)/4 · (i mod 1000), computed here independently of the probe.
         var s = 0.0
         for i in 0..<count { s += Double(i % 1000) }

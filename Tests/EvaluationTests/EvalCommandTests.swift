@@ -76,6 +76,18 @@ final class EvalCommandTests: XCTestCase {
         XCTAssertEqual(s1.scorers[0].pairs, 6)
     }
 
+    /// One job per output folder: an eval on a folder another job holds stops at once with exit code 2, naming it.
+    func testFolderInUseIsRefused() throws {
+        let dir = try temporaryDirectory(self)
+        let out = dir + "/eval"
+        let held = try RunFolderLock(folder: out, command: "eval")
+        defer { held.release() }
+        let r = try hgdpo(evalArgs(prompts: try promptsFile(dir), out: out))
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("\(out) is in use by another job: hgdpo eval, pid \(getpid())"), r.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out), [RunFolderLock.fileName], "nothing written")
+    }
+
     func testBadInputsExitWithCode2() throws {
         let dir = try temporaryDirectory(self)
         let prompts = try promptsFile(dir)

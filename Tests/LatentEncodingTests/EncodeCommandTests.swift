@@ -185,6 +185,37 @@ final class EncodeCommandTests: XCTestCase {
         XCTAssertGreaterThan(relative, 1e-5, "bf16 is used")
     }
 
+    /// One job per cache folder: a folder held by a live job is refused naming it; the lock of a dead one is taken over,
+    /// and the lock file does not count as "a folder that is not an interrupted encode".
+    func testOneEncodeJobPerFolder() throws {
+        let out = try temporaryDirectory(self) + "/cache"
+        // A live holder: this test process, as another job would be.
+        let held = try RunFolderLock(folder: out, command: "encode")
+        let refused = try encode(out)
+        XCTAssertEqual(refused.status, 2, refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("\(out) is in use by another job: hgdpo encode, pid \(getpid())"), refused.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out), [RunFolderLock.fileName], "nothing written")
+        held.release()
+        // A dead holder (a pid that has exited) left its lock in the new folder: taken over, the encode runs.
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/true")
+        try p.run()
+        p.waitUntilExit()
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let boot = try String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let now = Date().timeIntervalSince1970
+        var name = [CChar](repeating: 0, count: 256)
+        gethostname(&name, 255)
+        let dead = "{\"boot_id\":\"\(boot)\",\"command\":\"encode\",\"heartbeat\":\(now),\"heartbeat_every_s\":15,\"host\":\"\(String(cString: name))\","
+            + "\"pid\":\(p.processIdentifier),\"stale_after_s\":300,\"started\":\(now),\"token\":\"dead\"}\n"
+        try dead.write(toFile: out + "/" + RunFolderLock.fileName, atomically: true, encoding: .utf8)
+        let r = try encode(out)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("took over \(out)/\(RunFolderLock.fileName) from hgdpo encode, pid \(p.processIdentifier)"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/" + RunFolderLock.fileName), "released at the end")
+        XCTAssertNoThrow(try LatentCache.open(out))
+    }
+
     func testBadOptions() throws {
         let out = try temporaryDirectory(self) + "/cache"
         var r = try encode(out, ["--height", "36"])

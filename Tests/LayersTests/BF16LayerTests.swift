@@ -53,13 +53,13 @@ final class BF16LayerTests: XCTestCase {
                 bits.withUnsafeBufferPointer { wb in
                     workspace.withUnsafeMutableBufferPointer { wsp in
                         conv2dForward(out: &out, inp: x, weight: .bf16(wb.baseAddress!), bias: bias, B: b, Cin: cin, H: h, W: w,
-                                      Cout: cout, kernel: k, stride: s, padding: p, workspace: wsp.baseAddress!)
+                                      Cout: cout, kernel: k, stride: s, padding: Conv2DPadding(p), workspace: wsp.baseAddress!)
                         conv2dBackwardInput(dinp: &dx, dout: dy, weight: .bf16(wb.baseAddress!), B: b, Cin: cin, H: h, W: w,
-                                            Cout: cout, kernel: k, stride: s, padding: p, workspace: wsp.baseAddress!)
+                                            Cout: cout, kernel: k, stride: s, padding: Conv2DPadding(p), workspace: wsp.baseAddress!)
                         conv2dForward(out: &ref, inp: operand(x), weight: rounded, bias: bias, B: b, Cin: cin, H: h, W: w,
-                                      Cout: cout, kernel: k, stride: s, padding: p, workspace: wsp.baseAddress!)
+                                      Cout: cout, kernel: k, stride: s, padding: Conv2DPadding(p), workspace: wsp.baseAddress!)
                         conv2dBackwardInput(dinp: &dxRef, dout: operand(dy), weight: rounded, B: b, Cin: cin, H: h, W: w,
-                                            Cout: cout, kernel: k, stride: s, padding: p, workspace: wsp.baseAddress!)
+                                            Cout: cout, kernel: k, stride: s, padding: Conv2DPadding(p), workspace: wsp.baseAddress!)
                     }
                 }
                 assertScaled(out, ref, "\(path) conv case \(i) forward")

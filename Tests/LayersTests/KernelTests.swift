@@ -193,7 +193,7 @@ final class KernelTests: XCTestCase {
             for withBias in [true, false] {
                 let out = Buf(Array(repeating: Float.nan, count: B * Cout * Ho * Wo))  // forward must overwrite
                 conv2dForward(out: out.p, inp: xb.c, weight: wb.c, bias: withBias ? bb.c : nil, B: B, Cin: Cin, H: H,
-                              W: W, Cout: Cout, kernel: K, stride: s, padding: p, workspace: ws.p)
+                              W: W, Cout: Cout, kernel: K, stride: s, padding: Conv2DPadding(p), workspace: ws.p)
                 let expected = conv2dReference(x, w, withBias ? bias : nil, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
                                                K: K, s: s, p: p)
                 assertClose(out.doubles, expected, rtol: 1e-5, atol: 1e-5, label: label + " forward bias \(withBias)")
@@ -203,7 +203,7 @@ final class KernelTests: XCTestCase {
             }
             checkGradient(label + " dinp", expected: fd) {
                 conv2dBackwardInput(dinp: $0, dout: rb.c, weight: wb.c, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
-                                    kernel: K, stride: s, padding: p, workspace: ws.p)
+                                    kernel: K, stride: s, padding: Conv2DPadding(p), workspace: ws.p)
             }
         }
     }
@@ -224,13 +224,13 @@ final class KernelTests: XCTestCase {
             let ws = Buf(zeros: tileFloats), out = Buf(zeros: B * Cout * Ho * Wo)
             let xb = Buf(x), wb = Buf(w), bb = Buf(bias), rb = Buf(r)
             conv2dForward(out: out.p, inp: xb.c, weight: wb.c, bias: bb.c, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
-                          kernel: K, stride: s, padding: p, workspace: ws.p)
+                          kernel: K, stride: s, padding: Conv2DPadding(p), workspace: ws.p)
             let expected = conv2dReference(x, w, bias, B: B, Cin: Cin, H: H, W: W, Cout: Cout, K: K, s: s, p: p)
             assertClose(out.doubles, expected, rtol: 1e-4, atol: 1e-4, label: label + " forward")
             let adjoint = conv2dTransposeReference(r, w, B: B, Cin: Cin, H: H, W: W, Cout: Cout, K: K, s: s, p: p)
             checkGradient(label + " dinp", expected: adjoint) {
                 conv2dBackwardInput(dinp: $0, dout: rb.c, weight: wb.c, B: B, Cin: Cin, H: H, W: W, Cout: Cout,
-                                    kernel: K, stride: s, padding: p, workspace: ws.p)
+                                    kernel: K, stride: s, padding: Conv2DPadding(p), workspace: ws.p)
             }
         }
     }

@@ -42,6 +42,18 @@ final class SampleCommandTests: XCTestCase {
 
     /// An image depends on its seed only: the same seed in another batch position, batch size or run gives the same
     /// image (within one 8-bit level: batched GEMMs may round differently).
+    /// A prompt with markup, quotes, a line break and non-Latin-1 text is stored in the PNG as the characters it holds.
+    func testHostilePromptIsStoredAsText() throws {
+        let out = try temporaryDirectory(self) + "/out"
+        let prompt = "<script>alert(\"x\")</script> 'a' & \"b\"\nsecond line\tnaïve 🙂"
+        let r = try sample(["--prompt", prompt, "--negative-prompt", "</textarea>", "--out", out, "--seed", "3"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let (_, text) = try PNG.readBytesWithText(out + "/000000-seed3.png")
+        XCTAssertEqual(text["prompt"], prompt)
+        XCTAssertEqual(text["negative_prompt"], "</textarea>")
+        XCTAssertTrue(text["parameters"]?.hasPrefix(prompt + "\nNegative prompt: </textarea>\n") == true, text["parameters"] ?? "")
+    }
+
     func testImagesDoNotDependOnBatching() throws {
         let dir = try temporaryDirectory(self)
         XCTAssertEqual(try sample(["--prompt", "two people", "--out", dir + "/a", "--images-per-prompt", "2", "--batch", "2", "--seed", "7"]).status, 0)
@@ -112,7 +124,7 @@ final class SampleCommandTests: XCTestCase {
         try refuses(small + ["--prompt", "a", "--prompts", dir + "/p.txt", "--out", dir + "/x"], "either --prompt or --prompts")
         try refuses(small + ["--prompt", "a", "--out", dir + "/x", "--lan"], "it needs --lora")
         try refuses(small + ["--prompt", "a", "--out", dir + "/x", "--lora-scale", "0.5"], "--lora-scale needs --lora")
-        try refuses(["--model", model, "--prompt", "a", "--out", dir + "/x", "--height", "60"], "'--height': expected a multiple of 8")
+        try refuses(["--model", model, "--prompt", "a", "--out", dir + "/x", "--height", "60"], "512x60: width and height must be positive multiples of 8")
         try refuses(small + ["--prompt", "a", "--out", dir + "/x", "--scheduler", "pndm"], "expected one of")
         try refuses(small + ["--prompts", dir + "/missing.txt", "--out", dir + "/x"], "missing.txt")
         // A U-Net-only folder (what the trainer can use) cannot sample.

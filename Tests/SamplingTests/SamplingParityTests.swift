@@ -43,7 +43,7 @@ final class SamplingParityTests: XCTestCase {
         if scheduler == p.scheduler.kind.rawValue { return p }
         let recipe = SchedulerRecipe(kind: SchedulerKind(rawValue: scheduler)!, configJSON: p.scheduler.configJSON,
                                      source: p.scheduler.source)
-        return try TextToImagePipeline(unet: p.unet, vae: p.vae, scheduler: recipe, promptEncoder: p.promptEncoder)
+        return try TextToImagePipeline(unet: p.unet, latentSpace: p.latentSpace, scheduler: recipe, promptEncoder: p.promptEncoder)
     }
 
     func check(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {

@@ -121,6 +121,25 @@ final class UNetParityTests: XCTestCase {
         }
     }
 
+    /// Modules hold no state between calls: two training forwards (LoRA scales 1 and 0.5), then their backwards in
+    /// the other order, give each forward its own gradients, bit for bit as one forward followed by its backward.
+    func testInterleavedTrainingForwards() throws {
+        let f = try fixture("conv")
+        let m = try model(f, lora: "lora_diffusers.safetensors")
+        let dout = Buffer(try f.io.floats("loss_weights"))
+        func gradients(_ saved: UNetActivations) -> [Float] {
+            m.lora!.zeroGrad()
+            m.backward(dout, saved)
+            return m.lora!.grads.array
+        }
+        let one = gradients(try forwardTraining(m, f, scale: 1).saved)
+        let half = gradients(try forwardTraining(m, f, scale: 0.5).saved)
+        XCTAssertNotEqual(one, half)
+        let first = try forwardTraining(m, f, scale: 1).saved, second = try forwardTraining(m, f, scale: 0.5).saved
+        XCTAssertEqual(gradients(second), half, "the later forward's backward first")
+        XCTAssertEqual(gradients(first), one, "then the earlier forward's")
+    }
+
     func testLoRAFileFormats() throws {
         let f = try fixture("conv")
         let expected = try f.io.floats("output_lora_1")

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # run-all.sh — run the launch tests (real MPI, multi-host, Slurm, preemption and failure runs of `hgdpo train`).
 #
-# Usage: launch/tests/run-all.sh [TEST...]      (TEST: summary preempt failures multinode slurm report-browser; default all, in this order,
+# Usage: launch/tests/run-all.sh [TEST...]      (TEST: summary preempt failures lock killloop diskfull multinode slurm report-browser; default all, in this order,
 #                                               or the ones listed in HGDPO_LAUNCH_TESTS)
 #
 # Each test runs under `timeout -k 10 ${HGDPO_LAUNCH_TEST_TIMEOUT:-600}` (its own traps clean up on the SIGTERM),
 # prints PASS/FAIL/SKIP lines, and this script ends with "launch tests: N passed, M failed, K skipped, S s" and
-# exit status 1 if any check failed or a test did not finish. multinode, slurm and the node-loss cases of failures
+# exit status 1 if any check failed or a test did not finish. diskfull, multinode, slurm and the node-loss cases of failures
 # need root and the cluster tools (launch/install-deps.sh --with-cluster-tools); without them they print SKIP.
 # The binary: HGDPO_BIN, else .build/release/hgdpo, else .build/debug/hgdpo. HGDPO_TEST_KEEP=1 keeps temp dirs.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 tests=("$@")
-((${#tests[@]})) || read -r -a tests <<<"${HGDPO_LAUNCH_TESTS:-summary preempt failures multinode slurm report-browser}"
+((${#tests[@]})) || read -r -a tests <<<"${HGDPO_LAUNCH_TESTS:-summary preempt failures lock killloop diskfull multinode slurm report-browser}"
 limit="${HGDPO_LAUNCH_TEST_TIMEOUT:-600}"
 
 passed=0 failed=0 skipped=0
