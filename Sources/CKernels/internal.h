@@ -32,8 +32,6 @@ void hg_avx512_f32_to_bf16_emu(const float *s, uint16_t *d, size_t n);
 void hg_avx512_bf16_to_f32_emu(const uint16_t *s, float *d, size_t n);
 void hg_avx512_f32_round_bf16_emu(const float *s, float *d, size_t n);
 
-/// Runs fn(ctx, t) for t in 0..<n, t == 0 on the calling thread, the rest on fresh pthreads; returns when all end.
-void hg_parallel(int n, void (*fn)(void *ctx, int t), void *ctx);
 
 /// Per-thread scratch memory, reused across calls (a small free list guarded by a mutex). 64-byte aligned.
 void *hg_scratch_acquire(size_t bytes);

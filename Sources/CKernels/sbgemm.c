@@ -61,34 +61,6 @@ int hg_bf16_gemm_accelerated(void) { return hg_kernels_path() == HG_PATH_AVX512;
 
 // MARK: - Threads and scratch
 
-typedef struct {
-    void (*fn)(void *, int);
-    void *ctx;
-    int t;
-} hg_job;
-
-static void *job_main(void *p) {
-    hg_job *j = p;
-    j->fn(j->ctx, j->t);
-    return NULL;
-}
-
-void hg_parallel(int n, void (*fn)(void *ctx, int t), void *ctx) {
-    enum { MAXT = 256 };
-    if (n > MAXT) n = MAXT;
-    pthread_t tid[MAXT];
-    hg_job jobs[MAXT];
-    int started[MAXT];
-    for (int t = 1; t < n; t++) {
-        jobs[t] = (hg_job){fn, ctx, t};
-        started[t] = pthread_create(&tid[t], NULL, job_main, &jobs[t]) == 0;
-        if (!started[t]) fn(ctx, t);  // could not start a thread: do its share here
-    }
-    fn(ctx, 0);
-    for (int t = 1; t < n; t++)
-        if (started[t]) pthread_join(tid[t], NULL);
-}
-
 // Free list of scratch blocks. A block's size is stored in the 64 bytes before the pointer handed out.
 enum { SCRATCH_KEEP = 16 };
 static pthread_mutex_t g_scratch_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -134,8 +106,8 @@ void hg_scratch_release(void *p) {
     if (p) free((char *)p - 64);
 }
 
-// MARK: - Fallback: bf16 operands widened to fp32 K-block by K-block, cblas_sgemm on each block (OpenBLAS's
-// threads). An fp32 operand is passed to sgemm as it is (not rounded to bf16: faster and more accurate here).
+// MARK: - Fallback: bf16 operands widened to fp32 K-block by K-block, hg_sgemm on each block (rows split over the
+// pool of parallel.c). An fp32 operand is passed to sgemm as it is (not rounded to bf16: faster and more accurate here).
 
 // rows × cols block (element (r, c) at src[r*ld + c0 + c], bf16) -> dst (rows × cols, dense) as fp32.
 static void widen_block(const uint16_t *src, int ld, int rows, int cols, int c0, float *dst) {
@@ -184,8 +156,8 @@ static void gemm_fallback(const hg_gemm_args *g) {
         int lda, ldb;
         const float *a = operand_block(g->A, g->aBF16, g->lda, !g->transA, M, k0, kk, ta, &lda);
         const float *b = operand_block(g->B, g->bBF16, g->ldb, g->transB, N, k0, kk, tb, &ldb);
-        cblas_sgemm(CblasRowMajor, g->transA ? CblasTrans : CblasNoTrans, g->transB ? CblasTrans : CblasNoTrans,
-                    M, N, kk, g->alpha, a, lda, b, ldb, k0 == 0 ? g->beta : 1.0f, g->C, g->ldc);
+        hg_sgemm(g->transA, g->transB, M, N, kk, g->alpha, a, lda, b, ldb, k0 == 0 ? g->beta : 1.0f, g->C, g->ldc,
+                 g->threads);
     }
     hg_scratch_release(ta);
     hg_scratch_release(tb);

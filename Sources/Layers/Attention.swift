@@ -242,19 +242,16 @@ func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer
 
 /// Runs body(item, worker) for every item, `workers` at a time; worker ∈ 0..<workers picks its workspace slice.
 /// Items are handed out in order from a shared counter, so a worker slowed by another process takes fewer.
-/// With more than one worker OpenBLAS runs single-threaded inside (restored afterwards); with one, OpenBLAS
-/// keeps its threads.
+/// With more than one worker the GEMMs inside run single-threaded (a pool task's loops and GEMMs run serially);
+/// with one, they use the pool.
 @inline(__always)
 private func attentionParallel(items: Int, workers: Int, _ body: (Int, Int) -> Void) {
     guard workers > 1 else {
         for item in 0..<items { body(item, 0) }
         return
     }
-    let blasThreads = BLAS.threads
-    if blasThreads > 1 { BLAS.setThreads(1) }
-    defer { if blasThreads > 1 { BLAS.setThreads(blasThreads) } }
     let next = AttentionCounter()
-    DispatchQueue.concurrentPerform(iterations: workers) { worker in
+    Parallel.run(tasks: workers) { worker in
         while true {
             let item = next.take()
             if item >= items { break }

@@ -34,7 +34,7 @@ public enum BF16 {
         return path == nil || got == want
     }
 
-    /// Threads of the AVX512-BF16 GEMMs (the fallback uses OpenBLAS's threads: `BLAS.setThreads`).
+    /// Threads of the bf16 GEMMs (both paths split over the pool of CKernels/parallel.c).
     /// Default: `RuntimeOptions.threads` once installed, else the online CPUs.
     public static func setThreads(_ n: Int) { hg_kernels_set_threads(Int32(max(1, min(n, Int(Int32.max))))) }
     public static var threads: Int { Int(hg_kernels_get_threads()) }

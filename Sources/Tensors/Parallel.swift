@@ -1,7 +1,8 @@
 // Data parallelism for the non-GEMM kernels (norms, activations, im2col, transposes): a `parallelFor` over
-// independent items, typically batch × channels or a range of rows. GEMMs are threaded by OpenBLAS itself, so
-// never call BLAS from inside a `parallelFor` body.
-import Dispatch
+// independent items, typically batch × channels or a range of rows. Every loop, and every GEMM (`BLAS.sgemm` splits
+// the rows of C), runs on the one thread pool of CKernels/parallel.c; a loop started inside another loop's body runs
+// serially on its thread.
+import CKernels
 import Foundation
 
 public enum Parallel {
@@ -11,6 +12,19 @@ public enum Parallel {
 
     /// Loops whose total work (in elements touched) is below this run serially: waking workers costs a few µs.
     public static let minimumParallelWork = 1 << 15
+
+    /// Runs `body(t)` for every `t` in `0..<tasks` on the pool (the calling thread takes some) and returns when all
+    /// have ended. Tasks must be independent.
+    @inline(__always)
+    public static func run(tasks: Int, _ body: (Int) -> Void) {
+        withoutActuallyEscaping(body) { body in
+            withUnsafePointer(to: body) { p in
+                hg_parallel(Int32(clamping: tasks), { ctx, t in
+                    ctx!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(Int(t))
+                }, UnsafeMutableRawPointer(mutating: p))
+            }
+        }
+    }
 }
 
 /// Calls `body(i)` for every `i` in `0..<n`, split into `Parallel.threads` contiguous chunks run concurrently.
@@ -24,12 +38,10 @@ public func parallelFor(_ n: Int, work: Int = .max, _ body: (Int) -> Void) {
         for i in 0..<n { body(i) }
         return
     }
-    withoutActuallyEscaping(body) { body in
-        DispatchQueue.concurrentPerform(iterations: threads) { t in
-            // Chunk t covers [t·n/threads, (t+1)·n/threads): sizes differ by at most one.
-            let start = t * n / threads, end = (t + 1) * n / threads
-            for i in start..<end { body(i) }
-        }
+    Parallel.run(tasks: threads) { t in
+        // Chunk t covers [t·n/threads, (t+1)·n/threads): sizes differ by at most one.
+        let start = t * n / threads, end = (t + 1) * n / threads
+        for i in start..<end { body(i) }
     }
 }
 
@@ -41,9 +53,5 @@ public func parallelRanges(_ count: Int, grain: Int = Parallel.minimumParallelWo
     guard count > 0 else { return }
     let chunks = max(1, min(Parallel.threads, count / max(1, grain)))
     if chunks == 1 { body(0..<count); return }
-    withoutActuallyEscaping(body) { body in
-        DispatchQueue.concurrentPerform(iterations: chunks) { t in
-            body((t * count / chunks)..<((t + 1) * count / chunks))
-        }
-    }
+    Parallel.run(tasks: chunks) { t in body((t * count / chunks)..<((t + 1) * count / chunks)) }
 }

@@ -46,7 +46,7 @@ public struct RuntimeOptions: Sendable, Equatable {
     /// The options in force (set once by `install`, before kernels run).
     nonisolated(unsafe) public private(set) static var current = RuntimeOptions.defaults
 
-    /// Makes `options` the process's settings: threads of the element-wise loops and of the bf16 GEMMs, bf16 path.
+    /// Makes `options` the process's settings: threads of the one pool (loops and GEMMs) and of the bf16 GEMMs, bf16 path.
     public static func install(_ options: RuntimeOptions) {
         current = options
         Parallel.threads = options.threads

@@ -64,8 +64,8 @@ int hg_kernels_path(void);
 /// 1 if the GEMMs run on AVX512-BF16 (path HG_PATH_AVX512).
 int hg_bf16_gemm_accelerated(void);
 
-/// Threads the bf16 GEMMs use (the AVX512-BF16 path splits M or N over pthreads; the fallback uses OpenBLAS's
-/// own threads, set by BLAS.setThreads / openblas_set_num_threads). Default: $HGDPO_THREADS, else
+/// Threads the bf16 GEMMs use (the AVX512-BF16 path splits M or N, the fallback splits the rows of each fp32 block
+/// over the pool of hg_parallel). Default: $HGDPO_THREADS, else
 /// $OMP_NUM_THREADS, else the number of online CPUs. n < 1 means 1.
 void hg_kernels_set_threads(int n);
 int hg_kernels_get_threads(void);
@@ -103,6 +103,18 @@ void hg_gemm_f32_bf16w(int transA, int transB, int M, int N, int K, float alpha,
 ///   conv backward (data)         dcol[CKK,HW] = W[Cout,CKK]ᵀ · dy[Cout,HW] : transA=1, transB=0, A=W (lda = CKK)
 void hg_gemm_bf16w_f32(int transA, int transB, int M, int N, int K, float alpha,
                        const uint16_t *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+/// The thread pool (CKernels/parallel.c): runs fn(ctx, t) for t in 0..<n, on the calling thread and up to n − 1
+/// persistent workers, and returns when all have ended. Tasks must be independent. A call made from inside a task,
+/// or while another thread's call runs, runs its tasks one after the other on the calling thread.
+void hg_parallel(int n, void (*fn)(void *ctx, int t), void *ctx);
+/// The reference: fn(ctx, t) for t = 0, 1, …, n − 1 on the calling thread.
+void hg_parallel_serial(int n, void (*fn)(void *ctx, int t), void *ctx);
+/// Row-major C (M×N) = alpha · op(A) · op(B) + beta · C as cblas_sgemm, with OpenBLAS single-threaded on blocks of
+/// 16·k rows of C spread over up to `threads` tasks of hg_parallel (fewer, down to one, so that every block keeps
+/// over 2·10⁶ multiply-adds).
+/// Bit-identical to one cblas_sgemm call on OpenBLAS's own threads for the U-Net's shapes (TensorsTests).
+void hg_sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+              int ldb, float beta, float *C, int ldc, int threads);
 
 #ifdef __cplusplus
 }
