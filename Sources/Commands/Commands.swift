@@ -13,7 +13,8 @@ public enum Commands {
     public static let all: [CommandSpec] = [train, dataCheck, inspect, makeModel, makeCache, loraConvert, probeUNet,
                                             probeTextEncoder, probeVAEEncode, probeVAEDecode, probeScheduler, probeDPOLoss,
                                             probeMPI, benchStep, benchAllreduce, benchAttention, benchConv, encode, makeTriplets, sample, eval, report,
-                                            checkpointVerify, worldPrompts, worldRender, worldDataset, worldCheckScorer, worldMakeModel]
+                                            checkpointVerify, pool, score, select, worldPrompts, worldRender, worldDataset, worldCheckScorer,
+                                            worldMakeModel]
 
     public static let cli = CommandLineInterface(commands: all, version: version)
 

@@ -14,6 +14,15 @@ extension Commands {
     /// Every scorer kind, by the KIND word of a spec.
     static let scorerKinds: [String: ScorerKind] = [
         ToyHumanScorer.kind: ScorerKind(argument: nil) { ToyHumanScorer(name: $0.name) },
+        "clip": ScorerKind(argument: "a transformers CLIPModel folder: DIR[,weights=FILE][,output=logit|cosine][,batch=N]") { spec in
+            try CLIPScorer(name: spec.name, argument: spec.argument!)
+        },
+        "aesthetic": ScorerKind(argument: "the aesthetic MLP and a CLIP ViT-L/14 folder: FILE,clip=DIR[,batch=N]") { spec in
+            try AestheticScorer(name: spec.name, argument: spec.argument!)
+        },
+        "external": ScorerKind(argument: "a command speaking the JSON-lines protocol (docs/dataset.md): COMMAND[,timeout=S]") { spec in
+            try ExternalScorer(name: spec.name, argument: spec.argument!)
+        },
     ]
 
     static func makeScorer(_ text: String) throws -> any Scorer {

@@ -143,12 +143,12 @@ extension ByteImage {
     /// one, each rounded (+½, shift) and clamped to 8 bits. This is what torchvision's Resize does to the PIL images of
     /// diffusers' training scripts. Ref: Pillow src/libImaging/Resample.c (precompute_coeffs, normalize_coeffs_8bpc,
     /// ImagingResampleHorizontal_8bpc / Vertical_8bpc).
-    public func resizedLikePIL(width outW: Int, height outH: Int) -> ByteImage {
+    public func resizedLikePIL(width outW: Int, height outH: Int, filter: PILFilter = .bilinear) -> ByteImage {
         precondition(outW > 0 && outH > 0, "ByteImage.resizedLikePIL: size \(outW)x\(outH)")
         let C = channels
         var current = self
         if outW != width {
-            let taps = PILTaps(input: width, output: outW)
+            let taps = PILTaps(input: width, output: outW, filter: filter)
             var out = [UInt8](repeating: 0, count: height * outW * C)
             current.pixels.withUnsafeBufferPointer { src in
                 for y in 0..<height {
@@ -160,7 +160,7 @@ extension ByteImage {
             current = ByteImage(unchecked: outW, height: height, channels: C, pixels: out)
         }
         if outH != height {
-            let taps = PILTaps(input: height, output: outH)
+            let taps = PILTaps(input: height, output: outH, filter: filter)
             var out = [UInt8](repeating: 0, count: outH * outW * C)
             current.pixels.withUnsafeBufferPointer { src in
                 for y in 0..<outH {
@@ -185,17 +185,37 @@ extension ByteImage {
     }
 }
 
-/// Pillow's bilinear coefficients for one axis, in 8-bit fixed point.
+/// Pillow's resampling filters: `Image.BILINEAR` (triangle, support 1) and `Image.BICUBIC` (Keys cubic with a = −0.5,
+/// support 2; what CLIPImageProcessor and open_clip's Resize use). Ref: Pillow src/libImaging/Resample.c.
+public enum PILFilter: Sendable {
+    case bilinear, bicubic
+
+    var support: Double { self == .bilinear ? 1 : 2 }
+
+    func weight(_ x: Double) -> Double {
+        let x = abs(x)
+        switch self {
+        case .bilinear: return x < 1 ? 1 - x : 0
+        case .bicubic:
+            let a = -0.5
+            if x < 1 { return ((a + 2) * x - (a + 3)) * x * x + 1 }
+            if x < 2 { return (((x - 5) * x + 8) * x - 4) * a }
+            return 0
+        }
+    }
+}
+
+/// Pillow's coefficients for one axis, in 8-bit fixed point.
 struct PILTaps {
     static let precisionBits = 32 - 8 - 2
     let start: [Int], count: [Int]
     let weights: [Int32]   // (output, maxTaps)
     let maxTaps: Int
 
-    init(input: Int, output: Int) {
+    init(input: Int, output: Int, filter: PILFilter) {
         let scale = Double(input) / Double(output)
         let filterScale = max(scale, 1)
-        let support = 1.0 * filterScale   // bilinear_filter's support is 1
+        let support = filter.support * filterScale
         maxTaps = Int(support.rounded(.up)) * 2 + 1
         var start = [Int](repeating: 0, count: output), count = start
         var weights = [Int32](repeating: 0, count: output * maxTaps)
@@ -207,8 +227,7 @@ struct PILTaps {
             let n = min(Int(center + support + 0.5), input) - xmin
             var ww = 0.0
             for x in 0..<n {
-                let t = abs((Double(x + xmin) - center + 0.5) * ss)
-                k[x] = t < 1 ? 1 - t : 0
+                k[x] = filter.weight((Double(x + xmin) - center + 0.5) * ss)
                 ww += k[x]
             }
             for x in 0..<n {
