@@ -31,7 +31,7 @@ while (($#)); do
     --seed) seed=$2; shift ;;
     --out) work=$2; shift ;;
     --steps) steps=$2; shift ;;
-    --model) model=$(cd "$2" && pwd); shift ;;
+    --model) model=$2; shift ;;
     --no-build) build=0 ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "demo.sh: unknown option: $1" >&2; exit 2 ;;
@@ -39,7 +39,8 @@ while (($#)); do
   shift
 done
 [[ $seed =~ ^[0-9]+$ && $steps =~ ^[1-9][0-9]*$ ]] || { echo "demo.sh: --seed and --steps take whole numbers" >&2; exit 2; }
-[[ -f $model/unet/diffusion_pytorch_model.safetensors ]] || { echo "demo.sh: the toy model $model is missing (launch/toy/build-model.sh builds it)" >&2; exit 2; }
+[[ -f $model/unet/diffusion_pytorch_model.safetensors ]] || { echo "demo.sh: no U-Net weights in $model/unet (launch/toy/build-model.sh builds models/toy)" >&2; exit 2; }
+model=$(cd "$model" && pwd)
 
 start=$SECONDS
 stage() { printf '\n== [%s] %s  (%d s)\n' "$1" "$2" $((SECONDS - start)); }
