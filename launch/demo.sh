@@ -11,6 +11,7 @@
 #     4. select       winner = best, loser = worst of each prompt's pool
 #     5. encode       the triplets into a latent cache (pixel space: the image in [-1, 1])
 #     6. HG-DPO       LoRA, 4 MPI ranks × local batch 4 = global batch 16, Diffusion-DPO + statistic matching
+#                     (λ_stat 1e4 over a 50-step sampler step, --stat-inference-steps 50: docs/calibration.md)
 #     7. DPO          the same without statistic matching (--objective dpo), the comparison
 #     8. eval         both LoRAs against the SFT model on the held-out prompts: toy-human win rates with 95 %
 #                     intervals, HSV colour shift, latent channel statistics, grids
@@ -81,7 +82,7 @@ stage 5/9 "encode"
 train=(hgdpo train --model "$model" --data "$work/cache" --global-batch 16 --local-batch 4 --max-steps "$steps"
        --lr 5e-4 --lora-rank 8 --lora-alpha 8 --checkpoint-every "$steps" --seed "$seed" --log-every 10)
 stage 6/9 "HG-DPO: 4 ranks × local batch 4 = global batch 16, $steps steps"
-run 4 "${train[@]}" --objective hgdpo --out "$work/hgdpo"
+run 4 "${train[@]}" --objective hgdpo --stat-inference-steps 50 --out "$work/hgdpo"
 stage 7/9 "DPO without statistic matching (the comparison): $steps steps"
 run 4 "${train[@]}" --objective dpo --out "$work/dpo"
 
