@@ -1,45 +1,104 @@
 #!/usr/bin/env bash
-# demo.sh — install what is missing, build in release mode, and run the main job, HG-DPO training on MPI ranks,
-# end to end on this machine.
+# demo.sh — HG-DPO end to end on the toy human world (docs/toyworld.md), with the real commands, in minutes on a CPU.
 #
-# Usage: launch/demo.sh [NP]     (NP ranks on this machine, default 2)
+# Usage: launch/demo.sh [--seed S] [--out DIR] [--steps N] [--model DIR] [--no-build]
 #
-# Until the embedded default world exists (the toy world issue), the job runs on what can be made here: a random-weight
-# Stable Diffusion pipeline of the `tiny` shape and a triplet dataset of random images. It checks the MPI collectives,
-# encodes the dataset into a latent cache on the ranks (VAE + CLIP text encoder), trains 8 steps (global batch 8) with
-# a checkpoint every 2, resumes from the last one, and shows the LoRA it wrote.
+#   On a fresh Debian 12 it installs what is missing (launch/install-deps.sh), builds in release mode, then, with the
+#   shipped toy SFT model models/toy (launch/toy/build-model.sh rebuilds it):
+#     1. prompts      hgdpo world prompts: 64 training prompts, 32 held-out prompts (descriptions never trained on)
+#     2. pool         8 images per prompt (DDIM 20, no CFG), sharded over the ranks
+#     3. score        the toy-human preference scorer (anatomy, pose, prompt attributes; from the pixels alone)
+#     4. select       winner = best, loser = worst of each prompt's pool
+#     5. encode       the triplets into a latent cache (pixel space: the image in [-1, 1])
+#     6. HG-DPO       LoRA, 4 MPI ranks × local batch 4 = global batch 16, Diffusion-DPO + statistic matching
+#                     (λ_stat 1e4 over a 50-step sampler step, --stat-inference-steps 50: docs/calibration.md)
+#     7. DPO          the same without statistic matching (--objective dpo), the comparison
+#     8. eval         both LoRAs against the SFT model on the held-out prompts: toy-human win rates with 95 %
+#                     intervals, HSV colour shift, latent channel statistics, grids
+#     9. report       one HTML page (training curves of both runs' metrics, both evaluations); its path is printed
+#   --seed S    seed of the prompts, the pool, training and evaluation (default 0): the same seed gives the same tables
+#   --out DIR   work folder (default runs/demo; emptied first)
+#   --steps N   training steps of each run (default 200)
+#   --model DIR the SFT pipeline (default models/toy)
+#   --no-build  use the existing .build/release/hgdpo (or $HGDPO_BIN)
+#   HGDPO_DEMO_RANKS  sampling/scoring ranks (default: the number of cores, at most 4)
+# Budget: ≤ 10 minutes wall on 2 free cores, the release build included (docs/toyworld.md has the timings).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-np=${1:-2}
+seed=0 work="$root/runs/demo" steps=200 build=1 model="$root/models/toy"
+while (($#)); do
+  case "$1" in
+    --seed) seed=$2; shift ;;
+    --out) work=$2; shift ;;
+    --steps) steps=$2; shift ;;
+    --model) model=$2; shift ;;
+    --no-build) build=0 ;;
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "demo.sh: unknown option: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ $seed =~ ^[0-9]+$ && $steps =~ ^[1-9][0-9]*$ ]] || { echo "demo.sh: --seed and --steps take whole numbers" >&2; exit 2; }
+[[ -f $model/unet/diffusion_pytorch_model.safetensors ]] || { echo "demo.sh: no U-Net weights in $model/unet (launch/toy/build-model.sh builds models/toy)" >&2; exit 2; }
+model=$(cd "$model" && pwd)
 
-"$root/launch/install-deps.sh"
-[[ -d /opt/swift/usr/bin && ":$PATH:" != *":/opt/swift/usr/bin:"* ]] && export PATH="/opt/swift/usr/bin:$PATH"
-echo "== swift build -c release"
-swift build -c release
-export HGDPO_BIN="$root/.build/release/hgdpo"
-work=${HGDPO_DEMO_DIR:-$root/runs/demo}
+start=$SECONDS
+stage() { printf '\n== [%s] %s  (%d s)\n' "$1" "$2" $((SECONDS - start)); }
+
+if ((build)); then
+  stage 0/9 "install what is missing, build in release mode"
+  "$root/launch/install-deps.sh"
+  [[ -d /opt/swift/usr/bin && ":$PATH:" != *":/opt/swift/usr/bin:"* ]] && export PATH="/opt/swift/usr/bin:$PATH"
+  swift build -c release
+fi
+export HGDPO_BIN=${HGDPO_BIN:-$root/.build/release/hgdpo}
+hgdpo=$HGDPO_BIN
+cores=$(nproc)
+ranks=${HGDPO_DEMO_RANKS:-$((cores < 4 ? cores : 4))}
+run() { "$root/launch/local.sh" "$@"; }
+
 rm -rf "$work"
 mkdir -p "$work"
+sample=(--steps 20 --scheduler ddim --guidance 1 --height 32 --width 32)
 
-echo "== $np ranks: hgdpo probe mpi"
-"$root/launch/local.sh" --timeout 300 "$np" hgdpo probe mpi
+stage 1/9 "prompts: 64 training, 32 held-out"
+"$hgdpo" world prompts --count 64 --split train --seed "$seed" --out "$work/train-prompts.txt"
+"$hgdpo" world prompts --count 32 --split heldout --seed "$seed" --out "$work/heldout-prompts.txt"
 
-echo "== a random-weight pipeline (tiny: U-Net, CLIP text encoder and tokenizer, VAE) and 64 triplets of random 96x80 images"
-"$HGDPO_BIN" make-model --shape tiny --out "$work/model"
-"$HGDPO_BIN" make-triplets --count 64 --width 96 --height 80 --out "$work/triplets"
+stage 2/9 "pool: 64 prompts × 8 images on $ranks ranks"
+run "$ranks" hgdpo pool --model "$model" --prompts "$work/train-prompts.txt" --images-per-prompt 8 --batch 8 \
+  "${sample[@]}" --seed "$seed" --out "$work/pool"
 
-echo "== $np ranks: hgdpo encode (resize and crop to 64x64, VAE latents 4x8x8, prompt embeddings 77x32)"
-"$root/launch/local.sh" --timeout 600 "$np" hgdpo encode --model "$work/model" --data "$work/triplets" --out "$work/cache" \
-  --resolution 64 --shard-size 16
+stage 3/9 "score: toy-human"
+run "$ranks" hgdpo score --pool "$work/pool" --scorer toy=toy-human
 
-echo "== $np ranks: hgdpo train (6 steps, then resume to 8)"
-train=(hgdpo train --model "$work/model" --data "$work/cache" --out "$work/run" --global-batch 8 --local-batch 2
-       --lr 1e-4 --checkpoint-every 2 --seed 1)
-"$root/launch/local.sh" --timeout 900 "$np" "${train[@]}" --max-steps 6
-"$root/launch/local.sh" --timeout 900 "$np" "${train[@]}" --max-steps 8 --resume auto
+stage 4/9 "select: best and worst of each prompt"
+"$hgdpo" select --pool "$work/pool" --by toy --out "$work/triplets"
 
-echo "== the trained LoRA, in the format diffusers loads (load_lora_weights)"
-"$HGDPO_BIN" inspect "$work/run/step-000008/pytorch_lora_weights.safetensors" | head -c 300; echo " …"
-tail -n 2 "$work/run/metrics.jsonl"
-echo "demo: done — run folder $work/run (metrics.jsonl, config.json, step-*/)"
+stage 5/9 "encode"
+"$hgdpo" encode --model "$model" --data "$work/triplets" --out "$work/cache" --resolution 32
+
+train=(hgdpo train --model "$model" --data "$work/cache" --global-batch 16 --local-batch 4 --max-steps "$steps"
+       --lr 5e-4 --lora-rank 8 --lora-alpha 8 --checkpoint-every "$steps" --seed "$seed" --log-every 10)
+stage 6/9 "HG-DPO: 4 ranks × local batch 4 = global batch 16, $steps steps"
+run 4 "${train[@]}" --objective hgdpo --stat-inference-steps 50 --out "$work/hgdpo"
+stage 7/9 "DPO without statistic matching (the comparison): $steps steps"
+run 4 "${train[@]}" --objective dpo --out "$work/dpo"
+
+stage 8/9 "eval on the held-out prompts against the SFT model"
+last=$(printf 'step-%06d' "$steps")
+for kind in hgdpo dpo; do
+  echo "-- $kind"
+  run "$ranks" hgdpo eval --model "$model" --lora "$work/$kind/$last/pytorch_lora_weights.safetensors" --lora-scale 1 \
+    --prompts "$work/heldout-prompts.txt" --images-per-prompt 4 --batch 4 "${sample[@]}" --seed "$((seed + 1000))" \
+    --scorer toy=toy-human --bootstrap-resamples 2000 --out "$work/eval-$kind"
+done
+
+stage 9/9 "report"
+"$hgdpo" report "$work/hgdpo" --eval "$work/eval-hgdpo" --eval "$work/eval-dpo" --out "$work/report.html"
+for kind in hgdpo dpo; do
+  echo "-- $kind vs SFT ($work/eval-$kind/report.md)"
+  sed -n '1,40p' "$work/eval-$kind/report.md"
+done
+printf '\ndemo: done in %d s. Report: %s\n' $((SECONDS - start)) "$work/report.html"
