@@ -138,7 +138,7 @@ public struct CommandSpec: Sendable {
             }
             guard let spec = option(name) else {
                 throw CLIError.unknownOption(command: self.name, option: name,
-                                             suggestion: closest(name, among: options.map(\.name)))
+                                             suggestion: closestMatch(name, among: options.map(\.name)))
             }
             if spec.isFlag {
                 if let inline {
@@ -261,7 +261,7 @@ public struct CommandLineInterface: Sendable {
                               + ["", "Run 'hgdpo <command> --help' for a command's arguments and options."]).joined(separator: "\n"))
             }
             let typed = group.isEmpty ? args[0] : args.prefix(2).joined(separator: " ")
-            throw CLIError.unknownCommand(typed, suggestion: closest(typed, among: commands.map(\.name) + commands.map { $0.words[0] }))
+            throw CLIError.unknownCommand(typed, suggestion: closestMatch(typed, among: commands.map(\.name) + commands.map { $0.words[0] }))
         }
         let rest = Array(args.dropFirst(command.words.count))
         if rest.contains("--help") || rest.contains("-h") { return .help(command.help) }
@@ -276,19 +276,3 @@ extension String {
     func replacingUnderscores() -> String { String(filter { $0 != "_" }) }
 }
 
-/// The candidate nearest by edit distance, if near enough to be a likely typo.
-func closest(_ word: String, among candidates: [String]) -> String? {
-    func distance(_ a: [Character], _ b: [Character]) -> Int {
-        var prev = Array(0...b.count)
-        for (i, ca) in a.enumerated() {
-            var cur = [i + 1] + Array(repeating: 0, count: b.count)
-            for (j, cb) in b.enumerated() { cur[j + 1] = min(prev[j + 1] + 1, cur[j] + 1, prev[j] + (ca == cb ? 0 : 1)) }
-            prev = cur
-        }
-        return prev[b.count]
-    }
-    let w = Array(word)
-    let best = candidates.map { ($0, distance(w, Array($0))) }.min { $0.1 < $1.1 }
-    guard let best, best.1 <= max(2, word.count / 3) else { return nil }
-    return best.0
-}
