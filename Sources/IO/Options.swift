@@ -25,9 +25,36 @@ public enum OptionError: Error, CustomStringConvertible, Equatable, UserInputErr
     }
 }
 
-/// A config file's value as decoded (JSON, or flat YAML turned into JSON), before it is checked against its option.
-public indirect enum ConfigJSON: Decodable, Equatable {
+/// A config file's value as decoded (JSON, or flat YAML turned into JSON), before it is checked against its option;
+/// numbers keep their integer or float kind (the scheduler's config overrides are merged through it too).
+public indirect enum ConfigJSON: Codable, Equatable {
     case null, bool(Bool), int(Int), double(Double), string(String), array([ConfigJSON]), object([String: ConfigJSON])
+
+    /// From a JSONSerialization-style value (Bool, Int, Double, String, arrays, dictionaries; anything else is null).
+    public init(_ v: Any) {
+        switch v {
+        case let b as Bool: self = .bool(b)
+        case let i as Int: self = .int(i)
+        case let d as Double: self = .double(d)
+        case let s as String: self = .string(s)
+        case let a as [Any]: self = .array(a.map(ConfigJSON.init))
+        case let o as [String: Any]: self = .object(o.mapValues(ConfigJSON.init))
+        default: self = .null
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .null: try c.encodeNil()
+        case .bool(let b): try c.encode(b)
+        case .int(let i): try c.encode(i)
+        case .double(let d): try c.encode(d)
+        case .string(let s): try c.encode(s)
+        case .array(let a): try c.encode(a)
+        case .object(let o): try c.encode(o)
+        }
+    }
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.singleValueContainer()

@@ -127,10 +127,10 @@ public enum SchedulerKind: String, CaseIterable, Sendable {
         var data = data
         guard isUTF8(data) else { throw SchedulerError("\(source): not UTF-8 text") }
         if !overrides.isEmpty {
-            guard var object = try? configDecoder().decode([String: ConfigValue].self, from: data) else {
+            guard var object = try? configDecoder().decode([String: ConfigJSON].self, from: data) else {
                 throw SchedulerError("\(source): not valid JSON: expected an object")
             }
-            for (k, v) in overrides { object[k] = ConfigValue(v) }
+            for (k, v) in overrides { object[k] = ConfigJSON(v) }
             data = try configEncoder().encode(object)
         }
         func decode<T: Decodable>(_ t: T.Type) throws -> T {
@@ -173,46 +173,6 @@ func configEncoder() -> JSONEncoder {
     return e
 }
 
-/// Any JSON value of a config, to merge overrides into (numbers keep their integer or float kind).
-private enum ConfigValue: Codable {
-    case null, bool(Bool), int(Int), double(Double), string(String), array([ConfigValue]), object([String: ConfigValue])
-
-    init(_ v: Any) {
-        switch v {
-        case let b as Bool: self = .bool(b)
-        case let i as Int: self = .int(i)
-        case let d as Double: self = .double(d)
-        case let s as String: self = .string(s)
-        case let a as [Any]: self = .array(a.map(ConfigValue.init))
-        case let o as [String: Any]: self = .object(o.mapValues(ConfigValue.init))
-        default: self = .null
-        }
-    }
-
-    init(from decoder: Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        if c.decodeNil() { self = .null }
-        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
-        else if let i = try? c.decode(Int.self) { self = .int(i) }
-        else if let d = try? c.decode(Double.self) { self = .double(d) }
-        else if let s = try? c.decode(String.self) { self = .string(s) }
-        else if let a = try? c.decode([ConfigValue].self) { self = .array(a) }
-        else { self = .object(try c.decode([String: ConfigValue].self)) }
-    }
-
-    func encode(to encoder: Encoder) throws {
-        var c = encoder.singleValueContainer()
-        switch self {
-        case .null: try c.encodeNil()
-        case .bool(let b): try c.encode(b)
-        case .int(let i): try c.encode(i)
-        case .double(let d): try c.encode(d)
-        case .string(let s): try c.encode(s)
-        case .array(let a): try c.encode(a)
-        case .object(let o): try c.encode(o)
-        }
-    }
-}
 
 func describe(_ e: DecodingError) -> String {
     switch e {
