@@ -5,8 +5,8 @@
 #
 #   On a fresh Debian 12 it installs what is missing (launch/install-deps.sh), builds in release mode, then, with the
 #   shipped toy SFT model models/toy (launch/toy/build-model.sh rebuilds it):
-#     1. prompts      hgdpo world prompts: 64 training prompts, 32 held-out prompts (descriptions never trained on)
-#     2. pool         8 images per prompt (DDIM 20, no CFG), sharded over the ranks
+#     1. prompts      hgdpo world prompts: 128 training prompts, 32 held-out prompts (descriptions never trained on)
+#     2. pool         8 images per prompt (DDPM 20, clipped x̂₀, no CFG), sharded over the ranks
 #     3. score        the toy-human preference scorer (anatomy, pose, prompt attributes; from the pixels alone)
 #     4. select       winner = best, loser = worst of each prompt's pool
 #     5. encode       the triplets into a latent cache (pixel space: the image in [-1, 1])
@@ -60,13 +60,13 @@ run() { "$root/launch/local.sh" "$@"; }
 
 rm -rf "$work"
 mkdir -p "$work"
-sample=(--steps 20 --scheduler ddim --guidance 1 --height 32 --width 32)
+sample=(--steps 20 --scheduler ddpm --guidance 1 --height 32 --width 32)
 
-stage 1/9 "prompts: 64 training, 32 held-out"
-"$hgdpo" world prompts --count 64 --split train --seed "$seed" --out "$work/train-prompts.txt"
+stage 1/9 "prompts: 128 training, 32 held-out"
+"$hgdpo" world prompts --count 128 --split train --seed "$seed" --out "$work/train-prompts.txt"
 "$hgdpo" world prompts --count 32 --split heldout --seed "$seed" --out "$work/heldout-prompts.txt"
 
-stage 2/9 "pool: 64 prompts × 8 images on $ranks ranks"
+stage 2/9 "pool: 128 prompts × 8 images on $ranks ranks"
 run "$ranks" hgdpo pool --model "$model" --prompts "$work/train-prompts.txt" --images-per-prompt 8 --batch 8 \
   "${sample[@]}" --seed "$seed" --out "$work/pool"
 
@@ -80,7 +80,7 @@ stage 5/9 "encode"
 "$hgdpo" encode --model "$model" --data "$work/triplets" --out "$work/cache" --resolution 32
 
 train=(hgdpo train --model "$model" --data "$work/cache" --global-batch 16 --local-batch 4 --max-steps "$steps"
-       --lr 5e-4 --lora-rank 8 --lora-alpha 8 --checkpoint-every "$steps" --seed "$seed" --log-every 10)
+       --lr 1e-3 --lora-rank 8 --lora-alpha 8 --checkpoint-every "$steps" --seed "$seed" --log-every 10)
 stage 6/9 "HG-DPO: 4 ranks × local batch 4 = global batch 16, $steps steps"
 run 4 "${train[@]}" --objective hgdpo --stat-inference-steps 50 --out "$work/hgdpo"
 stage 7/9 "DPO without statistic matching (the comparison): $steps steps"
