@@ -16,8 +16,9 @@
 #   --count N    SFT images rendered (default 8192)
 #   --ranks R    MPI ranks (default: the number of cores, at most 4)
 #   --seed S     seed of the model init, the data and training (default 0)
-# Cost: steps 1–2 take seconds; step 3 is ≈ 19 CPU-ms per image (forward + backward of every weight), so the
-# defaults (600 × 64 = 38,400 images) take ≈ 12 CPU-minutes: ≈ 6 minutes on 2 free cores (docs/toyworld.md).
+# Cost: steps 1–2 take seconds; step 3 is ≈ 16 CPU-ms per image (forward + backward of every weight): the defaults
+# (600 × 64 = 38,400 images) took 10.4 CPU-minutes (13.5 min wall on a shared 2-core machine at load 5–8), so
+# ≈ 5–6 minutes on 2 free cores. With the defaults it rebuilds the shipped models/toy/unet bit for bit.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
