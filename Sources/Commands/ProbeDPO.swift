@@ -24,7 +24,8 @@ extension Commands {
             .value("--objective", "NAME", "hgdpo, dpo or sft", default: "hgdpo", choices: ["hgdpo", "dpo", "sft"]),
             .value("--beta", "B", "Diffusion-DPO beta", default: "2500"),
             .value("--stat-weight", "L", "Statistic-matching weight", default: "10000"),
-            .value("--stat-inference-steps", "N", "Statistic step from t to t - T/N (default: t to t-1)"),
+            .value("--stat-inference-steps", "N", "Statistic step from t to t - T/N, as hgdpo train (N = T: one DDPM step, t to t-1)",
+                   default: "50"),
             .value("--threads", "N", "Compute threads"),
         ]
     ) { args in
@@ -60,7 +61,7 @@ extension Commands {
         guard ws[1] == model.spec.inChannels, cs[2] == model.spec.crossAttentionDim else {
             throw CLIError.invalid("\(inputPath): \(ws[1]) latent channels / context width \(cs[2]) do not fit the U-Net (\(model.spec.inChannels), \(model.spec.crossAttentionDim))")
         }
-        let stride = try args.int("--stat-inference-steps", in: 1...schedule.trainTimesteps).map { schedule.trainTimesteps / $0 } ?? 1
+        let stride = schedule.trainTimesteps / (try args.int("--stat-inference-steps", in: 1...schedule.trainTimesteps)!)
         let objective = Objective(kind: ObjectiveKind(rawValue: args.string("--objective")!)!, beta: Float(try args.double("--beta")!),
                                   statWeight: Float(try args.double("--stat-weight")!), statStride: stride)
         model.lora!.zeroGrad()

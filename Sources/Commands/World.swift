@@ -232,7 +232,8 @@ extension Commands {
             unet/ (in/out 3 channels, --channels per level, ResNet blocks only except cross-attention at the lowest
             level and in the middle), text_encoder/ (a CLIPTextModel, --text-width wide, frozen random weights as
             transformers initialises them), tokenizer/ (bytes plus one token per grammar word, --max-tokens long) and
-            scheduler/ (DDPM, linear betas 1e-4 ... 0.02 over 1000 steps, as pixel-space DDPM).
+            scheduler/ (DDPM, linear betas 1e-4 ... 0.02 over 1000 steps and clip_sample, as pixel-space DDPM: the
+            DDPM and DDIM samplers clip the predicted image to [-1, 1] at every step).
             """,
         options: [
             .value("--out", "DIR", "Folder to create (must not exist)", required: true),
@@ -266,9 +267,9 @@ extension Commands {
         unet.blockOutChannels = channels
         unet.downBlockTypes = Array(repeating: "DownBlock2D", count: channels.count - 1) + ["CrossAttnDownBlock2D"]
         unet.upBlockTypes = ["CrossAttnUpBlock2D"] + Array(repeating: "UpBlock2D", count: channels.count - 1)
-        unet.layersPerBlock = .int(try args.int("--layers", in: 1...8)!)
-        unet.crossAttentionDim = .int(width)
-        unet.attentionHeadDim = .int(channels.last! / 16)   // heads of 16 channels
+        unet.layersPerBlock = .one(try args.int("--layers", in: 1...8)!)
+        unet.crossAttentionDim = .one(width)
+        unet.attentionHeadDim = .one(channels.last! / 16)   // heads of 16 channels
         unet.normNumGroups = 8
         let model = UNetModel(spec: try UNetSpec(unet))
         model.randomizeWeights(seed: seed)
@@ -286,7 +287,7 @@ extension Commands {
         let encoder = try CLIPTextModel(config: text)
         encoder.initializeAsTransformers(seed: seed &+ 1)
         try writePipeline(model: model, textEncoder: encoder, vocabulary: vocabulary,
-                          schedulerOverrides: ["beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02], to: out)
+                          schedulerOverrides: ["beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "clip_sample": true], to: out)
         print(JSONValue.object([("out", .string(out)), ("params", .int(model.weights.table.count)),
                                 ("text_encoder_params", .int(encoder.weights.table.count)), ("vocabulary", .int(vocabulary.size))]).serialized())
     }

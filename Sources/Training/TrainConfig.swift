@@ -37,8 +37,9 @@ public struct TrainConfig: Sendable, Equatable {
     /// −½·β: its β 5000 is this 2500).
     public var beta: Double = 2500
     public var statWeight: Double = 10000
-    /// The statistic term's sampler step: nil = one DDPM step (t → t−1); N gives a stride of T/N (e.g. 50 → t to t−20).
-    public var statInferenceSteps: Int?
+    /// The statistic term's sampler step: t → t − T/N. 50 (a 50-step sampler's step, t → t−20 for T = 1000) is where
+    /// the paper's λ_stat = 1e4 acts with a pull of the order of DPO's (docs/calibration.md); N = T is one DDPM step.
+    public var statInferenceSteps = 50
     public var loraRank = 8
     public var loraAlpha: Double = 8
     public var lr: Double = 1e-5
@@ -101,7 +102,8 @@ public struct TrainConfig: Sendable, Equatable {
         .value("beta", \.beta, "B", "Diffusion-DPO β (paper Eq. 3: inside = β·(Δref − Δθ); Salesforce's β is twice this)", range: 0...1e9),
         .value("stat_weight", \.statWeight, "L", "Statistic-matching weight λ_stat (hgdpo only)", range: 0...1e15),
         .value("stat_inference_steps", \.statInferenceSteps, "N",
-               "Sampler steps for the statistic term's step: t to t − T/N (default: one DDPM step, t to t−1)", range: 1...100_000),
+               "The statistic term's step is an N-step sampler's: t to t − T/N (50: t to t−20 at T = 1000, where λ_stat 1e4 acts, docs/calibration.md; N = T: one DDPM step)",
+               range: 1...100_000),
         .value("lora_rank", \.loraRank, "R", "LoRA rank", range: 1...4096),
         .value("lora_alpha", \.loraAlpha, "A", "LoRA alpha", range: 1e-6...1e6),
         .value("lr", \.lr, "LR", "Learning rate", range: 0...10),

@@ -77,13 +77,11 @@ public final class Trainer {
         reference = full && c.objective != .sft ? try UNetModel.load(folder: unetFolder, variant: c.variant) : nil
         if full { model.enableWeightGradients() }
         model.gradientCheckpointing = c.gradientCheckpointing
-        let stride: Int
-        if let n = c.statInferenceSteps {
-            guard n > 0, n <= schedule.trainTimesteps else {
-                throw TrainInputError("--stat-inference-steps must be in 1...\(schedule.trainTimesteps), is \(n)")
-            }
-            stride = schedule.trainTimesteps / n
-        } else { stride = 1 }
+        guard c.statInferenceSteps <= schedule.trainTimesteps else {
+            throw TrainInputError("--stat-inference-steps must be in 1...\(schedule.trainTimesteps) (the scheduler's "
+                                  + "num_train_timesteps), is \(c.statInferenceSteps)")
+        }
+        let stride = schedule.trainTimesteps / c.statInferenceSteps
         objective = Objective(kind: c.objective, beta: Float(c.beta), statWeight: Float(c.statWeight), statStride: stride)
         divergenceGuard = DivergenceGuard(mseRatio: c.divergenceMSERatio, margin: c.divergenceMargin, patience: c.divergencePatience,
                                           active: c.objective != .sft)

@@ -163,7 +163,8 @@ final class ProbeCommandTests: XCTestCase {
         let fixture = repoRoot + "/Tests/TrainingTests/Fixtures/dpo_loss.safetensors"
         let dir = try temporaryDirectory(self)
         let r = try hgdpo(["probe", "dpo-loss", "--model", unet, "--lora", unet + "/lora_diffusers.safetensors", "--input", fixture,
-                           "--out", dir + "/g.safetensors", "--beta", "2500", "--stat-weight", "10000"])
+                           "--out", dir + "/g.safetensors", "--beta", "2500", "--stat-weight", "10000",
+                           "--stat-inference-steps", "1000"])   // one DDPM step: the fixture's "both" setting
         XCTAssertEqual(r.status, 0, r.stderr)
         let out = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Double]
         let ref = try SafeTensorsFile(path: fixture)
@@ -177,6 +178,15 @@ final class ProbeCommandTests: XCTestCase {
         let g = try grads.floats(name)
         let e = try ref.floats("both.grad.mid_block.attentions.0.transformer_blocks.0.attn2.to_v.lora_B.weight")
         assertClose(g, e, rtol: 1e-3, atol: 1e-3 * (e.map(abs).max() ?? 1), label: name)
+        // Without the flag, the trainer's default: a 50-step sampler's step (stride 20), the fixture's "stride20" setting.
+        let byDefault = try hgdpo(["probe", "dpo-loss", "--model", unet, "--lora", unet + "/lora_diffusers.safetensors",
+                                   "--input", fixture, "--out", dir + "/g20.safetensors"])
+        XCTAssertEqual(byDefault.status, 0, byDefault.stderr)
+        let out20 = try JSONSerialization.jsonObject(with: Data(byDefault.stdout.utf8)) as! [String: Double]
+        for (key, name) in [("loss", "stride20.loss"), ("stat_loss", "stride20.stat_loss")] {
+            let expected = try ref.doubles(name)[0]
+            XCTAssertEqual(out20[key]!, expected, accuracy: 1e-4 * abs(expected), "default stride: \(key)")
+        }
         // A batch without the required tensors is a clear error naming the file and the tensor.
         let bad = try hgdpo(["probe", "dpo-loss", "--model", unet, "--lora", unet + "/lora_diffusers.safetensors",
                              "--input", unet + "/io.safetensors", "--out", dir + "/x.safetensors"])

@@ -26,6 +26,12 @@ final class PixelSpaceTests: XCTestCase {
         let folder = try ModelFolder(path: model)
         XCTAssertEqual(Set(folder.components.keys), ["unet", "scheduler", "text_encoder", "tokenizer"])
         XCTAssertTrue(LatentSpace.isPixelSpace(folder))
+        // Pixel-space DDPM's schedule, and x̂₀ clipped to the image range at every DDPM / DDIM step (without it the toy
+        // SFT model's samples keep their noise: docs/toyworld.md).
+        let scheduler = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: model + "/scheduler/scheduler_config.json")))
+            as! [String: Any]
+        XCTAssertEqual(scheduler["beta_schedule"] as? String, "linear")
+        XCTAssertEqual(scheduler["clip_sample"] as? Bool, true)
         guard case .pixels = try LatentSpace.load(folder, parts: .all) else { return XCTFail("expected pixel space") }
         // Every grammar word is one token; a prompt is BOS, one id per word, EOS, padded with EOS to 16.
         let tokenizer = try CLIPTokenizer.load(folder)

@@ -22,7 +22,7 @@ final class TrainConfigTests: XCTestCase {
 
     func testJSONAndYAMLFilesSetTheSameOptions() throws {
         let json = try write(#"{"model": "m", "data": "d", "out": "o", "global_batch": 32, "lr": 2e-5, "lr_schedule": "cosine", "#
-                             + #""gradient_checkpointing": true, "stat_inference_steps": 50, "seed": 7, "objective": "dpo"}"#, "run.json")
+                             + #""gradient_checkpointing": true, "stat_inference_steps": 25, "seed": 7, "objective": "dpo"}"#, "run.json")
         let yaml = try write("""
             # the same run
             model: m
@@ -32,7 +32,7 @@ final class TrainConfigTests: XCTestCase {
             lr: 2e-5
             lr_schedule: cosine
             gradient_checkpointing: true
-            stat_inference_steps: 50
+            stat_inference_steps: 25
             seed: 7
             objective: dpo
             """, "run.yaml")
@@ -42,7 +42,7 @@ final class TrainConfigTests: XCTestCase {
         XCTAssertEqual(a.lr, 2e-5)
         XCTAssertEqual(a.lrSchedule, "cosine")
         XCTAssertTrue(a.gradientCheckpointing)
-        XCTAssertEqual(a.statInferenceSteps, 50)
+        XCTAssertEqual(a.statInferenceSteps, 25, "the file's value, not the default 50")
         XCTAssertEqual(a.objective, .dpo)
         XCTAssertEqual(a.seed, 7)
         XCTAssertEqual(a.localBatch, TrainConfig().localBatch, "keys not in the file keep their defaults")
@@ -123,5 +123,17 @@ final class TrainConfigTests: XCTestCase {
         XCTAssertEqual(c.loraRank, 8)
         XCTAssertEqual(c.lr, 1e-5)
         XCTAssertEqual(c.optimizer, "adam8bit")
+        // Not the paper's (it does not say) but the calibrated one: λ_stat 1e4 over a 50-step sampler's step.
+        XCTAssertEqual(c.statInferenceSteps, 50)
+    }
+
+    /// An explicit --stat-inference-steps wins over the default, one DDPM step (N = T) included.
+    func testStatInferenceStepsCanBeSet() throws {
+        var c = TrainConfig()
+        let entry = try XCTUnwrap(TrainConfig.options.entry(flag: "--stat-inference-steps"))
+        try entry.set(&c, text: "1000")
+        XCTAssertEqual(c.statInferenceSteps, 1000)
+        XCTAssertThrowsError(try entry.set(&c, text: "0")) { XCTAssertTrue("\($0)".contains("--stat-inference-steps"), "\($0)") }
+        XCTAssertEqual(try load(try write("stat_inference_steps: 1\n", "one.yaml")).statInferenceSteps, 1)
     }
 }

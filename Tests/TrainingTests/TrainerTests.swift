@@ -331,6 +331,32 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(saved["lr_schedule"] as? String, "constant", "the default")
     }
 
+    /// The statistic term's step defaults to a 50-step sampler's (stride T/50 = 20): the default run is the explicit
+    /// `--stat-inference-steps 50` run bit for bit, and one DDPM step (`--stat-inference-steps 1000`) gives a raw term
+    /// two orders smaller (k_t² grows about as the stride squared) and another LoRA.
+    func testStatisticStepDefaultsToFiftySamplerSteps() throws {
+        let dir = try temporaryDirectory(self)
+        func run(_ name: String, _ options: [String: String]) throws -> (lora: [String: [Float]], stat: Double, saved: [String: Any]) {
+            let r = try train(ranks: 1, output: "\(dir)/\(name)", options: options)
+            XCTAssertEqual(r.status, 0, "\(name): \(r.stderr)")
+            let lines = try String(contentsOfFile: "\(dir)/\(name)/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            let last = try JSONSerialization.jsonObject(with: Data(lines.last!.utf8)) as! [String: Any]
+            let saved = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(dir)/\(name)/config.json")))
+            return (try lora("\(dir)/\(name)"), last["stat"] as! Double, saved as! [String: Any])
+        }
+        let byDefault = try run("default", [:]), fifty = try run("fifty", ["--stat-inference-steps": "50"])
+        let oneStep = try run("one", ["--stat-inference-steps": "1000"])
+        XCTAssertEqual(byDefault.saved["stat_inference_steps"] as? Int, 50)
+        XCTAssertEqual(byDefault.lora, fifty.lora, "the default is --stat-inference-steps 50")
+        XCTAssertEqual(byDefault.stat, fifty.stat)
+        XCTAssertNotEqual(oneStep.lora, byDefault.lora)
+        XCTAssertGreaterThan(oneStep.stat, 0)
+        XCTAssertLessThan(oneStep.stat * 20, byDefault.stat, "one DDPM step: a much smaller raw statistic term")
+        let tooMany = try train(ranks: 1, output: "\(dir)/bad", options: ["--stat-inference-steps": "1001"])
+        XCTAssertEqual(tooMany.status, 2)
+        XCTAssertTrue(tooMany.stderr.contains("--stat-inference-steps must be in 1...1000"), tooMany.stderr)
+    }
+
     func testBadOptionsAreClearErrors() throws {
         let dir = try temporaryDirectory(self)
         let r = try train(ranks: 1, output: "\(dir)/x", options: ["--global-batch": "6", "--local-batch": "4"])

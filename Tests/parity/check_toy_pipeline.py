@@ -96,6 +96,7 @@ def main():
             eps = unet(torch.randn(2, 3, 32, 32), torch.tensor([10, 900]), encoder_hidden_states=ref.float()[:2]).sample
         check("U-Net output finite", bool(torch.isfinite(eps).all()), f"shape {list(eps.shape)}")
         sched = DDPMScheduler.from_pretrained(os.path.join(folder, "scheduler"))
+        check("scheduler: clip_sample (x̂₀ clipped to [-1, 1])", sched.config.clip_sample is True)
         check("scheduler: linear betas 1e-4 … 0.02", sched.config.beta_schedule == "linear"
               and abs(sched.betas[0].item() - 1e-4) < 1e-9 and abs(sched.betas[-1].item() - 0.02) < 1e-7)
 

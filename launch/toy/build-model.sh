@@ -1,59 +1,70 @@
 #!/usr/bin/env bash
 # build-model.sh — rebuild the toy world's SFT model shipped in models/toy (docs/toyworld.md, "The SFT model").
 #
-# Usage: launch/toy/build-model.sh [--out DIR] [--steps N] [--batch B] [--seed S]
+# Usage: launch/toy/build-model.sh [--out DIR] [--steps N] [--batch B] [--lr LR] [--count N] [--ranks R] [--seed S]
 #
 #   1. hgdpo world make-model   the toy target pipeline: pixel space (no vae/), a tiny CLIP text encoder with frozen
-#                               random weights and a tokenizer covering the grammar, a 0.99 M-parameter U-Net
-#   2. hgdpo world dataset      4096 rendered SFT images (the winners), 30 % of them with a random defect, as a real
-#                               SFT model learns from imperfect web data
-#   3. full-parameter SFT of the U-Net (every weight; noise MSE on the winners, as `hgdpo train --objective sft`)
-#   --out DIR   where the pipeline goes (default models/toy); the work files go to runs/toy-build
-#   --steps N   optimizer steps (default 600), --batch B images per step (default 64), --seed S (default 0)
-#
-# STOPGAP, step 3: the issue's trainer is `hgdpo train --train unet --objective sft` (issue 15 item 3, being built on
-# branch framework). It was not in main when the shipped model was built, and hgdpo's LoRA-only SFT cannot train a
-# random U-Net (LoRA reaches only the attention projections, at 8×8 and in the middle block). So step 3 runs
-# launch/toy/train_sft_torch.py, the same objective with diffusers' UNet2DConditionModel and PyTorch's AdamW, in the
-# shared venv (HGDPO_PYTHON, default /work/.venv-torch/bin/python: torch, diffusers, transformers, safetensors).
-# The shipped model is therefore NOT yet the issue's hgdpo-trained full-parameter SFT model. Once `--train unet`
-# lands, step 3 becomes:
-#   hgdpo encode --model DIR --data runs/toy-build/sft-data --out runs/toy-build/sft-cache --resolution 32
-#   launch/local.sh 4 hgdpo train --train unet --objective sft --model DIR --data runs/toy-build/sft-cache …
-# Cost: steps 1–2 take seconds; step 3 ≈ 0.8 CPU-s per step of 32 images (PyTorch, 1 thread), so the default
-# 600 steps × 64 images ≈ 16 CPU-min. The copy in models/toy was cut short (models/toy/README.md says how).
+#                               random weights and a tokenizer covering the grammar, a 0.99 M-parameter random U-Net
+#   2. hgdpo world dataset      rendered SFT images (the winners), 30 % of them with a random defect, as a real SFT
+#      hgdpo encode             model learns from imperfect web data; encoded into a latent cache (pixel space)
+#   3. hgdpo train --train unet --objective sft   every U-Net weight, noise MSE on the winners (uniform t), AdamW,
+#                               linear warm-up then cosine decay, on R MPI ranks (launch/local.sh)
+#   4. export                   the pipeline of step 1 with the trained unet/ folder of the last checkpoint, and the
+#                               run's config.json and metrics.jsonl under DIR/sft/ (how it was made)
+#   --out DIR    where the pipeline goes (default models/toy); the work files go to runs/toy-build (emptied first)
+#   --steps N    optimizer steps (default 600), --batch B images per step (default 64), --lr LR (default 1e-3)
+#   --count N    SFT images rendered (default 8192)
+#   --ranks R    MPI ranks (default: the number of cores, at most 4)
+#   --seed S     seed of the model init, the data and training (default 0)
+# Cost: steps 1–2 take seconds; step 3 is ≈ 19 CPU-ms per image (forward + backward of every weight), so the
+# defaults (600 × 64 = 38,400 images) take ≈ 12 CPU-minutes: ≈ 6 minutes on 2 free cores (docs/toyworld.md).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
-out="$root/models/toy" steps=600 batch=64 seed=0
+out="$root/models/toy" steps=600 batch=64 lr=1e-3 count=8192 seed=0
+cores=$(nproc)
+ranks=$((cores < 4 ? cores : 4))
 while (($#)); do
   case "$1" in
     --out) out=$2; shift ;;
     --steps) steps=$2; shift ;;
     --batch) batch=$2; shift ;;
+    --lr) lr=$2; shift ;;
+    --count) count=$2; shift ;;
+    --ranks) ranks=$2; shift ;;
     --seed) seed=$2; shift ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "build-model.sh: unknown option: $1" >&2; exit 2 ;;
   esac
   shift
 done
-hgdpo=${HGDPO_BIN:-$root/.build/release/hgdpo}
-python=${HGDPO_PYTHON:-/work/.venv-torch/bin/python}
+for v in steps batch count ranks; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "build-model.sh: --$v takes a positive whole number, got '${!v}'" >&2; exit 2; }
+done
+[[ $seed =~ ^[0-9]+$ ]] || { echo "build-model.sh: --seed takes a whole number, got '$seed'" >&2; exit 2; }
+((batch % ranks == 0)) || { echo "build-model.sh: --batch $batch is not a multiple of --ranks $ranks" >&2; exit 2; }
+export HGDPO_BIN=${HGDPO_BIN:-$root/.build/release/hgdpo}
+hgdpo=$HGDPO_BIN
 [[ -x $hgdpo ]] || { echo "build-model.sh: $hgdpo not found (swift build -c release)" >&2; exit 2; }
-"$python" -c 'import torch, diffusers, transformers' 2>/dev/null ||
-  { echo "build-model.sh: $python lacks torch/diffusers/transformers (set HGDPO_PYTHON)" >&2; exit 2; }
 work="$root/runs/toy-build"
 rm -rf "$work"
 mkdir -p "$work"
+start=$SECONDS
 
-echo "== [1/3] hgdpo world make-model"
+echo "== [1/4] hgdpo world make-model"
 "$hgdpo" world make-model --out "$work/model" --seed "$seed"
-echo "== [2/3] hgdpo world dataset: 4096 triplets, defect rate 0.3"
-"$hgdpo" world dataset --count 4096 --defect-rate 0.3 --seed "$seed" --out "$work/sft-data"
-echo "== [3/3] full-parameter SFT (launch/toy/train_sft_torch.py, the stopgap above): $steps steps × $batch images"
-"$python" "$root/launch/toy/train_sft_torch.py" --model "$work/model" --data "$work/sft-data" --out "$work/sft-model" \
-  --steps "$steps" --batch "$batch" --lr 1e-3 --seed "$seed"
+echo "== [2/4] hgdpo world dataset: $count triplets, defect rate 0.3; hgdpo encode"
+"$hgdpo" world dataset --count "$count" --defect-rate 0.3 --seed "$seed" --out "$work/sft-data"
+"$hgdpo" encode --model "$work/model" --data "$work/sft-data" --out "$work/sft-cache" --resolution 32 | tail -n 1
+echo "== [3/4] hgdpo train --train unet --objective sft: $steps steps × $batch images on $ranks ranks, lr $lr"
+"$root/launch/local.sh" "$ranks" hgdpo train --train unet --objective sft --model "$work/model" --data "$work/sft-cache" \
+  --out "$work/sft-run" --global-batch "$batch" --local-batch $((batch / ranks)) --max-steps "$steps" --lr "$lr" \
+  --warmup-steps 30 --lr-schedule cosine --optimizer adamw --seed "$seed" --checkpoint-every "$steps" --log-every 20
+echo "== [4/4] export to $out"
+last="$work/sft-run/$(printf 'step-%06d' "$steps")"
 rm -rf "$out"
-mkdir -p "$(dirname "$out")"
-cp -r "$work/sft-model" "$out"
-echo "build-model.sh: done, $out ($(du -sh "$out" | cut -f1))"
+mkdir -p "$out/sft"
+cp -r "$work/model/model_index.json" "$work/model/scheduler" "$work/model/text_encoder" "$work/model/tokenizer" "$out/"
+cp -r "$last/unet" "$out/unet"
+cp "$work/sft-run/config.json" "$work/sft-run/metrics.jsonl" "$out/sft/"
+echo "build-model.sh: done in $((SECONDS - start)) s: $out ($(du -sh "$out" | cut -f1))"
