@@ -6,7 +6,7 @@
 #   On a fresh Debian 12 it installs what is missing (launch/install-deps.sh), builds in release mode, then, with the
 #   shipped toy SFT model models/toy (launch/toy/build-model.sh rebuilds it):
 #     1. prompts      hgdpo world prompts: 64 training prompts, 32 held-out prompts (descriptions never trained on)
-#     2. pool         8 images per prompt (DDIM 20, no CFG), sharded over the ranks
+#     2. pool         8 images per prompt (DDPM 20, clipped x̂₀, no CFG), sharded over the ranks
 #     3. score        the toy-human preference scorer (anatomy, pose, prompt attributes; from the pixels alone)
 #     4. select       winner = best, loser = worst of each prompt's pool
 #     5. encode       the triplets into a latent cache (pixel space: the image in [-1, 1])
@@ -67,7 +67,7 @@ run() { "$root/launch/local.sh" "$@"; }
 
 rm -rf "$work"
 mkdir -p "$work"
-sample=(--steps 20 --scheduler ddim --guidance 1 --height 32 --width 32)
+sample=(--steps 20 --scheduler ddpm --guidance 1 --height 32 --width 32)
 
 stage 1/9 "prompts: 64 training, 32 held-out"
 "$hgdpo" world prompts --count 64 --split train --seed "$seed" --out "$work/train-prompts.txt"
