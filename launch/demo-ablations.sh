@@ -45,7 +45,7 @@ for d in "${datasets[@]}"; do
   name=${d%%|*} opts=${d#*|}
   # shellcheck disable=SC2086  # $opts is a list of options
   "$hgdpo" select --pool "$ab/pool" --by toy $opts --out "$ab/data-$name" > /dev/null
-  field() { sed -n "s/^ *\"$1\" : \\(.*\\),\$/\\1/p" "$ab/data-$name/select.json"; }
+  field() { sed -n "s/^ *\"$1\" *: *\\([^,]*\\),*\$/\\1/p" "$ab/data-$name/select.json"; }
   data_rows+=("| $name | \`$opts\` | $(field triplets) | $(field skipped_ties) | $(printf '%.3f' "$(field mean_margin)") |")
   "$hgdpo" encode --model "$model" --data "$ab/data-$name" --out "$ab/cache-$name" --resolution 32 > /dev/null
 done
@@ -122,7 +122,7 @@ table() {  # title layout label…
   echo "| :--- | :--- | :---: | :---: | :---: |"
   printf '%s\n' "${data_rows[@]}"
   echo
-  table "Pool size N (paper Table 3; DPO; LAN at sampling; SML = HG-DPO's statistic matching)" winrate \
+  table "Pool size N (paper Table 3; DPO; LAN at sampling; SML = statistic matching, HG-DPO)" winrate \
     N-2 N-5 N-10 N-20 N-20-LAN "N-20-SML (HG-DPO)"
   table "Loser rank l at N = 20 (paper Table 5; DPO; N-20-L-20 is N-20)" winrate N-20-L-2 N-20-L-5 N-20-L-10 N-20
   table "Colour shift (paper Table 2)" color N-2 N-5 N-10 N-20 "N-20 (β×4)" "N-20 (β×20)" N-20-LAN "N-20-SML (HG-DPO)"

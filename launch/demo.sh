@@ -25,7 +25,10 @@
 #               one pool of 20 images per prompt, selected as N = 2/5/10/20 (the first N images of each prompt) and
 #               with loser rank l = 2/5/10/20 at N = 20; DPO on each, DPO with β ×4 and ×20, HG-DPO (statistic
 #               matching), LAN at sampling time, HG-DPO at LoRA scales 0.25/0.5/0.75/1; 10 training runs, 14 evals.
-#               Tables and the time of every part: OUT/ablations.md (also printed). FULL_TIME_NOTE
+#               Tables and the time of every part: OUT/ablations.md (also printed). Time, measured with --steps 100
+#               (2026-12-07): 867 CPU-s for the whole run (the ablations 699), i.e. ≈ 8 min on 2 free cores; 36 min
+#               wall on 2 cores shared at load 8–17. The 12 trainings (≈ 41 CPU-s per 100 steps each) scale with
+#               --steps: at the default 200 ≈ 23 CPU-min, ≈ 12 min on 2 free cores (estimated from the above).
 #   HGDPO_DEMO_RANKS  sampling/scoring ranks (default: the number of cores, at most 4)
 # Budget: ≤ 10 minutes wall on 2 free cores, the release build included (docs/toyworld.md has the timings).
 set -euo pipefail
@@ -50,7 +53,7 @@ done
 model=$(cd "$model" && pwd)
 
 start=$SECONDS
-((full)) && echo "demo.sh --full: the demo, then the paper's ablations (10 training runs, 14 evaluations): FULL_TIME_PRINT"
+((full)) && echo "demo.sh --full: the demo, then the paper's ablations (10 training runs, 14 evaluations): ≈ 15 CPU-min at --steps 100, ≈ 23 at 200 (≈ 8 / 12 min on 2 free cores; measured: 36 min wall at --steps 100 on 2 cores shared at load 8–17)"
 stage() { printf '\n== [%s] %s  (%d s)\n' "$1" "$2" $((SECONDS - start)); }
 
 if ((build)); then
