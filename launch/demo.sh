@@ -5,7 +5,7 @@
 #
 #   On a fresh Debian 12 it installs what is missing (launch/install-deps.sh), builds in release mode, then, with the
 #   shipped toy SFT model models/toy (launch/toy/build-model.sh rebuilds it):
-#     1. prompts      hgdpo world prompts: 64 training prompts, 32 held-out prompts (descriptions never trained on)
+#     1. prompts      hgdpo world prompts: 128 training prompts, 32 held-out prompts (descriptions never trained on)
 #     2. pool         8 images per prompt (DDPM 20, clipped x̂₀, no CFG), sharded over the ranks
 #     3. score        the toy-human preference scorer (anatomy, pose, prompt attributes; from the pixels alone)
 #     4. select       winner = best, loser = worst of each prompt's pool
@@ -25,10 +25,10 @@
 #               one pool of 20 images per prompt, selected as N = 2/5/10/20 (the first N images of each prompt) and
 #               with loser rank l = 2/5/10/20 at N = 20; DPO on each, DPO with β ×4 and ×20, HG-DPO (statistic
 #               matching), LAN at sampling time, HG-DPO at LoRA scales 0.25/0.5/0.75/1; 10 training runs, 14 evals.
-#               Tables and the time of every part: OUT/ablations.md (also printed). Time, measured with --steps 100
-#               (2026-12-07): 867 CPU-s for the whole run (the ablations 699), i.e. ≈ 8 min on 2 free cores; 36 min
-#               wall on 2 cores shared at load 8–17. The 12 trainings (≈ 41 CPU-s per 100 steps each) scale with
-#               --steps: at the default 200 ≈ 23 CPU-min, ≈ 12 min on 2 free cores (estimated from the above).
+#               Tables and the time of every part: OUT/ablations.md (also printed). Time: ≈ 25 CPU-min, ≈ 13 min
+#               on 2 free cores (estimated for 128 prompts and 200 steps from a measured run with 64 prompts and
+#               --steps 100: 867 CPU-s in all, the ablations 699; 36 min wall on 2 cores shared at load 8–17; each
+#               training ≈ 41 CPU-s per 100 steps, each evaluation ≈ 12, the 20-image pool ≈ 1.7 per prompt).
 #   HGDPO_DEMO_RANKS  sampling/scoring ranks (default: the number of cores, at most 4)
 # Budget: ≤ 10 minutes wall on 2 free cores, the release build included (docs/toyworld.md has the timings).
 set -euo pipefail
@@ -53,7 +53,7 @@ done
 model=$(cd "$model" && pwd)
 
 start=$SECONDS
-((full)) && echo "demo.sh --full: the demo, then the paper's ablations (10 training runs, 14 evaluations): ≈ 15 CPU-min at --steps 100, ≈ 23 at 200 (≈ 8 / 12 min on 2 free cores; measured: 36 min wall at --steps 100 on 2 cores shared at load 8–17)"
+((full)) && echo "demo.sh --full: the demo, then the paper's ablations (10 training runs, 14 evaluations): ≈ 25 CPU-minutes, ≈ 13 minutes on 2 free cores (twice or more on a loaded machine; the trainings scale with --steps)"
 stage() { printf '\n== [%s] %s  (%d s)\n' "$1" "$2" $((SECONDS - start)); }
 
 if ((build)); then
@@ -72,11 +72,11 @@ rm -rf "$work"
 mkdir -p "$work"
 sample=(--steps 20 --scheduler ddpm --guidance 1 --height 32 --width 32)
 
-stage 1/9 "prompts: 64 training, 32 held-out"
-"$hgdpo" world prompts --count 64 --split train --seed "$seed" --out "$work/train-prompts.txt"
+stage 1/9 "prompts: 128 training, 32 held-out"
+"$hgdpo" world prompts --count 128 --split train --seed "$seed" --out "$work/train-prompts.txt"
 "$hgdpo" world prompts --count 32 --split heldout --seed "$seed" --out "$work/heldout-prompts.txt"
 
-stage 2/9 "pool: 64 prompts × 8 images on $ranks ranks"
+stage 2/9 "pool: 128 prompts × 8 images on $ranks ranks"
 run "$ranks" hgdpo pool --model "$model" --prompts "$work/train-prompts.txt" --images-per-prompt 8 --batch 8 \
   "${sample[@]}" --seed "$seed" --out "$work/pool"
 
@@ -90,7 +90,7 @@ stage 5/9 "encode"
 "$hgdpo" encode --model "$model" --data "$work/triplets" --out "$work/cache" --resolution 32
 
 train=(hgdpo train --model "$model" --data "$work/cache" --global-batch 16 --local-batch 4 --max-steps "$steps"
-       --lr 5e-4 --lora-rank 8 --lora-alpha 8 --checkpoint-every "$steps" --seed "$seed" --log-every 10)
+       --lr 1e-3 --lora-rank 8 --lora-alpha 8 --checkpoint-every "$steps" --seed "$seed" --log-every 10)
 stage 6/9 "HG-DPO: 4 ranks × local batch 4 = global batch 16, $steps steps"
 run 4 "${train[@]}" --objective hgdpo --stat-inference-steps 50 --out "$work/hgdpo"
 stage 7/9 "DPO without statistic matching (the comparison): $steps steps"

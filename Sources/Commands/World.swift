@@ -227,7 +227,7 @@ extension Commands {
         ["world", "make-model"],
         summary: "Write the toy world's target pipeline: pixel-space U-Net, tiny CLIP text encoder and grammar tokenizer (random weights)",
         details: """
-            Example: hgdpo world make-model --out models/toy
+            Example: hgdpo world make-model --out toy-model   (random weights; models/toy is the trained SFT model)
             A diffusers pipeline folder without vae/ (pixel space: the latents are the RGB image in [-1, 1]):
             unet/ (in/out 3 channels, --channels per level, ResNet blocks only except cross-attention at the lowest
             level and in the middle), text_encoder/ (a CLIPTextModel, --text-width wide, frozen random weights as
