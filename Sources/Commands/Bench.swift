@@ -93,11 +93,22 @@ extension Commands {
         times.sort()
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
+        // The kernel paths of this run (bench/compare.sh prints them beside the figures).
+        let headDims: [Int] = spec.down.filter(\.hasAttention).map { $0.outChannels / $0.heads }
+            + [spec.config.blockOutChannels.last! / spec.midHeads]
+        let attention: [(String, JSONValue)] = Set(headDims).sorted().map { ("head_dim_\($0)", .string(KernelPaths.attention(headDim: $0))) }
+        let kernels = JSONValue.object([
+            ("attention", .object(attention)),
+            ("convolution", .string(KernelPaths.convolution(bf16Weights: precision == .bf16))),
+            ("gemm", .string(KernelPaths.gemm)),
+            ("bf16_gemm", .string(precision == .bf16 ? KernelPaths.bf16GEMM : "unused (fp32)")),
+        ])
         print(JSONValue.object([
             ("impl", .string("hgdpo-\(version)")), ("config", .string(name)), ("objective", .string(objective.kind.rawValue)),
             ("latent", .int(l)), ("pairs", .int(b)),
             ("threads", .int(Parallel.threads)), ("bf16", .bool(precision == .bf16)),
             ("bf16_gemm", .string(precision == .bf16 ? (BF16.isAccelerated ? "avx512bf16" : "widened to fp32 + sgemm") : "none")), ("gradient_checkpointing", .bool(model.gradientCheckpointing)),
+            ("kernels", kernels),
             ("median_step_s", .double(times[times.count / 2])),
             ("min_step_s", .double(times[0])), ("peak_rss_mb", .double(Double(usage.ru_maxrss) / 1024)),
             ("params", .int(model.weights.table.count)), ("param_bytes", .int(model.weights.byteCount)),
