@@ -4,14 +4,16 @@
 # namespaces joined by a veth, one sshd each (launch/tests/lib.sh, t_cluster_up), one rank per host over OpenMPI's
 # TCP path; both namespaces share this machine's cores, so each rank gets cores / 2 threads.
 #
-# Usage: bench/overlap.sh CONFIG LATENT TRAIN STEPS ROUNDS [BUCKET_MB]     (root; OpenMPI, iproute2, openssh-server)
+# Usage: bench/overlap.sh CONFIG LATENT TRAIN STEPS ROUNDS [BUCKET_MB...]   (root; OpenMPI, iproute2, openssh-server)
 #   e.g. bench/overlap.sh small 32 lora 6 3        bench/overlap.sh small 32 unet 6 3
 #   TRAIN: lora (the LoRA's gradient) or unet (every U-Net parameter: --train unet --objective sft, a big gradient).
 #   Global batch 2 (local batch 1 on each rank), a random-weight U-Net of the bench shape and random latents.
+#   Each round runs --bucket-mb 0, then each BUCKET_MB given (default 4).
 # Checks that every run ends with the same weights and optimizer state, bit for bit. Prints one line per run (median step and exposed all-reduce time over the steps after the first, buckets sent
 # during the backward, load average) and the medians per setting.
 set -euo pipefail
-config=${1:?CONFIG}; latent=${2:?LATENT}; what=${3:?lora or unet}; steps=${4:?STEPS}; rounds=${5:?ROUNDS}; bucket=${6:-4}
+config=${1:?CONFIG}; latent=${2:?LATENT}; what=${3:?lora or unet}; steps=${4:?STEPS}; rounds=${5:?ROUNDS}; shift 5
+buckets=("$@"); ((${#buckets[@]})) || buckets=(4)
 [[ "$what" == lora || "$what" == unet ]] || { echo "overlap.sh: TRAIN must be lora or unet, got '$what'" >&2; exit 2; }
 # shellcheck source=launch/tests/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../launch/tests/lib.sh"
@@ -31,7 +33,7 @@ echo "config $config@$latent, --train $what, 2 hosts x 1 rank x $HGDPO_THREADS t
 results="$T/results"
 : >"$results"
 for ((r = 1; r <= rounds; r++)); do
-  for b in 0 "$bucket"; do
+  for b in 0 "${buckets[@]}"; do
     out="$T/run-$r-$b"
     load=$(cut -d' ' -f1 /proc/loadavg)
     t_job 3600 "${T_ON0[@]}" "$T_ROOT/launch/mpirun.sh" --timeout 3500 "$T/hostfile" 2 hgdpo train --model "$T/model" \

@@ -117,7 +117,7 @@ public final class BucketedSum: @unchecked Sendable {
         overlappedBuckets = bounds.prefix { $0.lowerBound >= readyFrom }.count
         pthread_mutex_unlock(&m)
         markFinal(from: 0)
-        try comm.wait("\(what) in \(bounds.count) buckets") {
+        try comm.wait("\(what) in \(bounds.count) bucket\(bounds.count == 1 ? "" : "s")") {
             pthread_mutex_lock(&m); defer { pthread_mutex_unlock(&m) }
             if let error { throw error }
             if finished == bounds.count { return true }
