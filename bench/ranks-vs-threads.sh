@@ -6,6 +6,7 @@
 # Usage: bench/ranks-vs-threads.sh ROUNDS [CONFIG [LATENT [STEPS]]]      (default: small 32 4)
 #   The job of bench/train-scaling.sh: global batch 16, local batch 4, a random-weight U-Net of the bench shape and
 #   random latents; pairs/s from the median step after the first. HGDPO_BIN: the binary (default: the release build).
+#   HGDPO_BIN_BEFORE: another binary (e.g. before a change) also run as 1 × C in every round, for a before/after.
 # Prints one line per run with the load average before it, then the medians and their ratio.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,33 +20,45 @@ trap 'rm -rf "$work"' EXIT
 context=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['cross_attention_dim'])" "$work/model/unet/config.json")
 "$HGDPO_BIN" make-cache --count 256 --latent "4,$latent,$latent" --context "77,$context" --out "$work/cache" >/dev/null
 echo "config $config@$latent, global batch 16, local batch 4, $steps steps, $cores cores, $(date -u +%H:%M) UTC, $HGDPO_BIN"
-run() {  # RANKS THREADS ROUND
-  local out="$work/run-$1x$2-$3" load
+run() {  # RANKS THREADS ROUND [BINARY]
+  local out="$work/run-$1x$2-$3${4:+-before}" load bin=${4:-$HGDPO_BIN}
   load=$(cut -d' ' -f1-3 /proc/loadavg)
-  HGDPO_THREADS=$2 "$root/launch/local.sh" --timeout 3600 "$1" hgdpo train --model "$work/model" --data "$work/cache" \
+  HGDPO_BIN=$bin HGDPO_THREADS=$2 "$root/launch/local.sh" --timeout 3600 "$1" hgdpo train --model "$work/model" --data "$work/cache" \
     --out "$out" --global-batch 16 --local-batch 4 --max-steps "$steps" --checkpoint-every 1000000 --seed 1 \
     >"$out.log" 2>&1 || { echo "$1 x $2 failed:"; tail -n 20 "$out.log"; exit 1; }
-  python3 - "$1" "$2" "$3" "$load" "$out/metrics.jsonl" <<'PY' | tee -a "$work/results"
+  python3 - "$1" "$2" "$3" "$load" "$out/metrics.jsonl" "${4:+ (before)}" <<'PY' | tee -a "$work/results"
 import json, statistics, sys
-ranks, threads, r, load, path = sys.argv[1:]
+ranks, threads, r, load, path, tag = sys.argv[1:]
 rows = [json.loads(l) for l in open(path) if l.strip()][1:]
 step = statistics.median(x["step_s"] for x in rows)
-print(f"round {r}: {ranks} x {threads}: {16 / step:6.3f} pairs/s (median step {step:.3f} s), load before {load}")
+print(f"round {r}: {ranks} x {threads}{tag}: {16 / step:6.3f} pairs/s (median step {step:.3f} s), load before {load}")
 PY
 }
 for ((r = 1; r <= rounds; r++)); do
-  if ((r % 2)); then run 1 "$cores" "$r"; run "$cores" 1 "$r"; else run "$cores" 1 "$r"; run 1 "$cores" "$r"; fi
+  order=(threads ranks); ((r % 2)) || order=(ranks threads)
+  [[ -n "${HGDPO_BIN_BEFORE:-}" ]] && { ((r % 2)) && order=(before "${order[@]}") || order+=(before); }
+  for o in "${order[@]}"; do
+    case $o in
+      threads) run 1 "$cores" "$r" ;;
+      ranks) run "$cores" 1 "$r" ;;
+      before) run 1 "$cores" "$r" "$HGDPO_BIN_BEFORE" ;;
+    esac
+  done
 done
 python3 - "$work/results" "$cores" <<'PY'
 import re, statistics, sys
 runs = {}
 for line in open(sys.argv[1]):
-    m = re.search(r"round (\d+): (\d+) x (\d+): +([\d.]+) pairs/s", line)
-    runs.setdefault((m.group(2), m.group(3)), {})[m.group(1)] = float(m.group(4))
+    m = re.search(r"round (\d+): (\d+) x (\d+)( \(before\))?: +([\d.]+) pairs/s", line)
+    runs.setdefault((m.group(2), m.group(3), bool(m.group(4))), {})[m.group(1)] = float(m.group(5))
 c = sys.argv[2]
-threads, ranks = runs[("1", c)], runs[(c, "1")]
-mt, mr = statistics.median(threads.values()), statistics.median(ranks.values())
-ratios = sorted(threads[k] / ranks[k] for k in threads)
-print(f"median 1 x {c}: {mt:.3f} pairs/s, {c} x 1: {mr:.3f} pairs/s: {100 * mt / mr:.0f} % "
-      f"(per round: {' '.join(f'{100 * x:.0f}' for x in ratios)} %)")
+ranks = runs[(c, "1", False)]
+mr = statistics.median(ranks.values())
+for label, key in (("", ("1", c, False)), (" (before)", ("1", c, True))):
+    if key not in runs: continue
+    threads = runs[key]
+    mt = statistics.median(threads.values())
+    ratios = sorted(threads[k] / ranks[k] for k in threads)
+    print(f"median 1 x {c}{label}: {mt:.3f} pairs/s, {c} x 1: {mr:.3f} pairs/s: {100 * mt / mr:.0f} % "
+          f"(per round, sorted: {' '.join(f'{100 * x:.0f}' for x in ratios)} %)")
 PY
