@@ -5,7 +5,7 @@
 # Usage: bench/compare.sh [CONFIG [LATENT [PAIRS [STEPS [THREADS]]]]]     (default: small 32 1 3 <cores>)
 #        BF16=1 bench/compare.sh …   both in bf16 mixed precision (hgdpo --mixed-precision bf16, PyTorch --bf16)
 # Installs the reference into .venv-fixtures (torch, diffusers, peft: a large download) when it is missing;
-# HGDPO_TORCH_PYTHON=PATH uses that interpreter instead.
+# HGDPO_TORCH_PYTHON=PATH uses that interpreter instead; HGDPO_REFERENCE_BENCH=DIR the reference scripts elsewhere.
 # Also prints the kernel paths hgdpo ran (`kernels` of its JSON: attention per head size, convolution, GEMM, bf16 GEMM),
 # the sgemm peak on the same threads (bench/sgemm_peak.c, 4096³, best and median of 5) and each step's GFLOPS as a
 # share of that peak (a step ≈ 6 U-Net forwards of one sample per pair: ../shared/bench/torch_flops.py, BENCHMARKS.md).
@@ -14,7 +14,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 config=${1:-small}; latent=${2:-32}; pairs=${3:-1}; steps=${4:-3}; threads=${5:-$(nproc)}
 ours_bf16=(); theirs_bf16=()
 if [[ "${BF16:-0}" == 1 ]]; then ours_bf16=(--mixed-precision bf16); theirs_bf16=(--bf16); fi
-bench_dir="$root/../shared/bench"
+bench_dir="${HGDPO_REFERENCE_BENCH:-$root/../shared/bench}"
 [[ -f "$bench_dir/torch_dpo_step.py" ]] || { echo "compare.sh: $bench_dir/torch_dpo_step.py not found" >&2; exit 1; }
 py="${HGDPO_TORCH_PYTHON:-$root/.venv-fixtures/bin/python}"
 if ! [[ -x "$py" ]] || ! "$py" -c "import torch, diffusers, peft" 2>/dev/null; then

@@ -22,7 +22,7 @@ public enum KernelPaths {
 
     /// The fp32 GEMMs.
     public static var gemm: String {
-        "OpenBLAS \(BLAS.coreName) kernels, single-threaded, rows of C split over the pool (\(Parallel.threads) threads)"
+        "OpenBLAS \(BLAS.coreName) kernels, single-threaded, rows (or columns) of C split over the pool (\(Parallel.threads) threads)"
     }
 
     /// The GEMMs of bf16 weights (`--mixed-precision bf16`).
