@@ -9,6 +9,9 @@
 #   TRAIN: lora (the LoRA's gradient) or unet (every U-Net parameter: --train unet --objective sft, a big gradient).
 #   Global batch 2 (local batch 1 on each rank), a random-weight U-Net of the bench shape and random latents.
 #   Each round runs --bucket-mb 0, then each BUCKET_MB given (default 4).
+# LINK_RATE=2gbit (any tc rate) limits each veth to that rate (tc tbf): the network, not the shared cores, is then
+# the bottleneck, as on a cluster with a slow interconnect (without it the veth's copies run on the same 2 cores as
+# the compute, so the overlap can only hide the waiting, not the work of the transfer).
 # Checks that every run ends with the same weights and optimizer state, bit for bit. Prints one line per run (median step and exposed all-reduce time over the steps after the first, buckets sent
 # during the backward, load average) and the medians per setting.
 set -euo pipefail
@@ -24,12 +27,15 @@ t_need_cmd ip sshd ssh ssh-keygen unshare mpirun
 context=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['cross_attention_dim'])" "$T/model/unet/config.json")
 "$HGDPO_BIN" make-cache --count 64 --latent "4,$latent,$latent" --context "77,$context" --out "$T/cache" >/dev/null
 t_cluster_up >"$T/cluster.log" 2>&1 || { cat "$T/cluster.log"; t_fail "two namespace hosts"; t_finish; }
+if [[ -n "${LINK_RATE:-}" ]]; then
+  for i in 0 1; do ip netns exec "${T_NS[$i]}" tc qdisc add dev "${T_VETH[$i]}" root tbf rate "$LINK_RATE" burst 1mb latency 500ms; done
+fi
 export HGDPO_SSH_CONFIG="$T_SSH_CONFIG" HGDPO_MPI_IF="$T_NET.0/24" HGDPO_BTL="tcp,self"
 export HGDPO_THREADS=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
 printf '%s slots=1\n%s slots=1\n' "${T_ADDR[0]}" "${T_ADDR[1]}" >"$T/hostfile"
 extra=(--lr 1e-5 --optimizer adamw)
 [[ "$what" == unet ]] && extra+=(--train unet --objective sft)
-echo "config $config@$latent, --train $what, 2 hosts x 1 rank x $HGDPO_THREADS threads, global batch 2, $steps steps, $(date -u +%H:%M) UTC"
+echo "config $config@$latent, --train $what, 2 hosts x 1 rank x $HGDPO_THREADS threads, global batch 2, $steps steps, link ${LINK_RATE:-veth unlimited}, $(date -u +%H:%M) UTC"
 results="$T/results"
 : >"$results"
 for ((r = 1; r <= rounds; r++)); do
