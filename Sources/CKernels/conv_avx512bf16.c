@@ -4,21 +4,27 @@
 // packing of the 9×-sized column buffer made `--mixed-precision bf16` slower than fp32.
 //
 // One call computes output pixels [n0, n1) of the batch (flattened (b·Ho + y)·Wo + x), output channels [m0, m1):
-//   out[m][y][x] += Σ_k A(m, k) · bf16(inp[c][y + kh − pt][x + kw − pl])     k = (c, kh, kw) = c·kk + kh·k + kw
-// (zero outside the image). VDPBF16PS multiplies pairs of bf16 and adds both products to one fp32 lane, so A comes
-// as pair words: a[m·lda + p] = A(m, 2p) | A(m, 2p + 1) << 16 (bf16 bits), p < ceil(K / 2), the odd last half zero.
-//   forward          A(o, k) = w[o][k] for w (M, C, k, k) bf16: with K even, w itself read as 32-bit words
-//                    (lda = K / 2), nothing to pack.
-//   input gradient   A(c, (o, t)) = w[o][c][kk − 1 − t] for w (C, M, k, k): packed once per call by
-//                    hg_conv_bf16_pack_grad_weights (the flipped, transposed kernel as pairs).
+//   out[m][y][x] += Σ_{c, t} A(m, (c, t)) · bf16(inp[c][y + kh − pt][x + kw − pl])    t = kh·k + kw, zero outside
+//   forward          A(o, (c, t)) = w[o][c][t]                   (w: (M, C, k, k))
+//   input gradient   A(c, (o, t)) = w[o][c][kk − 1 − t]          (w: (C, M, k, k), the forward's weight; the
+//                    correlation of dout with the flipped, transposed kernel, padding k − 1 − p)
+// VDPBF16PS multiplies pairs of bf16 and adds both products to one fp32 lane, so the reduction runs over pairs, and
+// every pair's A values are one 32-bit word of the weights as stored (nothing is packed on the weight side):
+//   forward          pair p = flat rows (2p, 2p + 1) of (c, t): the word at w[o]·(C·kk) + 2p; for odd C·kk the
+//                    last pair is the word of rows K − 2, K − 1 whose low half meets a zero row. C·kk ≥ 2.
+//   input gradient   per channel o, ceil(kk / 2) pairs along the taps of w[o][c][·]: pair j < kk / 2 is the word
+//                    at tap kk − 2 − 2j (its low half is flipped tap 1 + 2j, its high half flipped tap 2j); for odd
+//                    kk the last pair is the word at tap 0 (low half: flipped tap kk − 1; its high half, tap 1,
+//                    meets a zero row of the panel). kk ≥ 2 (a 1×1 input gradient is a plain GEMM).
 // The activations are rounded to bf16 (round to nearest even, NaN kept) while the 48-pixel panel is packed: per pair
-// p and 16-pixel vector, one zmm of 16 words (pixel l: bf16 of row 2p | bf16 of row 2p + 1 << 16). Then every 8
-// output channels run an 8 × 48 register tile: 24 fp32 accumulators, one broadcast pair word per channel.
-// Each output element is summed in a fixed order, whatever the split of pixels and channels over calls.
+// and 16-pixel vector one zmm of 16 words (pixel l: the row of the low half | the row of the high half << 16). Then
+// every 8 output channels run an 8 × 48 register tile: 24 fp32 accumulators, one broadcast pair word per channel.
+// Each output element is summed in a fixed order, whatever the split of pixels and channels over calls. The weights
+// must be finite (in an odd last pair, a zero row of the panel meets a weight of a neighbouring pair).
 //
 // The reference beside it: hg_conv_s1_bf16_ref, the same sums in portable scalar C (the same rounding of the
-// activations; fp32 sums pair by pair). conv_avx512bf16_emu.c compiles this file once more against emu512.h so that
-// the vector code itself is tested on CPUs without AVX512-BF16.
+// activations; fp32 sums). conv_avx512bf16_emu.c compiles this file once more against emu512.h so that the vector
+// code itself is tested on CPUs without AVX512-BF16.
 #include "internal.h"
 #include <stdint.h>
 #include <string.h>
@@ -37,16 +43,22 @@
 enum { BMR = 8, BNV = 3, BNR = 48, BKP = 128, BMAX_TAPS = 49 };  // 128 pairs (256 rows of K) per block
 
 #ifndef HG_EMULATE_AVX512
-size_t hg_conv_avx512bf16_scratch(void) {
-    // the packed panel (BKP pair rows × BNR words) + 16 to align
-    return (size_t)BKP * BNR + 16;
+/// Pairs of the reduction (see the top of the file).
+int hg_conv_bf16_pairs(int gradInput, int C, int kernel) {
+    const int kk = kernel * kernel;
+    return gradInput ? C * ((kk + 1) / 2) : (C * kk + 1) / 2;
+}
+
+size_t hg_conv_avx512bf16_scratch(int pairs) {
+    // the packed panel (BKP pair rows × BNR words) + 16 to align, then the pairs' weight offsets (int32)
+    return (size_t)BKP * BNR + 16 + (size_t)pairs;
 }
 
 // MARK: - The reference (portable C)
 
-void hg_conv_s1_bf16_ref(const uint32_t *a, size_t lda, const float *inp, float *out, int C, int H, int W, int M,
+void hg_conv_s1_bf16_ref(const uint16_t *w, int gradInput, const float *inp, float *out, int C, int H, int W, int M,
                          int kernel, int pt, int pl, int Ho, int Wo, int n0, int n1, int m0, int m1) {
-    const int kk = kernel * kernel, K = C * kk, kp = (K + 1) / 2;
+    const int kk = kernel * kernel;
     const size_t L = (size_t)Ho * Wo, HW = (size_t)H * W;
     for (int n = n0; n < n1; n++) {
         const size_t b = (size_t)n / L, pix = (size_t)n % L;
@@ -54,42 +66,32 @@ void hg_conv_s1_bf16_ref(const uint32_t *a, size_t lda, const float *inp, float 
         const float *img = inp + b * (size_t)C * HW;
         for (int m = m0; m < m1; m++) {
             float acc = 0;
-            for (int p = 0; p < kp; p++) {
-                float prod[2] = {0, 0};
-                for (int h = 0; h < 2; h++) {
-                    const int k = 2 * p + h;
-                    if (k >= K) break;
-                    const int c = k / kk, t = k % kk, yy = y + t / kernel - pt, xx = x + t % kernel - pl;
+            for (int c = 0; c < C; c++)
+                for (int t = 0; t < kk; t++) {
+                    const int yy = y + t / kernel - pt, xx = x + t % kernel - pl;
                     if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
-                    const float v = hg_b2f(hg_f2b(img[(size_t)c * HW + (size_t)yy * W + xx]));
-                    prod[h] = hg_b2f((uint16_t)(a[(size_t)m * lda + p] >> (16 * h))) * v;
+                    const uint16_t a = gradInput ? w[((size_t)c * M + m) * kk + kk - 1 - t] : w[((size_t)m * C + c) * kk + t];
+                    acc += hg_b2f(a) * hg_b2f(hg_f2b(img[(size_t)c * HW + (size_t)yy * W + xx]));
                 }
-                acc += prod[1];
-                acc += prod[0];
-            }
             out[(b * (size_t)M + m) * L + pix] += acc;
         }
     }
 }
-
-// MARK: - Weights of the input gradient, as pairs
-
-void hg_conv_bf16_pack_grad_weights(const uint16_t *w, int M, int C, int kernel, uint32_t *dst, int c0, int c1) {
-    // dst (C rows of lda = ceil(M·kk / 2) words): A(c, (o, t)) = w[o][c][kk − 1 − t], k = o·kk + t.
-    // o outside, c inside: w is read front to back (the rows' write positions advance together, in cache).
-    const int kk = kernel * kernel, K = M * kk, kp = (K + 1) / 2;
-    uint16_t *rows = (uint16_t *)dst;  // little-endian: half 0 of word p is element 2p
-    for (int o = 0; o < M; o++) {
-        const uint16_t *src = w + ((size_t)o * C + c0) * kk;
-        for (int c = c0; c < c1; c++, src += kk) {
-            uint16_t *row = rows + (size_t)c * 2 * kp + (size_t)o * kk;
-            for (int t = 0; t < kk; t++) row[t] = src[kk - 1 - t];
-        }
-    }
-    if (K & 1)
-        for (int c = c0; c < c1; c++) rows[(size_t)c * 2 * kp + K] = 0;
-}
 #endif
+
+
+/// The panel rows (c, t) of the low and high half of pair p; t = −1: none (a zero row).
+static inline void conv_bf16_pair_rows(int gradInput, int kk, int K, int p, int *c0, int *t0, int *c1, int *t1) {
+    if (!gradInput) {
+        const int k = 2 * p;
+        if (k + 1 < K) { *c0 = k / kk; *t0 = k % kk; *c1 = (k + 1) / kk; *t1 = (k + 1) % kk; }
+        else { *c0 = 0; *t0 = -1; *c1 = (K - 1) / kk; *t1 = (K - 1) % kk; }  // odd K: the word of rows K − 2, K − 1
+    } else {
+        const int P = (kk + 1) / 2, o = p / P, j = p % P;
+        *c0 = *c1 = o;
+        if (2 * j + 1 < kk) { *t0 = 2 * j + 1; *t1 = 2 * j; } else { *t0 = 2 * j; *t1 = -1; }
+    }
+}
 
 // MARK: - Kernel
 
@@ -102,23 +104,24 @@ HG_BF16K HG_INLINE __m512i conv_rne_hi(__m512 x) {
     return _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(-1));
 }
 
-HG_BF16K HG_INLINE uint32_t load_word(const uint32_t *p) {
+HG_BF16K HG_INLINE uint32_t load_word(const uint16_t *p) {
     uint32_t v;
-    memcpy(&v, p, 4);  // the forward's words are the bf16 weights themselves: 2-byte alignment is all C promises
+    memcpy(&v, p, 4);  // a pair of bf16 weights: 2-byte alignment is all the layout promises
     return v;
 }
 
-/// c_u[r·ldc + l] += Σ_p dot(a_r[p], bp[p][16u + l]) for r < mr (≤ BMR), lanes 16u + l < nr, kp pair rows.
-HG_BF16K HG_INLINE void bf16_tile(int kp, const uint32_t *const a[BMR], const uint32_t *bp, float *const c[BNV],
-                                  size_t ldc, int mr, int nr) {
+/// c_u[r·ldc + l] += Σ_p dot(word(a_r + off[p]), bp[p][16u + l]) for r < mr (≤ BMR), lanes 16u + l < nr, kp pairs.
+HG_BF16K HG_INLINE void bf16_tile(int kp, const uint16_t *const a[BMR], const int32_t *off, const uint32_t *bp,
+                                  float *const c[BNV], size_t ldc, int mr, int nr) {
     __m512 acc[BMR][BNV];
     for (int r = 0; r < BMR; r++)
         for (int u = 0; u < BNV; u++) acc[r][u] = _mm512_setzero_ps();
     for (int p = 0; p < kp; p++) {
         const __m512i b0 = _mm512_loadu_si512(bp + (size_t)p * BNR), b1 = _mm512_loadu_si512(bp + (size_t)p * BNR + 16);
         const __m512i b2 = _mm512_loadu_si512(bp + (size_t)p * BNR + 32);
+        const int32_t o = off[p];
         for (int r = 0; r < BMR; r++) {
-            const __m512i x = _mm512_set1_epi32((int)load_word(a[r] + p));
+            const __m512i x = _mm512_set1_epi32((int)load_word(a[r] + o));
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], HG_AS_BH(x), HG_AS_BH(b0));
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], HG_AS_BH(x), HG_AS_BH(b1));
             acc[r][2] = _mm512_dpbf16_ps(acc[r][2], HG_AS_BH(x), HG_AS_BH(b2));
@@ -136,17 +139,29 @@ HG_BF16K HG_INLINE void bf16_tile(int kp, const uint32_t *const a[BMR], const ui
     }
 }
 
-HG_BF16K void HG_NAME(hg_conv_s1_avx512bf16)(const uint32_t *a, size_t lda, const float *inp, float *out, int C,
+HG_BF16K void HG_NAME(hg_conv_s1_avx512bf16)(const uint16_t *w, int gradInput, const float *inp, float *out, int C,
                                              int H, int W, int M, int kernel, int pt, int pl, int Ho, int Wo, int n0,
                                              int n1, int m0, int m1, float *scratch) {
-    const int kk = kernel * kernel, K = C * kk, KP = (K + 1) / 2;
+    const int kk = kernel * kernel, K = C * kk, KP = hg_conv_bf16_pairs(gradInput, C, kernel);
     uint32_t *bp = (uint32_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    int32_t *off = (int32_t *)(scratch + (size_t)BKP * BNR + 16);
+    // off[p]: where pair p's word sits relative to its row's start (elements); rowStride: from one row to the next.
+    size_t rowStride;
+    if (!gradInput) {
+        for (int p = 0; p < KP; p++) off[p] = 2 * p + 1 < K ? 2 * p : K - 2;
+        rowStride = (size_t)K;
+    } else {
+        const int P = (kk + 1) / 2;
+        for (int o = 0; o < C; o++)
+            for (int j = 0; j < P; j++) off[o * P + j] = o * M * kk + (2 * j + 1 < kk ? kk - 2 - 2 * j : 0);
+        rowStride = (size_t)kk;
+    }
     const size_t HW = (size_t)H * W, L = (size_t)Ho * Wo;
     // A vector of 16 pixels is one stretch of an output row (Wo % 16 == 0) or 16 / Wo whole rows (Wo | 16), always
     // of one image (L % 16 == 0): segments of `seg` lanes, each one output row.
     const int seg = Wo < 16 ? Wo : 16, nseg = 16 / seg;
-    // Pixels in blocks whose output (m1 − m0 channels) is about 1 MB; inside, blocks of K outside and panels inside:
-    // the block of A (channels × BKP words) stays in L2 while the panels stream past it.
+    // Pixels in blocks whose output (m1 − m0 channels) is about 1 MB; inside, blocks of pairs outside and panels
+    // inside: the block of A (channels × BKP words) stays in L2 while the panels stream past it.
     const int rowsM = m1 - m0 > 0 ? m1 - m0 : 1;
     int nb = ((1 << 18) / rowsM) / BNR * BNR;
     if (nb < BNR) nb = BNR;
@@ -158,9 +173,9 @@ HG_BF16K void HG_NAME(hg_conv_s1_avx512bf16)(const uint32_t *a, size_t lda, cons
             for (int j0 = b0; j0 < b1; j0 += BNR) {
                 const int nr = b1 - j0 < BNR ? b1 - j0 : BNR;
                 float *cu[BNV];
-                // Pack the panel's pair rows p0..<p0+kp (im2col rows 2p, 2p + 1; row k = (c, t)). Per vector, the
-                // tap t fixes, for each output row the vector covers (segment), where its lanes read (relative to the
-                // channel's plane) and which lanes are inside the image; the rows then only add c·H·W.
+                // Pack the panel's pairs p0..<p0+kp (two im2col rows (c, t) each). Per vector, the tap t fixes, for
+                // each output row the vector covers (segment), where its lanes read (relative to the channel's
+                // plane) and which lanes are inside the image; the rows then only add c·H·W.
                 for (int u = 0; u < BNV; u++) {
                     const int lanes = nr - 16 * u;
                     const size_t g = (size_t)j0 + 16 * (size_t)(lanes > 0 ? u : 0);
@@ -182,15 +197,16 @@ HG_BF16K void HG_NAME(hg_conv_s1_avx512bf16)(const uint32_t *a, size_t lda, cons
                             segOff[t][q] = inside ? (ptrdiff_t)yy * W + xs - s0 : 0;
                         }
                     }
-                    int k = 2 * p0, c = k / kk, t = k % kk;  // (c, t) of row k, stepped along
                     for (int p = 0; p < kp; p++) {
+                        int rc[2], rt[2];
+                        conv_bf16_pair_rows(gradInput, kk, K, p0 + p, &rc[0], &rt[0], &rc[1], &rt[1]);
                         __m512 v[2];
-                        for (int h = 0; h < 2; h++, k++) {
-                            if (k >= K) { v[h] = _mm512_setzero_ps(); continue; }
-                            const float *plane = img + (size_t)c * HW;
+                        for (int h = 0; h < 2; h++) {
+                            if (rt[h] < 0) { v[h] = _mm512_setzero_ps(); continue; }
+                            const float *plane = img + (size_t)rc[h] * HW;
+                            const int t = rt[h];
                             v[h] = _mm512_maskz_loadu_ps(segMask[t][0], plane + segOff[t][0]);
                             for (int q = 1; q < nseg; q++) v[h] = _mm512_mask_loadu_ps(v[h], segMask[t][q], plane + segOff[t][q]);
-                            if (++t == kk) { t = 0; c++; }
                         }
                         const __m512i word = _mm512_or_si512(_mm512_srli_epi32(conv_rne_hi(v[0]), 16),
                                                              _mm512_and_si512(conv_rne_hi(v[1]), hi16));
@@ -199,10 +215,10 @@ HG_BF16K void HG_NAME(hg_conv_s1_avx512bf16)(const uint32_t *a, size_t lda, cons
                 }
                 for (int i0 = m0; i0 < m1; i0 += BMR) {
                     const int mr = m1 - i0 < BMR ? m1 - i0 : BMR;
-                    const uint32_t *ar[BMR];
-                    for (int r = 0; r < BMR; r++) ar[r] = a + (size_t)(i0 + (r < mr ? r : mr - 1)) * lda + p0;
+                    const uint16_t *ar[BMR];
+                    for (int r = 0; r < BMR; r++) ar[r] = w + (size_t)(i0 + (r < mr ? r : mr - 1)) * rowStride;
                     float *ci[BNV] = {cu[0] + (size_t)i0 * L, cu[1] + (size_t)i0 * L, cu[2] + (size_t)i0 * L};
-                    bf16_tile(kp, ar, bp, ci, L, mr, nr);
+                    bf16_tile(kp, ar, off + p0, bp, ci, L, mr, nr);
                 }
             }
         }

@@ -115,11 +115,11 @@ func conv2dImplicitGEMM(stride: Int, kernel: Int, Ho: Int, Wo: Int) -> Bool {
 let conv2dHasAVX512 = hg_cpu_has_avx512f() != 0
 var conv2dImplicitAvailable: Bool { conv2dHasAVX512 && !RuntimeOptions.current.convolutionsOnBLAS }
 
-/// The weights an implicit-GEMM convolution multiplies with: fp32 as stored (forward, or the input gradient's
-/// flipped, transposed reading of them), or bf16 pair words for CKernels/conv_avx512bf16.c (`lda` words per row).
+/// The weights an implicit-GEMM convolution multiplies with, as stored: fp32 (CKernels/conv_avx512.c) or bf16
+/// (CKernels/conv_avx512bf16.c); the forward's, or the input gradient's flipped, transposed reading of them.
 private enum ImplicitWeights {
     case f32(UnsafePointer<Float>, gradInput: Bool)
-    case bf16Pairs(UnsafePointer<UInt32>, lda: Int)
+    case bf16(UnsafePointer<UInt16>, gradInput: Bool)
 }
 
 /// out (B, M, Ho, Wo) += the correlation of inp (B, C, H, W) with the weights (see hg_conv_s1_avx512 and
@@ -139,7 +139,8 @@ private func conv2dImplicit(weights: ImplicitWeights, inp: UnsafePointer<Float>,
     let scratchSize: Int
     switch weights {
     case .f32: scratchSize = hg_conv_avx512_scratch(Int32(K))
-    case .bf16Pairs: scratchSize = hg_conv_avx512bf16_scratch()
+    case .bf16(_, let gradInput):
+        scratchSize = hg_conv_avx512bf16_scratch(hg_conv_bf16_pairs(gradInput ? 1 : 0, Int32(C), Int32(kernel)))
     }
     parallelRanges(items, grain: rows * K * min(N, chunk) >= 1 << 20 ? 1 : items) { r in
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: scratchSize)
@@ -151,8 +152,8 @@ private func conv2dImplicit(weights: ImplicitWeights, inp: UnsafePointer<Float>,
             case .f32(let w, let gradInput):
                 hg_conv_s1_avx512(w, gradInput ? 1 : 0, inp, out, Int32(C), Int32(H), Int32(W), Int32(M), Int32(kernel),
                                   Int32(pt), Int32(pl), Int32(Ho), Int32(Wo), n0, n1, Int32(m0), m1, scratch)
-            case .bf16Pairs(let a, let lda):
-                hg_conv_s1_avx512bf16(a, lda, inp, out, Int32(C), Int32(H), Int32(W), Int32(M), Int32(kernel),
+            case .bf16(let w, let gradInput):
+                hg_conv_s1_avx512bf16(w, gradInput ? 1 : 0, inp, out, Int32(C), Int32(H), Int32(W), Int32(M), Int32(kernel),
                                       Int32(pt), Int32(pl), Int32(Ho), Int32(Wo), n0, n1, Int32(m0), m1, scratch)
             }
         }
@@ -166,39 +167,6 @@ private func conv2dImplicit(weights: ImplicitWeights, inp: UnsafePointer<Float>,
 func conv2dImplicitBF16(stride: Int, kernel: Int, Ho: Int, Wo: Int) -> Bool {
     !RuntimeOptions.current.convolutionsOnBLAS && BF16.isAccelerated && stride == 1 && kernel <= 7
         && (Wo % 16 == 0 || (16 % Wo == 0 && (Ho * Wo) % 16 == 0))
-}
-
-/// The input gradient's weights as bf16 pair words (hg_conv_bf16_pack_grad_weights), packed once per backward call
-/// into a buffer kept for the next call (up to 59 MB for SD1.5's 2560 → 1280 convolutions: a fresh allocation that
-/// size would be fresh pages, faulted in on every call).
-private final class PairWordsScratch: @unchecked Sendable {
-    static let shared = PairWordsScratch()
-    private let lock = NSLock()
-    private var buffer: UnsafeMutablePointer<UInt32>?
-    private var capacity = 0
-    private var inUse = false
-
-    /// Calls `body` with at least `count` words: the kept buffer, or (while another thread holds it) a new one.
-    func with(count: Int, _ body: (UnsafeMutablePointer<UInt32>) -> Void) {
-        lock.lock()
-        if inUse {
-            lock.unlock()
-            let p = UnsafeMutablePointer<UInt32>.allocate(capacity: count)
-            defer { p.deallocate() }
-            body(p)
-            return
-        }
-        inUse = true
-        if capacity < count {
-            buffer?.deallocate()
-            buffer = .allocate(capacity: count)
-            capacity = count
-        }
-        let p = buffer!
-        lock.unlock()
-        body(p)
-        lock.lock(); inUse = false; lock.unlock()
-    }
 }
 
 // MARK: - im2col / col2im
@@ -324,11 +292,9 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho
         conv2dImplicit(weights: .f32(w, gradInput: false), inp: inp, out: out, B: B, C: Cin, H: H, W: W, M: Cout,
                        kernel: kernel, pt: padding.top, pl: padding.left, Ho: Ho, Wo: Wo)
         return
-    case .bf16(let w) where rowsK % 2 == 0 && conv2dImplicitBF16(stride: stride, kernel: kernel, Ho: Ho, Wo: Wo):
-        // The weight rows (Cout, Cin·K·K) are the kernel's pair words as they are (Cin·K·K even).
-        conv2dImplicit(weights: .bf16Pairs(UnsafeRawPointer(w).assumingMemoryBound(to: UInt32.self), lda: rowsK / 2),
-                       inp: inp, out: out, B: B, C: Cin, H: H, W: W, M: Cout, kernel: kernel, pt: padding.top,
-                       pl: padding.left, Ho: Ho, Wo: Wo)
+    case .bf16(let w) where rowsK >= 2 && conv2dImplicitBF16(stride: stride, kernel: kernel, Ho: Ho, Wo: Wo):
+        conv2dImplicit(weights: .bf16(w, gradInput: false), inp: inp, out: out, B: B, C: Cin, H: H, W: W, M: Cout,
+                       kernel: kernel, pt: padding.top, pl: padding.left, Ho: Ho, Wo: Wo)
         return
     default: break
     }
@@ -392,16 +358,10 @@ public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin,
         conv2dImplicit(weights: .f32(w, gradInput: true), inp: dout, out: dinp, B: B, C: Cout, H: Ho, W: Wo, M: Cin,
                        kernel: kernel, pt: kernel - 1 - padding.top, pl: kernel - 1 - padding.left, Ho: H, Wo: W)
         return
-    case .bf16(let w) where conv2dImplicitBF16(stride: stride, kernel: kernel, Ho: H, Wo: W):
-        let lda = (Cout * kernel * kernel + 1) / 2
-        PairWordsScratch.shared.with(count: Cin * lda) { a in
-            parallelRanges(Cin, grain: max(1, Cin / max(1, Parallel.threads))) { r in
-                hg_conv_bf16_pack_grad_weights(w, Int32(Cout), Int32(Cin), Int32(kernel), a, Int32(r.lowerBound),
-                                               Int32(r.upperBound))
-            }
-            conv2dImplicit(weights: .bf16Pairs(a, lda: lda), inp: dout, out: dinp, B: B, C: Cout, H: Ho, W: Wo, M: Cin,
-                           kernel: kernel, pt: kernel - 1 - padding.top, pl: kernel - 1 - padding.left, Ho: H, Wo: W)
-        }
+    case .bf16(let w) where kernel >= 2 && conv2dImplicitBF16(stride: stride, kernel: kernel, Ho: H, Wo: W):
+        // (A 1×1 input gradient is the GEMM below on dout itself.)
+        conv2dImplicit(weights: .bf16(w, gradInput: true), inp: dout, out: dinp, B: B, C: Cout, H: Ho, W: Wo, M: Cin,
+                       kernel: kernel, pt: kernel - 1 - padding.top, pl: kernel - 1 - padding.left, Ho: H, Wo: W)
         return
     default: break
     }

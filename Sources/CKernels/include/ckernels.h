@@ -45,24 +45,22 @@ void hg_attention_backward_avx512(const float *q, const float *k, const float *v
 size_t hg_conv_avx512_scratch(int K);
 void hg_conv_s1_avx512(const float *w, int gradInput, const float *inp, float *out, int C, int H, int W, int M,
                        int kernel, int pt, int pl, int Ho, int Wo, int n0, int n1, int m0, int m1, float *scratch);
-/// The same convolution with bf16 weights on AVX512-BF16 (CKernels/conv_avx512bf16.c; same shape conditions):
-/// out (B, M, Ho, Wo) += Σ_k A(m, k) · bf16(im2col(inp)(k, pixel)), k = (c, kh, kw), fp32 sums. A as bf16 pair
-/// words, a[m·lda + p] = A(m, 2p) | A(m, 2p + 1) << 16, p < ceil(C·k·k / 2): for the forward with C·k·k even the
-/// weight (M, C, k, k) itself (lda = C·k·k / 2); for the input gradient hg_conv_bf16_pack_grad_weights's rows.
-/// Only where hg_kernels_path() == HG_PATH_AVX512. scratch: hg_conv_avx512bf16_scratch() floats.
-size_t hg_conv_avx512bf16_scratch(void);
-void hg_conv_s1_avx512bf16(const uint32_t *a, size_t lda, const float *inp, float *out, int C, int H, int W, int M,
-                           int kernel, int pt, int pl, int Ho, int Wo, int n0, int n1, int m0, int m1, float *scratch);
+/// The same convolution with bf16 weights on AVX512-BF16 (CKernels/conv_avx512bf16.c; the same shape conditions
+/// and the same meaning of w and gradInput), activations rounded to bf16, fp32 sums; pairs of weights are read as
+/// they are stored (nothing packed). Forward: C·k·k ≥ 2; input gradient: k ≥ 2. Weights finite. Only where
+/// hg_kernels_path() == HG_PATH_AVX512. scratch: hg_conv_avx512bf16_scratch(hg_conv_bf16_pairs(...)) floats.
+int hg_conv_bf16_pairs(int gradInput, int C, int kernel);
+size_t hg_conv_avx512bf16_scratch(int pairs);
+void hg_conv_s1_avx512bf16(const uint16_t *w, int gradInput, const float *inp, float *out, int C, int H, int W,
+                           int M, int kernel, int pt, int pl, int Ho, int Wo, int n0, int n1, int m0, int m1,
+                           float *scratch);
 /// The same code compiled as portable C (any CPU, slow): for tests of the kernel on CPUs without AVX512-BF16.
-void hg_conv_s1_avx512bf16_emu(const uint32_t *a, size_t lda, const float *inp, float *out, int C, int H, int W,
+void hg_conv_s1_avx512bf16_emu(const uint16_t *w, int gradInput, const float *inp, float *out, int C, int H, int W,
                                int M, int kernel, int pt, int pl, int Ho, int Wo, int n0, int n1, int m0, int m1,
                                float *scratch);
-/// The reference of hg_conv_s1_avx512bf16 in scalar C (any shape with stride 1; no scratch).
-void hg_conv_s1_bf16_ref(const uint32_t *a, size_t lda, const float *inp, float *out, int C, int H, int W, int M,
+/// The reference of hg_conv_s1_avx512bf16 in scalar C (any stride-1 shape; no scratch).
+void hg_conv_s1_bf16_ref(const uint16_t *w, int gradInput, const float *inp, float *out, int C, int H, int W, int M,
                          int kernel, int pt, int pl, int Ho, int Wo, int n0, int n1, int m0, int m1);
-/// Rows c0..<c1 of the input gradient's pair words: dst (C rows of ceil(M·k·k / 2) words) with
-/// A(c, (o, t)) = w[o][c][k·k − 1 − t] for the forward's w (M, C, k, k) bf16 (the odd last half zero).
-void hg_conv_bf16_pack_grad_weights(const uint16_t *w, int M, int C, int kernel, uint32_t *dst, int c0, int c1);
 /// glibc malloc: keep freed memory for reuse (Tensors/Memory.swift).
 void hg_keep_freed_memory(void);
 
