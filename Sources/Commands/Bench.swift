@@ -16,17 +16,17 @@ extension Commands {
     /// The U-Net shapes of ../shared/bench/unet_configs.py.
     static func benchConfig(_ name: String) throws -> UNet2DConditionConfig {
         var sd15 = UNet2DConditionConfig()
-        sd15.crossAttentionDim = .int(768)
+        sd15.crossAttentionDim = .one(768)
         sd15.sampleSize = 64
         switch name {
         case "sd15": return sd15
         case "tiny":
             var c = sd15
-            c.blockOutChannels = [32, 64, 64, 64]; c.crossAttentionDim = .int(32); c.normNumGroups = 8; c.layersPerBlock = .int(1)
+            c.blockOutChannels = [32, 64, 64, 64]; c.crossAttentionDim = .one(32); c.normNumGroups = 8; c.layersPerBlock = .one(1)
             return c
         case "small":
             var c = sd15
-            c.blockOutChannels = [64, 128, 256, 256]; c.crossAttentionDim = .int(256); c.layersPerBlock = .int(1)
+            c.blockOutChannels = [64, 128, 256, 256]; c.crossAttentionDim = .one(256); c.layersPerBlock = .one(1)
             return c
         default:
             return try ModelFolder(path: name).unet().config(UNet2DConditionConfig.self)

@@ -65,7 +65,7 @@ extension Commands {
     /// tower, SD's VAE); tiny, small and U-Net folders a text encoder as wide as the U-Net's cross_attention_dim
     /// with 2–4 layers and a 4-level VAE of 32–64 channels (8x downsampling, as SD's).
     static func pipelineShapes(_ name: String, unet: UNet2DConditionConfig) throws -> (text: CLIPTextConfig, vae: AutoencoderKLConfig) {
-        guard case .int(let width) = unet.crossAttentionDim else {
+        guard case .one(let width) = unet.crossAttentionDim else {
             throw CLIError.invalid("--config \(name): the U-Net has a per-block cross_attention_dim; a text encoder cannot match it (use --parts unet)")
         }
         var text = CLIPTextConfig()

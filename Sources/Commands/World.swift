@@ -266,9 +266,9 @@ extension Commands {
         unet.blockOutChannels = channels
         unet.downBlockTypes = Array(repeating: "DownBlock2D", count: channels.count - 1) + ["CrossAttnDownBlock2D"]
         unet.upBlockTypes = ["CrossAttnUpBlock2D"] + Array(repeating: "UpBlock2D", count: channels.count - 1)
-        unet.layersPerBlock = .int(try args.int("--layers", in: 1...8)!)
-        unet.crossAttentionDim = .int(width)
-        unet.attentionHeadDim = .int(channels.last! / 16)   // heads of 16 channels
+        unet.layersPerBlock = .one(try args.int("--layers", in: 1...8)!)
+        unet.crossAttentionDim = .one(width)
+        unet.attentionHeadDim = .one(channels.last! / 16)   // heads of 16 channels
         unet.normNumGroups = 8
         let model = UNetModel(spec: try UNetSpec(unet))
         model.randomizeWeights(seed: seed)

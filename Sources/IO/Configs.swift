@@ -6,49 +6,33 @@ import Foundation
 
 // MARK: - Lenient scalar-or-list values
 
-/// An int, or one int per block (diffusers' `attention_head_dim`, `transformer_layers_per_block`, …).
-public enum IntOrList: Codable, Sendable, Equatable {
-    case int(Int)
-    case list([Int])
+/// One value, or one value per block: diffusers' `attention_head_dim`, `transformer_layers_per_block`, … (Int) and
+/// `only_cross_attention` (Bool).
+public enum OneOrList<Value: Codable & Sendable & Equatable>: Codable, Sendable, Equatable {
+    case one(Value)
+    case list([Value])
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.singleValueContainer()
-        if let i = try? c.decode(Int.self) { self = .int(i) } else { self = .list(try c.decode([Int].self)) }
+        if let v = try? c.decode(Value.self) { self = .one(v) } else { self = .list(try c.decode([Value].self)) }
     }
 
     public func encode(to encoder: Encoder) throws {
         var c = encoder.singleValueContainer()
-        switch self { case .int(let i): try c.encode(i); case .list(let l): try c.encode(l) }
+        switch self { case .one(let v): try c.encode(v); case .list(let l): try c.encode(l) }
     }
 
     /// One value per block; a list of the wrong length is nil (the caller names the key in its error).
-    public func perBlock(_ count: Int) -> [Int]? {
+    public func perBlock(_ count: Int) -> [Value]? {
         switch self {
-        case .int(let i): return Array(repeating: i, count: count)
+        case .one(let v): return Array(repeating: v, count: count)
         case .list(let l): return l.count == count ? l : nil
         }
     }
+
+    public var values: [Value] { switch self { case .one(let v): [v]; case .list(let l): l } }
 }
-
-/// A bool, or one bool per block (diffusers' `only_cross_attention`).
-public enum BoolOrList: Codable, Sendable, Equatable {
-    case bool(Bool)
-    case list([Bool])
-
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        if let b = try? c.decode(Bool.self) { self = .bool(b) } else { self = .list(try c.decode([Bool].self)) }
-    }
-
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.singleValueContainer()
-        switch self { case .bool(let b): try c.encode(b); case .list(let l): try c.encode(l) }
-    }
-
-    public var anyTrue: Bool {
-        switch self { case .bool(let b): return b; case .list(let l): return l.contains(true) }
-    }
-}
+public typealias IntOrList = OneOrList<Int>
 
 private extension KeyedDecodingContainer {
     func value<T: Decodable>(_ key: Key, _ fallback: T) throws -> T { try decodeIfPresent(T.self, forKey: key) ?? fallback }
@@ -67,18 +51,18 @@ public struct UNet2DConditionConfig: Codable, Sendable, Equatable {
     public var downBlockTypes = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
     public var midBlockType: String? = "UNetMidBlock2DCrossAttn"
     public var upBlockTypes = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
-    public var onlyCrossAttention: BoolOrList = .bool(false)
+    public var onlyCrossAttention: OneOrList<Bool> = .one(false)
     public var blockOutChannels = [320, 640, 1280, 1280]
-    public var layersPerBlock: IntOrList = .int(2)
+    public var layersPerBlock: IntOrList = .one(2)
     public var downsamplePadding = 1
     public var midBlockScaleFactor = 1.0
     public var actFn = "silu"
     public var normNumGroups: Int? = 32
     public var normEps = 1e-5
-    public var crossAttentionDim: IntOrList = .int(1280)
-    public var transformerLayersPerBlock: IntOrList = .int(1)
+    public var crossAttentionDim: IntOrList = .one(1280)
+    public var transformerLayersPerBlock: IntOrList = .one(1)
     public var encoderHidDim: Int?
-    public var attentionHeadDim: IntOrList = .int(8)
+    public var attentionHeadDim: IntOrList = .one(8)
     public var numAttentionHeads: IntOrList?
     public var dualCrossAttention = false
     public var useLinearProjection = false

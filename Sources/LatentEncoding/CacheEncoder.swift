@@ -407,7 +407,7 @@ public final class CacheEncoder {
             throw EncodeError.badSetting("training size \(settings.width)x\(settings.height) gives \(latentShape[2])x\(latentShape[1]) latents; "
                                          + "the U-Net needs multiples of \(m) (images in multiples of \(m * settings.height / latentShape[1]) px)")
         }
-        if case .int(let d) = config.crossAttentionDim, d != contextWidth {
+        if case .one(let d) = config.crossAttentionDim, d != contextWidth {
             throw EncodeError.modelMismatch("\(unet.configPath): cross_attention_dim is \(d) but the text encoder is \(contextWidth) wide")
         }
     }

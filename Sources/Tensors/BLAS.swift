@@ -17,10 +17,6 @@ public enum BLAS {
     private static let singleThreaded: Void = openblas_set_num_threads(1)
     /// The kernel family OpenBLAS chose, e.g. "SkylakeX" or "Zen".
     public static var coreName: String { openblas_get_corename().map { String(cString: $0) } ?? "unknown" }
-    public static var buildConfig: String { openblas_get_config().map { String(cString: $0) } ?? "unknown" }
-
-    /// Whether the loaded OpenBLAS exports `cblas_sbgemm` (Debian 12's 0.3.21 declares it but does not export it).
-    public static let hasSbgemm: Bool = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "cblas_sbgemm") != nil
 
     /// C (M×N) = alpha · op(A) (M×K) · op(B) (K×N) + beta · C, all row-major. Blocks of rows of C on the pool's
     /// threads (hg_sgemm; bit-identical to one OpenBLAS call).

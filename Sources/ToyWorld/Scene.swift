@@ -76,18 +76,6 @@ public enum Body {
 
     public static var torsoWidth: Float { 2 * torsoHalfWidth }
     public static var torsoHeight: Float { torsoBottom - torsoTop }
-    /// Area of a capsule chain of this length (body units²).
-    static func capsuleArea(length: Float) -> Float { length * 2 * limbRadius + Float.pi * limbRadius * limbRadius }
-    static func distance(_ a: (x: Float, y: Float), _ b: (x: Float, y: Float)) -> Float {
-        ((a.x - b.x) * (a.x - b.x) + (a.y - b.y) * (a.y - b.y)).squareRoot()
-    }
-    /// One standing arm's and one standing leg's area as fractions of the torso's: the scorer's unit limbs.
-    public static var armToTorsoArea: Float {
-        capsuleArea(length: distance((torsoHalfWidth, shoulderY), handDown)) / (torsoWidth * torsoHeight)
-    }
-    public static var legToTorsoArea: Float {
-        capsuleArea(length: distance((hipX, torsoBottom), foot)) / (torsoWidth * torsoHeight)
-    }
 }
 
 public struct Scene: Sendable, Equatable {

@@ -62,7 +62,7 @@ public struct UNetSpec: Sendable, Equatable {
         guard c.timeEmbeddingDim == nil else { throw refuse("time_embedding_dim", "is set; not supported") }
         guard c.resnetTimeScaleShift == "default" else { throw refuse("resnet_time_scale_shift", "is \(c.resnetTimeScaleShift); supported: default") }
         guard !c.dualCrossAttention else { throw refuse("dual_cross_attention", "is true; not supported") }
-        guard !c.onlyCrossAttention.anyTrue else { throw refuse("only_cross_attention", "is true; not supported") }
+        guard !c.onlyCrossAttention.values.contains(true) else { throw refuse("only_cross_attention", "is true; not supported") }
         guard c.convInKernel == 3, c.convOutKernel == 3 else { throw refuse("conv_in_kernel", "must be 3 (conv_in_kernel and conv_out_kernel)") }
         guard !c.centerInputSample else { throw refuse("center_input_sample", "is true; not supported") }
         guard c.downsamplePadding == 1 else { throw refuse("downsample_padding", "is \(c.downsamplePadding); supported: 1") }

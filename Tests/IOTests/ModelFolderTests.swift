@@ -29,7 +29,7 @@ final class ModelFolderTests: XCTestCase {
     func testDecodesDiffusersUNetConfigsLeniently() throws {
         let sd15 = try JSONDecoder().decode(UNet2DConditionConfig.self, from: Data(Self.sd15UNet.utf8))
         XCTAssertEqual(sd15.blockOutChannels, [320, 640, 1280, 1280])
-        XCTAssertEqual(sd15.crossAttentionDim, .int(768))
+        XCTAssertEqual(sd15.crossAttentionDim, .one(768))
         XCTAssertEqual(sd15.headsPerBlock, [8, 8, 8, 8])   // SD 1.x: "attention_head_dim" is the number of heads
         XCTAssertEqual(sd15.layersPerBlock.perBlock(4), [2, 2, 2, 2])
         XCTAssertFalse(sd15.useLinearProjection)
@@ -39,7 +39,7 @@ final class ModelFolderTests: XCTestCase {
         XCTAssertEqual(sd21.attentionHeadDim, .list([5, 10, 20, 20]))
         XCTAssertNil(sd21.numAttentionHeads)
         XCTAssertTrue(sd21.useLinearProjection)
-        XCTAssertEqual(sd21.crossAttentionDim, .int(1024))
+        XCTAssertEqual(sd21.crossAttentionDim, .one(1024))
         XCTAssertNil(IntOrList.list([1, 2]).perBlock(4))
     }
 
@@ -103,7 +103,7 @@ final class ModelFolderTests: XCTestCase {
         XCTAssertEqual(model.components["unet"]?.className, "UNet2DConditionModel")
         XCTAssertNil(model.components["safety_checker"])
         let unet = try model.unet()
-        XCTAssertEqual(try unet.config(UNet2DConditionConfig.self).crossAttentionDim, .int(768))
+        XCTAssertEqual(try unet.config(UNet2DConditionConfig.self).crossAttentionDim, .one(768))
         XCTAssertEqual(try unet.weightFiles(), [root + "/unet/diffusion_pytorch_model.safetensors"])
         XCTAssertEqual(try unet.weightFiles(variant: "fp16"), [root + "/unet/diffusion_pytorch_model.fp16.safetensors"])
         XCTAssertThrowsError(try unet.weightFiles(variant: "bf16")) { e in

@@ -133,7 +133,7 @@ final class MixedPrecisionTests: XCTestCase {
     /// loading: the storage is allocated but never touched.)
     func testSD15WeightBytes() throws {
         var c = UNet2DConditionConfig()
-        c.crossAttentionDim = .int(768)
+        c.crossAttentionDim = .one(768)
         let m = UNetModel(spec: try UNetSpec(c), precision: .bf16)
         let t = m.weights.table
         print("SD1.5 U-Net: \(t.count) parameters, \(t.bf16Count) in bf16; fp32 \(4 * t.count) B, bf16 \(m.weights.byteCount) B")

@@ -228,6 +228,14 @@ final class UNetParityTests: XCTestCase {
         c = UNet2DConditionConfig()
         c.attentionHeadDim = .list([8, 8])
         XCTAssertThrowsError(try UNetSpec(c)) { XCTAssertEqual(($0 as? UNetConfigError)?.key, "attention_head_dim") }
+        for only in [OneOrList<Bool>.one(true), .list([false, true, false, false])] {
+            c = UNet2DConditionConfig()
+            c.onlyCrossAttention = only
+            XCTAssertThrowsError(try UNetSpec(c)) { XCTAssertEqual(($0 as? UNetConfigError)?.key, "only_cross_attention") }
+        }
+        c = UNet2DConditionConfig()
+        c.onlyCrossAttention = .list([false, false, false, false])
+        XCTAssertNoThrow(try UNetSpec(c))
         c = UNet2DConditionConfig()
         c.downBlockTypes[0] = "AttnDownBlock2D"
         XCTAssertThrowsError(try UNetSpec(c)) { XCTAssertEqual(($0 as? UNetConfigError)?.key, "down_block_types") }
@@ -239,7 +247,7 @@ final class UNetParityTests: XCTestCase {
     func testMismatchedWeightsAreClearErrors() throws {
         let f = try fixture("conv")
         var cfg = try ComponentFolder(path: f.folder).config(UNet2DConditionConfig.self)
-        cfg.crossAttentionDim = .int(32)
+        cfg.crossAttentionDim = .one(32)
         let m = UNetModel(spec: try UNetSpec(cfg))
         XCTAssertThrowsError(try m.weights.load(files: [f.folder + "/diffusion_pytorch_model.safetensors"], model: "U-Net")) { e in
             XCTAssertTrue("\(e)".contains("attn2.to_k.weight") && "\(e)".contains("wrong shape"), "\(e)")
