@@ -169,6 +169,15 @@ func conv2dImplicitBF16(stride: Int, kernel: Int, Ho: Int, Wo: Int) -> Bool {
         && (Wo % 16 == 0 || (16 % Wo == 0 && (Ho * Wo) % 16 == 0))
 }
 
+/// The code a stride-`stride` forward convolution of that output size runs on, for benchmarks' reports.
+public func conv2dPathName(bf16: Bool, stride: Int, kernel: Int, Ho: Int, Wo: Int) -> String {
+    if bf16 {
+        if conv2dImplicitBF16(stride: stride, kernel: kernel, Ho: Ho, Wo: Wo) { return "implicit GEMM, AVX512-BF16" }
+        return BF16.isAccelerated ? "im2col + bf16 GEMM (AVX512-BF16)" : "im2col + bf16 weights widened for sgemm"
+    }
+    return conv2dImplicitGEMM(stride: stride, kernel: kernel, Ho: Ho, Wo: Wo) ? "implicit GEMM, AVX-512F" : "im2col + sgemm"
+}
+
 // MARK: - im2col / col2im
 
 /// col (Cin·K·K, (oh1 − oh0)·Wo) ← the input patches for output rows oh0..<oh1 of one image; zeros where the
