@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # summary.sh — launch/xctest-summary.sh, which launch/test.sh uses to count the Swift tests, on both forms of XCTest's
-# summary line (with and without skipped tests) and on a log with failures, as swift test prints them on Linux.
+# summary line (with and without skipped tests), on a log with failures, as swift test prints them on Linux, and on
+# a crashed run (a test started and never ended).
 #
 # Usage: launch/tests/summary.sh      (no MPI, < 1 s)
 set -euo pipefail
@@ -46,6 +47,18 @@ Test Case 'T.testD' failed (0.1 seconds)
 LOG
 check "failures and skips" "total=5 passed=1 failed=2 skipped=2
 skipped: T.testA: (no reason given)"
+
+cat >"$T/log" <<'LOG'
+Test Case 'A.testOne' started at 2026-12-07 05:50:00.000
+Test Case 'A.testOne' passed (0.1 seconds)
+Test Suite 'A' passed at 2026-12-07 05:50:00.100
+	 Executed 6 tests, with 0 failures (0 unexpected) in 0.1 (0.1) seconds
+Test Case 'B.testSkip' started at 2026-12-07 05:50:00.200
+Test Case 'B.testSkip' skipped (0.0 seconds)
+Test Case 'B.testCrash' started at 2026-12-07 05:50:00.300
+LOG
+check "a crash counts as a failure" "total=3 passed=1 failed=1 skipped=1
+crashed: B.testCrash: started and never ended (the test process died)"
 
 echo "Compiling..." >"$T/log"
 check "no summary line" "exit 1: "
