@@ -165,9 +165,10 @@ private func conv2dImplicit(weights: ImplicitWeights, inp: UnsafePointer<Float>,
 /// `RuntimeOptions.bf16Path`), and not HGDPO_CONV=blas. Elsewhere bf16 convolutions run im2col + `BF16.gemm`.
 @inline(__always)
 func conv2dImplicitBF16(stride: Int, kernel: Int, Ho: Int, Wo: Int) -> Bool {
-    !RuntimeOptions.current.convolutionsOnBLAS && BF16.isAccelerated && stride == 1 && kernel <= 7
-        && (Wo % 16 == 0 || (16 % Wo == 0 && (Ho * Wo) % 16 == 0))
+    conv2dImplicitBF16Available && stride == 1 && kernel <= 7 && (Wo % 16 == 0 || (16 % Wo == 0 && (Ho * Wo) % 16 == 0))
 }
+
+var conv2dImplicitBF16Available: Bool { BF16.isAccelerated && !RuntimeOptions.current.convolutionsOnBLAS }
 
 /// The code a stride-`stride` forward convolution of that output size runs on, for benchmarks' reports.
 public func conv2dPathName(bf16: Bool, stride: Int, kernel: Int, Ho: Int, Wo: Int) -> String {
