@@ -247,9 +247,12 @@ extension Commands {
             .value("--stride", "S", "Stride", default: "1"),
             .value("--iters", "K", "Timed iterations (after one warm-up)", default: "10"),
             .value("--threads", "N", "Compute threads (default: HGDPO_THREADS or all cores)"),
+            .value("--mixed-precision", "MODE", "no = fp32 weights; bf16 = the weights in bf16, fp32 sums (as `hgdpo train`)",
+                   default: "no", choices: ["no", "bf16"]),
         ]
     ) { args in
         try applyThreads(args)
+        let bf16 = args.string("--mixed-precision") == "bf16"
         let B = try args.int("--batch", in: 1...256)!, cin = try args.int("--in-channels", in: 1...8192)!
         let cout = try args.int("--out-channels", in: 1...8192)!, n = try args.int("--size", in: 1...4096)!
         let k = try args.int("--kernel", in: 1...15)!, s = try args.int("--stride", in: 1...8)!
@@ -260,17 +263,21 @@ extension Commands {
         let bias = Buffer(zeros: cout), dout = Buffer(rng.substream(3).normals(B * cout * no * no))
         let out = Buffer(zeros: B * cout * no * no), dinp = Buffer(zeros: B * cin * n * n)
         let ws = Buffer(zeros: conv2dWorkspaceSize(Cin: cin, H: n, W: n, kernel: k, stride: s, padding: p))
+        let wBF16 = BF16Buffer(uninitialized: bf16 ? w.count : 0)
+        if bf16 { BF16.convert(w.ptr, to: wBF16.ptr, count: w.count) }
+        let weight: WeightMatrix = bf16 ? .bf16(wBF16.ptr) : .f32(w.ptr)
         let t = timeKernelPair(iters: iters) {
-            conv2dForward(out: out.ptr, inp: x.ptr, weight: w.ptr, bias: bias.ptr, B: B, Cin: cin, H: n, W: n, Cout: cout,
+            conv2dForward(out: out.ptr, inp: x.ptr, weight: weight, bias: bias.ptr, B: B, Cin: cin, H: n, W: n, Cout: cout,
                           kernel: k, stride: s, padding: Conv2DPadding(p), workspace: ws.ptr)
         } backward: {
-            conv2dBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: w.ptr, B: B, Cin: cin, H: n, W: n, Cout: cout,
+            conv2dBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: weight, B: B, Cin: cin, H: n, W: n, Cout: cout,
                                 kernel: k, stride: s, padding: Conv2DPadding(p), workspace: ws.ptr)
         }
         let flops = 2.0 * Double(B * cout * cin * k * k * no * no)   // the input gradient costs the same
         print(JSONValue.object([
             ("impl", .string("hgdpo-\(version)")), ("batch", .int(B)), ("in", .int(cin)), ("out", .int(cout)),
             ("size", .int(n)), ("kernel", .int(k)), ("stride", .int(s)), ("threads", .int(Parallel.threads)),
+            ("bf16", .bool(bf16)), ("forward_path", .string(conv2dPathName(bf16: bf16, stride: s, kernel: k, Ho: no, Wo: no))),
         ] + t.fields(forwardFlops: flops, backwardFlops: flops)).serialized())
     }
 }

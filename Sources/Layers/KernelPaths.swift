@@ -13,9 +13,15 @@ public enum KernelPaths {
     }
 
     /// The convolutions: fp32 weights run the implicit GEMM where it fits (stride 1, kernel ≤ 7, widths of 16 or
-    /// small squares), else im2col + sgemm; bf16 weights run im2col + the bf16 GEMM.
+    /// small squares), else im2col + sgemm; bf16 weights the VDPBF16PS implicit GEMM where it fits and the bf16 path
+    /// is AVX512-BF16, else im2col + the bf16 GEMM.
     public static func convolution(bf16Weights: Bool) -> String {
-        if bf16Weights { return "im2col + the bf16 GEMM" }
+        if bf16Weights {
+            if conv2dImplicitBF16Available {
+                return "implicit GEMM on AVX512-BF16 (CKernels/conv_avx512bf16.c) where it fits (stride 1), im2col + the bf16 GEMM elsewhere"
+            }
+            return "im2col + the bf16 GEMM" + (RuntimeOptions.current.convolutionsOnBLAS ? " (HGDPO_CONV=blas)" : "")
+        }
         return conv2dImplicitAvailable ? "implicit GEMM on AVX-512F where it fits (stride 1), im2col + sgemm elsewhere"
             : "im2col + sgemm" + (RuntimeOptions.current.convolutionsOnBLAS ? " (HGDPO_CONV=blas)" : " (no AVX-512F)")
     }
