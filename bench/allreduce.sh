@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # allreduce.sh — time the trainer's gradient all-reduce (`hgdpo bench allreduce`: the U-Net LoRA of SD1.5 at rank 8,
-# 1,594,368 elements, in f64 as hgdpo train sends it, and in f32) on 2 and 4 ranks of this machine (shared memory,
+# 1,594,368 elements, in f64 as hgdpo train sends it (its fixed-order sum, and MPI_Allreduce), and in f32) on 2 and 4 ranks of this machine (shared memory,
 # and TCP over loopback), and across two hosts made on this machine (network namespaces joined by veth, one sshd
 # each, launch/mpirun.sh over TCP; as launch/tests/multinode.sh), for BENCHMARKS.md.
 #
@@ -24,21 +24,24 @@ source "$root/launch/tests/lib.sh"
 t_init bench-allreduce 2>/dev/null
 
 echo "load before: $(uptime | sed 's/.*load average/load average/'), $(nproc) cores, binary $HGDPO_BIN"
-echo "| setup | ranks | hosts | dtype | MB | median ms | min ms | bus GB/s | at ${link} GB/s ms |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| setup | ranks | hosts | dtype | method | MB | median ms | min ms | bus GB/s | at ${link} GB/s ms |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 row() { # SETUP JSON
   local setup="$1" json="$2"
   awk -v setup="$setup" -v link="$link" -v j="$json" 'BEGIN {
     n = split(j, kv, /[{},]/)
     for (i = 1; i <= n; i++) { split(kv[i], p, ":"); gsub(/"/, "", p[1]); gsub(/"/, "", p[2]); v[p[1]] = p[2] }
     w = v["ranks"]; b = v["bytes"]
-    printf "| %s | %d | %d | %s | %.1f | %.2f | %.2f | %.2f | %.2f |\n", setup, w, v["hosts"], v["dtype"], b / 1e6,
+    printf "| %s | %d | %d | %s | %s | %.1f | %.2f | %.2f | %.2f | %.2f |\n", setup, w, v["hosts"], v["dtype"], v["method"], b / 1e6,
       v["median_s"] * 1e3, v["min_s"] * 1e3, v["busbw_gb_s"], b * 2 * (w - 1) / w / (link * 1e9) * 1e3 }'
 }
 bench=(hgdpo bench allreduce --iters "$iters")
+# The trainer's fixed-order sum (f64), and MPI_Allreduce in f64 and f32.
+cases=("--dtype f64 --method ordered" "--dtype f64 --method mpi" "--dtype f32 --method mpi")
 for np in 2 4; do
-  for dt in f64 f32; do
-    row "one host, shared memory" "$("$root/launch/local.sh" --timeout 300 "$np" "${bench[@]}" --dtype "$dt" | grep '^{')"
+  for c in "${cases[@]}"; do
+    # shellcheck disable=SC2086  # $c is two options
+    row "one host, shared memory" "$("$root/launch/local.sh" --timeout 300 "$np" "${bench[@]}" $c | grep '^{')"
   done
   row "one host, TCP loopback" "$(HGDPO_BTL=self,tcp "$root/launch/local.sh" --timeout 300 "$np" "${bench[@]}" | grep '^{')"
 done
@@ -46,9 +49,10 @@ if ((EUID == 0)) && t_cluster_up >"$T/cluster.log" 2>&1; then
   export HGDPO_SSH_CONFIG="$T_SSH_CONFIG" HGDPO_MPI_IF="$T_NET.0/24" HGDPO_BTL="tcp,self"
   for per in 1 2; do
     printf '%s slots=%d\n' "${T_ADDR[0]}" "$per" "${T_ADDR[1]}" "$per" >"$T/hostfile"
-    for dt in f64 f32; do
+    for c in "${cases[@]}"; do
+      # shellcheck disable=SC2086  # $c is two options
       row "2 hosts (veth), TCP" "$(t_on_node 0 "$root/launch/mpirun.sh" --timeout 300 "$T/hostfile" $((2 * per)) "${bench[@]}" \
-        --dtype "$dt" | grep '^{')"
+        $c | grep '^{')"
     done
   done
 else

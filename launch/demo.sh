@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # demo.sh — HG-DPO end to end on the toy human world (docs/toyworld.md), with the real commands, in minutes on a CPU.
 #
-# Usage: launch/demo.sh [--seed S] [--out DIR] [--steps N] [--model DIR] [--no-build]
+# Usage: launch/demo.sh [--full] [--seed S] [--out DIR] [--steps N] [--model DIR] [--no-build]
 #
 #   On a fresh Debian 12 it installs what is missing (launch/install-deps.sh), builds in release mode, then, with the
 #   shipped toy SFT model models/toy (launch/toy/build-model.sh rebuilds it):
@@ -21,12 +21,20 @@
 #   --steps N   training steps of each run (default 200)
 #   --model DIR the SFT pipeline (default models/toy)
 #   --no-build  use the existing .build/release/hgdpo (or $HGDPO_BIN)
+#   --full      then the paper's ablations (Tables 2, 3, 5 and the LoRA scale of its appendix A.3), each a real run:
+#               one pool of 20 images per prompt, selected as N = 2/5/10/20 (the first N images of each prompt) and
+#               with loser rank l = 2/5/10/20 at N = 20; DPO on each, DPO with β ×4 and ×20, HG-DPO (statistic
+#               matching), LAN at sampling time, HG-DPO at LoRA scales 0.25/0.5/0.75/1; 10 training runs, 14 evals.
+#               Tables and the time of every part: OUT/ablations.md (also printed). Time: ≈ 25 CPU-min, ≈ 13 min
+#               on 2 free cores (estimated for 128 prompts and 200 steps from a measured run with 64 prompts and
+#               --steps 100: 867 CPU-s in all, the ablations 699; 36 min wall on 2 cores shared at load 8–17; each
+#               training ≈ 41 CPU-s per 100 steps, each evaluation ≈ 12, the 20-image pool ≈ 1.7 per prompt).
 #   HGDPO_DEMO_RANKS  sampling/scoring ranks (default: the number of cores, at most 4)
 # Budget: ≤ 10 minutes wall on 2 free cores, the release build included (docs/toyworld.md has the timings).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-seed=0 work="$root/runs/demo" steps=200 build=1 model="$root/models/toy"
+seed=0 work="$root/runs/demo" steps=200 build=1 model="$root/models/toy" full=0
 while (($#)); do
   case "$1" in
     --seed) seed=$2; shift ;;
@@ -34,6 +42,7 @@ while (($#)); do
     --steps) steps=$2; shift ;;
     --model) model=$2; shift ;;
     --no-build) build=0 ;;
+    --full) full=1 ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "demo.sh: unknown option: $1" >&2; exit 2 ;;
   esac
@@ -44,6 +53,7 @@ done
 model=$(cd "$model" && pwd)
 
 start=$SECONDS
+((full)) && echo "demo.sh --full: the demo, then the paper's ablations (10 training runs, 14 evaluations): ≈ 25 CPU-minutes, ≈ 13 minutes on 2 free cores (twice or more on a loaded machine; the trainings scale with --steps)"
 stage() { printf '\n== [%s] %s  (%d s)\n' "$1" "$2" $((SECONDS - start)); }
 
 if ((build)); then
@@ -101,4 +111,5 @@ for kind in hgdpo dpo; do
   echo "-- $kind vs SFT ($work/eval-$kind/report.md)"
   sed -n '1,40p' "$work/eval-$kind/report.md"
 done
+((full)) && source "$root/launch/demo-ablations.sh"
 printf '\ndemo: done in %d s. Report: %s\n' $((SECONDS - start)) "$work/report.html"

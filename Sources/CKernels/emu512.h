@@ -68,6 +68,10 @@ HG_EMU __m512 _mm512_maskz_loadu_ps(__mmask16 k, const void *p) {
     hg_v512 r = hg_v512_zero(); for (int i = 0; i < 16; i++) if (k >> i & 1) memcpy(&r.u[i], (const char *)p + 4 * i, 4);
     return r;
 }
+HG_EMU __m512 _mm512_mask_loadu_ps(__m512 src, __mmask16 k, const void *p) {
+    for (int i = 0; i < 16; i++) if (k >> i & 1) memcpy(&src.u[i], (const char *)p + 4 * i, 4);
+    return src;
+}
 HG_EMU __m512i _mm512_maskz_loadu_epi16(__mmask32 k, const void *p) {
     hg_v512 r = hg_v512_zero(); for (int i = 0; i < 32; i++) if (k >> i & 1) memcpy(&r.w[i], (const char *)p + 2 * i, 2);
     return r;

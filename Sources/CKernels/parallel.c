@@ -137,10 +137,10 @@ void hg_parallel(int n, void (*fn)(void *ctx, int t), void *ctx) {
     pthread_mutex_unlock(&g_run);
 }
 
-// MARK: - fp32 GEMM: OpenBLAS single-threaded on blocks of rows of C
+// MARK: - fp32 GEMM: OpenBLAS single-threaded on blocks of rows (or columns) of C
 
 typedef struct {
-    int transA, transB, M, N, K, lda, ldb, ldc, blocks;
+    int transA, transB, M, N, K, lda, ldb, ldc, blocks, byColumns;
     float alpha, beta;
     const float *A, *B;
     float *C;
@@ -150,30 +150,49 @@ typedef struct {
 // computes with (its K-blocking depends on K only), so the split is bit-identical to one call, as long as no block
 // is small enough for OpenBLAS's small-matrix or "direct" kernels (M·N·K up to ~10⁶ on SkylakeX), which sum in
 // another order: blocks stay above 2·10⁶ multiply-adds. Checked in Tests/TensorsTests/ParallelTests.swift.
+// A C with too few rows to go round (a LoRA's dA = d(xa)ᵀ·x: rank-8 rows, thousands of tokens deep) is split by
+// columns instead, also in multiples of 16 (a multiple of every kernel's N tile), by the same argument: a column of C
+// is computed the same whichever columns come with it. Without this, those GEMMs ran on one thread while the other
+// waited (1 % of a small@32 training step on 1 rank × 2 threads, the largest serial section after the memsets).
 enum { HG_SGEMM_ROWS = 16 };
 #define HG_SGEMM_MIN_BLOCK_MNK 2e6
 
-static void sgemm_rows(void *p, int t) {
+static void sgemm_block(void *p, int t) {
     const hg_sgemm_job *j = p;
-    const int units = (j->M + HG_SGEMM_ROWS - 1) / HG_SGEMM_ROWS;
-    const int m0 = (int)((long)units * t / j->blocks) * HG_SGEMM_ROWS;
-    int m1 = (int)((long)units * (t + 1) / j->blocks) * HG_SGEMM_ROWS;
-    if (m1 > j->M) m1 = j->M;
-    if (m0 >= m1) return;
-    const float *a = j->transA ? j->A + m0 : j->A + (size_t)m0 * j->lda;
-    cblas_sgemm(CblasRowMajor, j->transA ? CblasTrans : CblasNoTrans, j->transB ? CblasTrans : CblasNoTrans,
-                m1 - m0, j->N, j->K, j->alpha, a, j->lda, j->B, j->ldb, j->beta, j->C + (size_t)m0 * j->ldc, j->ldc);
+    const int extent = j->byColumns ? j->N : j->M;
+    const int units = (extent + HG_SGEMM_ROWS - 1) / HG_SGEMM_ROWS;
+    const int x0 = (int)((long)units * t / j->blocks) * HG_SGEMM_ROWS;
+    int x1 = (int)((long)units * (t + 1) / j->blocks) * HG_SGEMM_ROWS;
+    if (x1 > extent) x1 = extent;
+    if (x0 >= x1) return;
+    const CBLAS_TRANSPOSE ta = j->transA ? CblasTrans : CblasNoTrans, tb = j->transB ? CblasTrans : CblasNoTrans;
+    if (j->byColumns) {
+        // Columns x0..<x1 of C: the same columns of op(B) (rows of B when transposed).
+        const float *b = j->transB ? j->B + (size_t)x0 * j->ldb : j->B + x0;
+        cblas_sgemm(CblasRowMajor, ta, tb, j->M, x1 - x0, j->K, j->alpha, j->A, j->lda, b, j->ldb, j->beta, j->C + x0,
+                    j->ldc);
+    } else {
+        const float *a = j->transA ? j->A + x0 : j->A + (size_t)x0 * j->lda;
+        cblas_sgemm(CblasRowMajor, ta, tb, x1 - x0, j->N, j->K, j->alpha, a, j->lda, j->B, j->ldb, j->beta,
+                    j->C + (size_t)x0 * j->ldc, j->ldc);
+    }
+}
+
+// Blocks of `units` 16-wide pieces over at most `threads` tasks, each of at least HG_SGEMM_MIN_BLOCK_MNK.
+static int sgemm_blocks(double mnk, int units, int threads) {
+    int blocks = threads < units ? threads : units;
+    while (blocks > 1 && mnk / blocks < HG_SGEMM_MIN_BLOCK_MNK) blocks--;
+    return blocks < 1 ? 1 : blocks;
 }
 
 void hg_sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
               int ldb, float beta, float *C, int ldc, int threads) {
-    hg_sgemm_job j = {transA, transB, M, N, K, lda, ldb, ldc, 1, alpha, beta, A, B, C};
+    hg_sgemm_job j = {transA, transB, M, N, K, lda, ldb, ldc, 1, 0, alpha, beta, A, B, C};
     const double mnk = (double)M * N * K;
-    int blocks = threads;
-    const int units = (M + HG_SGEMM_ROWS - 1) / HG_SGEMM_ROWS;
-    if (blocks > units) blocks = units;
-    while (blocks > 1 && mnk / blocks < HG_SGEMM_MIN_BLOCK_MNK) blocks--;
-    j.blocks = blocks < 1 ? 1 : blocks;
-    if (j.blocks == 1) sgemm_rows(&j, 0);
-    else hg_parallel(j.blocks, sgemm_rows, &j);
+    const int rows = sgemm_blocks(mnk, (M + HG_SGEMM_ROWS - 1) / HG_SGEMM_ROWS, threads);
+    const int columns = sgemm_blocks(mnk, (N + HG_SGEMM_ROWS - 1) / HG_SGEMM_ROWS, threads);
+    j.byColumns = columns > rows;
+    j.blocks = j.byColumns ? columns : rows;
+    if (j.blocks == 1) sgemm_block(&j, 0);
+    else hg_parallel(j.blocks, sgemm_block, &j);
 }

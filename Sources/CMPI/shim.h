@@ -19,10 +19,12 @@ static inline MPI_Errhandler hg_mpi_errors_return(void) { return MPI_ERRORS_RETU
 static inline MPI_Info hg_mpi_info_null(void) { return MPI_INFO_NULL; }
 static inline int hg_mpi_comm_type_shared(void) { return MPI_COMM_TYPE_SHARED; }
 static inline int hg_mpi_thread_funneled(void) { return MPI_THREAD_FUNNELED; }
+static inline int hg_mpi_thread_serialized(void) { return MPI_THREAD_SERIALIZED; }
 static inline int hg_mpi_success(void) { return MPI_SUCCESS; }
 static inline int hg_mpi_max_error_string(void) { return MPI_MAX_ERROR_STRING; }
 static inline int hg_mpi_max_processor_name(void) { return MPI_MAX_PROCESSOR_NAME; }
 static inline MPI_Request hg_mpi_request_null(void) { return MPI_REQUEST_NULL; }
 static inline MPI_Status *hg_mpi_status_ignore(void) { return MPI_STATUS_IGNORE; }
+static inline MPI_Status *hg_mpi_statuses_ignore(void) { return MPI_STATUSES_IGNORE; }
 
 #endif

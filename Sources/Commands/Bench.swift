@@ -93,11 +93,22 @@ extension Commands {
         times.sort()
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
+        // The kernel paths of this run (bench/compare.sh prints them beside the figures).
+        let headDims: [Int] = spec.down.filter(\.hasAttention).map { $0.outChannels / $0.heads }
+            + [spec.config.blockOutChannels.last! / spec.midHeads]
+        let attention: [(String, JSONValue)] = Set(headDims).sorted().map { ("head_dim_\($0)", .string(KernelPaths.attention(headDim: $0))) }
+        let kernels = JSONValue.object([
+            ("attention", .object(attention)),
+            ("convolution", .string(KernelPaths.convolution(bf16Weights: precision == .bf16))),
+            ("gemm", .string(KernelPaths.gemm)),
+            ("bf16_gemm", .string(precision == .bf16 ? KernelPaths.bf16GEMM : "unused (fp32)")),
+        ])
         print(JSONValue.object([
             ("impl", .string("hgdpo-\(version)")), ("config", .string(name)), ("objective", .string(objective.kind.rawValue)),
             ("latent", .int(l)), ("pairs", .int(b)),
             ("threads", .int(Parallel.threads)), ("bf16", .bool(precision == .bf16)),
             ("bf16_gemm", .string(precision == .bf16 ? (BF16.isAccelerated ? "avx512bf16" : "widened to fp32 + sgemm") : "none")), ("gradient_checkpointing", .bool(model.gradientCheckpointing)),
+            ("kernels", kernels),
             ("median_step_s", .double(times[times.count / 2])),
             ("min_step_s", .double(times[0])), ("peak_rss_mb", .double(Double(usage.ru_maxrss) / 1024)),
             ("params", .int(model.weights.table.count)), ("param_bytes", .int(model.weights.byteCount)),
@@ -115,6 +126,8 @@ extension Commands {
         details: """
             The element count defaults to the U-Net LoRA of --shape at --lora-rank (sd15, rank 8: 1,594,368), in the trainer's
             dtype (f64: it sums gradients in double); each iteration is barrier, all-reduce, and the slowest rank's time.
+            --method ordered is the trainer's sum (Distributed/OrderedSum.swift: rank order per element, Isend/Irecv,
+            one bucket), mpi is MPI_Allreduce.
             Bus bandwidth = bytes × 2(n−1)/n / time (what a ring all-reduce moves per rank), comparable to a link's speed.
             Example: launch/local.sh 4 hgdpo bench allreduce --iters 20
             """,
@@ -123,6 +136,8 @@ extension Commands {
             .value("--shape", "NAME|DIR", "U-Net whose LoRA sets the count: tiny, small, sd15 or a U-Net folder", default: "sd15"),
             .value("--lora-rank", "R", "LoRA rank", default: "8"),
             .value("--dtype", "T", "f64 (what hgdpo train all-reduces) or f32", default: "f64", choices: ["f64", "f32"]),
+            .value("--method", "M", "ordered (the trainer's fixed-order sum, f64) or mpi (MPI_Allreduce)", default: "ordered",
+                   choices: ["ordered", "mpi"]),
             .value("--iters", "K", "Timed iterations (after --warmup)", default: "20"),
             .value("--warmup", "W", "Untimed iterations first", default: "3"),
         ]
@@ -135,7 +150,9 @@ extension Commands {
             count = UNetModel(spec: spec, lora: (r, Float(r))).lora!.count  // weights are reserved, never touched
         }
         let iters = try args.int("--iters", in: 1...100_000)!, warmup = try args.int("--warmup", in: 0...100_000)!
-        let f64 = args.string("--dtype") == "f64"
+        let f64 = args.string("--dtype") == "f64", ordered = args.string("--method") == "ordered"
+        if ordered && !f64 { throw CLIError.invalid("--dtype f32 needs --method mpi (the trainer's ordered sum is in f64)") }
+        let guarded = GuardedCommunicator(comm, timeout: 0)
         var d = f64 ? [Double](repeating: 0, count: count) : [], f = f64 ? [] : [Float](repeating: 0, count: count)
         var times: [Double] = []
         var wrong = 0
@@ -144,7 +161,9 @@ extension Commands {
             if f64 { for i in 0..<count { d[i] = Double(comm.rank + 1) } } else { for i in 0..<count { f[i] = Float(comm.rank + 1) } }
             try comm.barrier()
             let t0 = Watchdog.now()
-            if f64 { try comm.allreduce(&d) } else { try comm.allreduce(&f) }
+            if ordered {
+                try d.withUnsafeMutableBufferPointer { try BucketedSum(guarded, buffer: $0, bucketElements: 0).finish("the benchmark's buffer") }
+            } else if f64 { try comm.allreduce(&d) } else { try comm.allreduce(&f) }
             let t = try comm.allreduce(Watchdog.now() - t0, op: .max)
             let expected = Double(comm.size * (comm.size + 1) / 2)
             for i in stride(from: 0, to: count, by: 997) where (f64 ? d[i] : Double(f[i])) != expected { wrong += 1 }
@@ -157,7 +176,8 @@ extension Commands {
         let median = times[times.count / 2], w = Double(comm.size)
         if comm.isRoot {
             print(JSONValue.object([
-                ("count", .int(count)), ("dtype", .string(f64 ? "f64" : "f32")), ("bytes", .int(bytes)),
+                ("count", .int(count)), ("dtype", .string(f64 ? "f64" : "f32")), ("method", .string(ordered ? "ordered" : "mpi")),
+                ("bytes", .int(bytes)),
                 ("ranks", .int(comm.size)), ("hosts", .int(hosts.count)), ("iters", .int(iters)),
                 ("median_s", .double(median)), ("min_s", .double(times[0])), ("max_s", .double(times[times.count - 1])),
                 ("algbw_gb_s", .double(Double(bytes) / median / 1e9)),
@@ -227,9 +247,12 @@ extension Commands {
             .value("--stride", "S", "Stride", default: "1"),
             .value("--iters", "K", "Timed iterations (after one warm-up)", default: "10"),
             .value("--threads", "N", "Compute threads (default: HGDPO_THREADS or all cores)"),
+            .value("--mixed-precision", "MODE", "no = fp32 weights; bf16 = the weights in bf16, fp32 sums (as `hgdpo train`)",
+                   default: "no", choices: ["no", "bf16"]),
         ]
     ) { args in
         try applyThreads(args)
+        let bf16 = args.string("--mixed-precision") == "bf16"
         let B = try args.int("--batch", in: 1...256)!, cin = try args.int("--in-channels", in: 1...8192)!
         let cout = try args.int("--out-channels", in: 1...8192)!, n = try args.int("--size", in: 1...4096)!
         let k = try args.int("--kernel", in: 1...15)!, s = try args.int("--stride", in: 1...8)!
@@ -240,17 +263,21 @@ extension Commands {
         let bias = Buffer(zeros: cout), dout = Buffer(rng.substream(3).normals(B * cout * no * no))
         let out = Buffer(zeros: B * cout * no * no), dinp = Buffer(zeros: B * cin * n * n)
         let ws = Buffer(zeros: conv2dWorkspaceSize(Cin: cin, H: n, W: n, kernel: k, stride: s, padding: p))
+        let wBF16 = BF16Buffer(uninitialized: bf16 ? w.count : 0)
+        if bf16 { BF16.convert(w.ptr, to: wBF16.ptr, count: w.count) }
+        let weight: WeightMatrix = bf16 ? .bf16(wBF16.ptr) : .f32(w.ptr)
         let t = timeKernelPair(iters: iters) {
-            conv2dForward(out: out.ptr, inp: x.ptr, weight: w.ptr, bias: bias.ptr, B: B, Cin: cin, H: n, W: n, Cout: cout,
+            conv2dForward(out: out.ptr, inp: x.ptr, weight: weight, bias: bias.ptr, B: B, Cin: cin, H: n, W: n, Cout: cout,
                           kernel: k, stride: s, padding: Conv2DPadding(p), workspace: ws.ptr)
         } backward: {
-            conv2dBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: w.ptr, B: B, Cin: cin, H: n, W: n, Cout: cout,
+            conv2dBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: weight, B: B, Cin: cin, H: n, W: n, Cout: cout,
                                 kernel: k, stride: s, padding: Conv2DPadding(p), workspace: ws.ptr)
         }
         let flops = 2.0 * Double(B * cout * cin * k * k * no * no)   // the input gradient costs the same
         print(JSONValue.object([
             ("impl", .string("hgdpo-\(version)")), ("batch", .int(B)), ("in", .int(cin)), ("out", .int(cout)),
             ("size", .int(n)), ("kernel", .int(k)), ("stride", .int(s)), ("threads", .int(Parallel.threads)),
+            ("bf16", .bool(bf16)), ("forward_path", .string(conv2dPathName(bf16: bf16, stride: s, kernel: k, Ho: no, Wo: no))),
         ] + t.fields(forwardFlops: flops, backwardFlops: flops)).serialized())
     }
 }

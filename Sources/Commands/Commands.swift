@@ -12,7 +12,7 @@ public enum Commands {
 
     public static let all: [CommandSpec] = [train, dataCheck, inspect, makeModel, makeCache, loraConvert, probeUNet,
                                             probeTextEncoder, probeVAEEncode, probeVAEDecode, probeScheduler, probeDPOLoss,
-                                            probeMPI, benchStep, benchAllreduce, benchAttention, benchConv, encode, makeTriplets, sample, eval, report,
+                                            probeMPI, benchStep, benchAllreduce, benchAttention, benchConv, encode, makeTriplets, sample, eval, report, reportTable,
                                             checkpointVerify, worldPrompts, worldRender, worldDataset, worldCheckScorer, worldMakeModel,
                                             pool, score, select]
 

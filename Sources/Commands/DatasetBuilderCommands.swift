@@ -172,8 +172,10 @@ extension Commands {
             Ranks count from the best (1) or, when negative, from the worst (−1 = the worst, the default loser).
             --pool-size n ranks only the first n images of each prompt (the paper's N = 2/5/10/20 ablation from one
             pool). Prompts whose winner and loser tie, differ by less than --min-margin, or have too few images are
-            skipped and counted. OUT/triplets.jsonl keeps each pair's scores, ranks and seeds; images are hard-linked
-            from the pool (copied across filesystems).
+            skipped and counted. A pool size larger than the pool, a rank beyond the images ranked, or a winner and a
+            loser rank that name the same image are errors. OUT/triplets.jsonl keeps each pair's scores, ranks and
+            seeds; OUT/select.json the counts and the mean winner − loser margin; images are hard-linked from the pool
+            (copied across filesystems).
             Example: hgdpo select --pool pool --by pickscore --winner-rank 1 --loser-rank -1 --out triplets
             """,
         options: [
@@ -201,7 +203,8 @@ extension Commands {
                 ("out", .string(out)), ("pool", .string(pool)), ("by", .string(s.scorer)), ("winner_rank", .int(s.winnerRank)),
                 ("loser_rank", .int(s.loserRank)), ("pool_size", s.poolSize.map { .int($0) } ?? .null), ("min_margin", .double(s.minMargin)),
                 ("triplets", .int(r.triplets)), ("skipped_ties", .int(r.ties)), ("skipped_below_margin", .int(r.belowMargin)),
-                ("skipped_too_few_images", .int(r.tooFewImages)), ("linked", .int(r.linked)), ("copied", .int(r.copied)),
+                ("skipped_too_few_images", .int(r.tooFewImages)), ("mean_margin", .double(r.meanMargin)), ("linked", .int(r.linked)),
+                ("copied", .int(r.copied)),
             ])
             try Foundation.Data((summary.pretty() + "\n").utf8).write(to: URL(fileURLWithPath: (out as NSString).appendingPathComponent("select.json")),
                                                                        options: .atomic)

@@ -10,6 +10,8 @@ extension Commands {
         details: """
             Every rank r contributes x[i] = (r + 1) · (i mod 1000) / 2 (Float and Double, exact in both), so the
             all-reduced sum is W(W+1)/4 · (i mod 1000) on every rank; rank 0 broadcasts y[i] = i mod 4093 − 2046.5.
+            The trainer's gradient sum (fixed order ((x_0 + x_1) + x_2) + …, whole and in buckets) is checked bit for bit
+            on values whose sum depends on that order.
             Rank 0 prints {"world_size":…,"ranks":[…],"allreduce_float":{…},…,"ok":…}; exit code 1 if any rank saw a
             wrong value. Example: launch/local.sh 4 hgdpo probe mpi
             """,
@@ -43,6 +45,31 @@ extension Commands {
         var sumD = 0.0
         for i in 0..<count { if d[i] != factor * Double(i % 1000) { badD += 1 }; sumD += d[i] }
         d = []
+        // The trainer's gradient sum (OrderedSum, BucketedSum): values whose sum depends on the order of the additions
+        // (1e16 + 1 rounds back to 1e16), expected bit for bit as ((x_0 + x_1) + x_2) + …, whole and in buckets.
+        func x(_ r: Int, _ i: Int) -> Double { [1.0, 1e16, -1e16, 3.0][r % 4] * Double(1 + i % 5) + Double(r / 4) }
+        func expected(_ i: Int) -> Double {
+            var e = x(0, i)
+            for r in 1..<comm.size { e += x(r, i) }
+            return e
+        }
+        var badOrdered = 0, badBucketed = 0
+        do {
+            let guarded = GuardedCommunicator(comm, timeout: 0)
+            let o = UnsafeMutableBufferPointer<Double>.allocate(capacity: count)
+            defer { o.deallocate() }
+            for i in 0..<count { o[i] = x(comm.rank, i) }
+            let whole = try BucketedSum(guarded, buffer: o, bucketElements: 0)
+            try whole.finish("the probe's buffer")
+            for i in 0..<count where o[i] != expected(i) { badOrdered += 1 }
+            // Buckets of a third of the buffer, the tail ones handed out before `finish`.
+            for i in 0..<count { o[i] = x(comm.rank, i) }
+            let bucketed = try BucketedSum(guarded, buffer: o, bucketElements: count / 3 + 1)
+            bucketed.begin()
+            bucketed.markFinal(from: count / 2)
+            try bucketed.finish("the probe's buffer")
+            for i in 0..<count where o[i] != expected(i) { badBucketed += 1 }
+        }
         // Broadcast from rank 0
         var y = [Float](repeating: comm.isRoot ? 0 : .nan, count: count)
         if comm.isRoot { for i in 0..<count { y[i] = Float(i % 4093) - 2046.5 } }
@@ -63,7 +90,9 @@ extension Commands {
         try comm.allreduce(&slots)
         var gatherBad = [Double(badG)]
         try comm.allreduce(&gatherBad)
-        var bad = [Double(badF + badD + badB + badG)]
+        var orderedBad = [Double(badOrdered), Double(badBucketed)]
+        try comm.allreduce(&orderedBad)
+        var bad = [Double(badF + badD + badB + badG + badOrdered + badBucketed)]
         try comm.allreduce(&bad)
         let hostBytes = try (0..<comm.size).map { r in
             String(decoding: try comm.broadcast(Array(comm.host.utf8), root: r), as: UTF8.self)
@@ -79,6 +108,7 @@ extension Commands {
             ("count", .int(count)),
             ("allreduce_float", .object([("sum", .double(sumF)), ("expected_sum", .double(expectedSum)), ("mismatches", .int(badF))])),
             ("allreduce_double", .object([("sum", .double(sumD)), ("expected_sum", .double(expectedSum)), ("mismatches", .int(badD))])),
+            ("ordered_sum", .object([("mismatches", .int(Int(orderedBad[0]))), ("bucketed_mismatches", .int(Int(orderedBad[1])))])),
             ("broadcast", .object([("mismatches", .int(badB))])),
             ("gather", .object([("mismatches", .int(Int(gatherBad[0])))])),
             ("mismatches_all_ranks", .int(Int(bad[0]))),

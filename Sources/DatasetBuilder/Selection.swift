@@ -23,11 +23,13 @@ public struct SelectionSettings: Sendable {
 
 public struct SelectionSummary: Sendable {
     public var triplets = 0, ties = 0, belowMargin = 0, tooFewImages = 0, linked = 0, copied = 0
+    /// Sum of winner − loser scores over the triplets written.
+    public var marginSum = 0.0
+    public var meanMargin: Double { triplets == 0 ? 0 : marginSum / Double(triplets) }
 }
 
 public enum Selection {
     public static func run(pool: String, out: String, settings s: SelectionSettings) throws -> SelectionSummary {
-        guard s.winnerRank != 0, s.loserRank != 0 else { throw PoolError("ranks are 1-based (1 = best) or negative (−1 = worst); 0 is neither") }
         let entries = try PoolIndex.read(folder: pool)
         let scoresPath = (pool as NSString).appendingPathComponent(ScoreRun.scoresFile)
         guard FileManager.default.fileExists(atPath: scoresPath) else {
@@ -48,6 +50,8 @@ public enum Selection {
         guard columns.contains(s.scorer) else {
             throw PoolError("\(scoresPath): no column '\(s.scorer)' (columns: \(columns.sorted().joined(separator: ", ")))")
         }
+        let byPrompt = Dictionary(grouping: entries, by: \.promptIndex)
+        try checkRanks(s, imagesPerPrompt: byPrompt.values.map(\.count).max() ?? 0)
         let fm = FileManager.default
         if fm.fileExists(atPath: (out as NSString).appendingPathComponent(TripletDataset.fileName)) {
             throw PoolError("\(out) already holds a \(TripletDataset.fileName); choose a new --out")
@@ -56,7 +60,6 @@ public enum Selection {
 
         var summary = SelectionSummary()
         var lines: [String] = []
-        let byPrompt = Dictionary(grouping: entries, by: \.promptIndex)
         for p in byPrompt.keys.sorted() {
             let images = byPrompt[p]!.filter { e in s.poolSize.map { e.imageIndex < $0 } ?? true }
             var ranked: [(entry: PoolEntry, score: Double)] = []
@@ -86,6 +89,7 @@ public enum Selection {
                                   loser: loser.entry.path, extraFields: extra.mapValues { $0.serialized() })
             lines.append(triplet.jsonLine())
             summary.triplets += 1
+            summary.marginSum += winner.score - loser.score
         }
         guard !lines.isEmpty else {
             throw PoolError("no prompt gave a triplet (ties \(summary.ties), below the margin \(summary.belowMargin), "
@@ -93,6 +97,27 @@ public enum Selection {
         }
         try JSONLines.write(lines, to: (out as NSString).appendingPathComponent(TripletDataset.fileName))
         return summary
+    }
+
+    /// The settings against the pool's images per prompt, before anything is written: a pool size larger than the
+    /// pool, a rank beyond the images ranked, or a winner and loser rank naming the same image are errors (a run
+    /// that silently ranked fewer images, or skipped every prompt, would mislabel an ablation).
+    public static func checkRanks(_ s: SelectionSettings, imagesPerPrompt pool: Int) throws {
+        guard s.winnerRank != 0, s.loserRank != 0 else { throw PoolError("ranks are 1-based (1 = best) or negative (−1 = worst); 0 is neither") }
+        if let n = s.poolSize {
+            guard n >= 2 else { throw PoolError("--pool-size \(n): a pair needs at least 2 images") }
+            guard n <= pool else { throw PoolError("--pool-size \(n) is larger than the pool's \(pool) images per prompt") }
+        }
+        let n = s.poolSize ?? pool
+        let what = s.poolSize == nil ? "the pool's \(n) images per prompt" : "the \(n) images of --pool-size \(n)"
+        for (name, r) in [("--winner-rank", s.winnerRank), ("--loser-rank", s.loserRank)] where abs(r) > n {
+            throw PoolError("\(name) \(r) is beyond \(what) (ranks 1…\(n) from the best, −1…−\(n) from the worst)")
+        }
+        let w = s.winnerRank > 0 ? s.winnerRank - 1 : n + s.winnerRank
+        let l = s.loserRank > 0 ? s.loserRank - 1 : n + s.loserRank
+        guard w != l else {
+            throw PoolError("--winner-rank \(s.winnerRank) and --loser-rank \(s.loserRank) are the same image among \(n) ranked")
+        }
     }
 
     /// Hard-links pool/relative to out/relative (a copy where linking fails, e.g. across filesystems).

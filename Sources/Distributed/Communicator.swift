@@ -30,30 +30,36 @@ public final class Communicator: @unchecked Sendable {
     public let host: String
     public var isRoot: Bool { rank == 0 }
 
-    private let comm: MPI_Comm
+    let comm: MPI_Comm
+    /// MPI granted MPI_THREAD_SERIALIZED: another thread may make the MPI calls while this one makes none (the
+    /// bucketed gradient sum's communication thread, BucketedSum.swift).
+    public let serializedThreads: Bool
     private static let lock = NSLockLite()
     nonisolated(unsafe) private static var shared: Communicator?
     /// Largest element count handed to one MPI call (MPI counts are Int32).
     static let maxChunk = 1 << 30
 
-    private init(comm: MPI_Comm, rank: Int, size: Int, localRank: Int, localSize: Int, host: String) {
-        self.comm = comm; self.rank = rank; self.size = size
+    private init(comm: MPI_Comm, rank: Int, size: Int, localRank: Int, localSize: Int, host: String, serializedThreads: Bool) {
+        self.comm = comm; self.rank = rank; self.size = size; self.serializedThreads = serializedThreads
         self.localRank = localRank; self.localSize = localSize; self.host = host
     }
 
-    /// The world communicator; MPI is initialised on first use (thread level FUNNELED: only the main thread calls MPI).
+    /// The world communicator; MPI is initialised on first use, asking for thread level SERIALIZED (one thread at a
+    /// time calls MPI: the main thread, or the gradient sum's communication thread while the main one does not).
     public static func world() throws -> Communicator {
         lock.lock(); defer { lock.unlock() }
         if let c = shared { return c }
         var initialized: Int32 = 0
         MPI_Initialized(&initialized)
+        var provided: Int32 = 0
         if initialized == 0 {
-            var provided: Int32 = 0
-            let rc = MPI_Init_thread(nil, nil, hg_mpi_thread_funneled(), &provided)
+            let rc = MPI_Init_thread(nil, nil, hg_mpi_thread_serialized(), &provided)
             guard rc == hg_mpi_success() else {
                 throw MPIError(operation: "MPI_Init_thread", code: rc, rank: 0, host: hostName(), mpiMessage: errorString(rc))
             }
             atexit { Communicator.finalizeIfNeeded() }
+        } else {
+            MPI_Query_thread(&provided)
         }
         let world: MPI_Comm = hg_mpi_comm_world()
         MPI_Comm_set_errhandler(world, hg_mpi_errors_return())
@@ -65,7 +71,8 @@ public final class Communicator: @unchecked Sendable {
             MPI_Comm_rank(local, &lr); MPI_Comm_size(local, &ls)
             MPI_Comm_free(&local)
         }
-        let c = Communicator(comm: world, rank: Int(r), size: Int(s), localRank: Int(lr), localSize: Int(ls), host: hostName())
+        let c = Communicator(comm: world, rank: Int(r), size: Int(s), localRank: Int(lr), localSize: Int(ls), host: hostName(),
+                             serializedThreads: provided >= hg_mpi_thread_serialized())
         shared = c
         return c
     }
@@ -195,7 +202,7 @@ public final class Communicator: @unchecked Sendable {
         exit(code)
     }
 
-    private func check(_ rc: Int32, _ op: String) throws {
+    func check(_ rc: Int32, _ op: String) throws {
         guard rc != hg_mpi_success() else { return }
         throw MPIError(operation: op, code: rc, rank: rank, host: host, mpiMessage: Communicator.errorString(rc))
     }

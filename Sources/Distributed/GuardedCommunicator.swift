@@ -2,6 +2,9 @@
 // longer than the timeout ends the process naming rank, host and the operation, so a lost rank or a cut network
 // ends the job instead of hanging it. Every call names what it moves (the name goes into that message).
 // With one rank nothing can hang and no watchdog thread is started.
+#if canImport(Glibc)
+import Glibc
+#endif
 public final class GuardedCommunicator: @unchecked Sendable {
     public let comm: Communicator
     private let watchdog: Watchdog?
@@ -46,6 +49,14 @@ public final class GuardedCommunicator: @unchecked Sendable {
 
     public func barrier(_ what: String) throws {
         try guarded("MPI_Barrier \(what)") { try comm.barrier() }
+    }
+
+    /// Polls `done` (a non-blocking collective's MPI_Test, or the bucketed sum's progress) until it returns true,
+    /// under the same bound as a blocking collective: a rank that never sends its part ends the job.
+    public func wait(_ what: String, until done: () throws -> Bool) throws {
+        try guarded("the all-reduce of \(what) (non-blocking)") {
+            while try !done() { usleep(20) }
+        }
     }
 
     /// Every rank's bytes on `root` (rank order), nil on the other ranks.

@@ -10,7 +10,9 @@
 // im2col / col2im and all activations stay fp32.
 // On CPUs with AVX-512F, fp32 stride-1 convolutions whose output rows pack into 16-pixel vectors (widths a multiple
 // of 16, or 4 and 8: every U-Net and VAE convolution but the downsamplers) skip all that: CKernels/conv_avx512.c
-// runs them as an implicit GEMM, forward and input gradient alike (`conv2dImplicit`).
+// runs them as an implicit GEMM, forward and input gradient alike (`conv2dImplicit`); with bf16 weights on CPUs with
+// AVX512-BF16 (the bf16 path in force), CKernels/conv_avx512bf16.c does the same with VDPBF16PS (activations rounded
+// to bf16 as they are packed, fp32 sums).
 import CKernels
 import Foundation
 import Tensors
@@ -104,7 +106,7 @@ public func conv2dWorkspaceSize(Cin: Int, H: Int, W: Int, kernel: Int, stride: I
 /// width a multiple of 16, or 1, 2, 4 or 8 with Ho·Wo a multiple of 16 (for the input gradient: the input's size),
 /// a CPU with AVX-512F. Any padding: the input gradient of a stride-1 convolution is a stride-1 correlation with
 /// padding k − 1 − p (negative is fine).
-/// HGDPO_CONV=blas (`RuntimeOptions.convolutionsOnBLAS`) keeps im2col + OpenBLAS everywhere (benchmarks).
+/// HGDPO_CONV=blas (`RuntimeOptions.convolutionsOnBLAS`) keeps im2col + the GEMMs everywhere (benchmarks, tests).
 @inline(__always)
 func conv2dImplicitGEMM(stride: Int, kernel: Int, Ho: Int, Wo: Int) -> Bool {
     conv2dImplicitAvailable && stride == 1 && kernel <= 7 && (Wo % 16 == 0 || (16 % Wo == 0 && (Ho * Wo) % 16 == 0))
@@ -113,11 +115,19 @@ func conv2dImplicitGEMM(stride: Int, kernel: Int, Ho: Int, Wo: Int) -> Bool {
 let conv2dHasAVX512 = hg_cpu_has_avx512f() != 0
 var conv2dImplicitAvailable: Bool { conv2dHasAVX512 && !RuntimeOptions.current.convolutionsOnBLAS }
 
-/// out (B, M, Ho, Wo) += the correlation of inp (B, C, H, W) with the weights (see hg_conv_s1_avx512), cut into
-/// items of whole 48-pixel panels × output channels, about two per thread, spread over the threads. Channels are
-/// split only when there are too few pixels to go round (SD1.5's 4×4 and 8×8 levels, 1280 channels): each item
-/// streams its rows of the weights once, so splitting pixels there would read the 59 MB of weights per item.
-private func conv2dImplicit(w: UnsafePointer<Float>, gradInput: Bool, inp: UnsafePointer<Float>,
+/// The weights an implicit-GEMM convolution multiplies with, as stored: fp32 (CKernels/conv_avx512.c) or bf16
+/// (CKernels/conv_avx512bf16.c); the forward's, or the input gradient's flipped, transposed reading of them.
+private enum ImplicitWeights {
+    case f32(UnsafePointer<Float>, gradInput: Bool)
+    case bf16(UnsafePointer<UInt16>, gradInput: Bool)
+}
+
+/// out (B, M, Ho, Wo) += the correlation of inp (B, C, H, W) with the weights (see hg_conv_s1_avx512 and
+/// hg_conv_s1_avx512bf16), cut into items of whole 48-pixel panels × output channels, about two per thread, spread
+/// over the threads. Channels are split only when there are too few pixels to go round (SD1.5's 4×4 and 8×8 levels,
+/// 1280 channels): each item streams its rows of the weights once, so splitting pixels there would read the 59 MB
+/// of weights per item.
+private func conv2dImplicit(weights: ImplicitWeights, inp: UnsafePointer<Float>,
                             out: UnsafeMutablePointer<Float>, B: Int, C: Int, H: Int, W: Int, M: Int, kernel: Int,
                             pt: Int, pl: Int, Ho: Int, Wo: Int) {
     let N = B * Ho * Wo, K = C * kernel * kernel, threads = max(1, Parallel.threads), want = 2 * threads
@@ -126,17 +136,47 @@ private func conv2dImplicit(w: UnsafePointer<Float>, gradInput: Bool, inp: Unsaf
     let channelParts = pixelItems >= want ? 1 : min((M + 7) / 8, (want + pixelItems - 1) / pixelItems)
     let rows = ((M + channelParts - 1) / channelParts + 7) / 8 * 8
     let items = pixelItems * ((M + rows - 1) / rows)
-    let scratchSize = hg_conv_avx512_scratch(Int32(K))
+    let scratchSize: Int
+    switch weights {
+    case .f32: scratchSize = hg_conv_avx512_scratch(Int32(K))
+    case .bf16(_, let gradInput):
+        scratchSize = hg_conv_avx512bf16_scratch(hg_conv_bf16_pairs(gradInput ? 1 : 0, Int32(C), Int32(kernel)))
+    }
     parallelRanges(items, grain: rows * K * min(N, chunk) >= 1 << 20 ? 1 : items) { r in
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: scratchSize)
         defer { scratch.deallocate() }
         for item in r {
-            let n0 = (item % pixelItems) * chunk, m0 = (item / pixelItems) * rows
-            hg_conv_s1_avx512(w, gradInput ? 1 : 0, inp, out, Int32(C), Int32(H), Int32(W), Int32(M), Int32(kernel),
-                              Int32(pt), Int32(pl), Int32(Ho), Int32(Wo), Int32(n0), Int32(min(N, n0 + chunk)),
-                              Int32(m0), Int32(min(M, m0 + rows)), scratch)
+            let n0 = Int32((item % pixelItems) * chunk), m0 = (item / pixelItems) * rows
+            let n1 = Int32(min(N, Int(n0) + chunk)), m1 = Int32(min(M, m0 + rows))
+            switch weights {
+            case .f32(let w, let gradInput):
+                hg_conv_s1_avx512(w, gradInput ? 1 : 0, inp, out, Int32(C), Int32(H), Int32(W), Int32(M), Int32(kernel),
+                                  Int32(pt), Int32(pl), Int32(Ho), Int32(Wo), n0, n1, Int32(m0), m1, scratch)
+            case .bf16(let w, let gradInput):
+                hg_conv_s1_avx512bf16(w, gradInput ? 1 : 0, inp, out, Int32(C), Int32(H), Int32(W), Int32(M), Int32(kernel),
+                                      Int32(pt), Int32(pl), Int32(Ho), Int32(Wo), n0, n1, Int32(m0), m1, scratch)
+            }
         }
     }
+}
+
+/// Whether a convolution with bf16 weights runs on CKernels/conv_avx512bf16.c: the shapes of `conv2dImplicitGEMM`
+/// (for the input gradient: the input's size), the AVX512-BF16 path in force (`BF16.path`, chosen by the CPU or
+/// `RuntimeOptions.bf16Path`), and not HGDPO_CONV=blas. Elsewhere bf16 convolutions run im2col + `BF16.gemm`.
+@inline(__always)
+func conv2dImplicitBF16(stride: Int, kernel: Int, Ho: Int, Wo: Int) -> Bool {
+    conv2dImplicitBF16Available && stride == 1 && kernel <= 7 && (Wo % 16 == 0 || (16 % Wo == 0 && (Ho * Wo) % 16 == 0))
+}
+
+var conv2dImplicitBF16Available: Bool { BF16.isAccelerated && !RuntimeOptions.current.convolutionsOnBLAS }
+
+/// The code a stride-`stride` forward convolution of that output size runs on, for benchmarks' reports.
+public func conv2dPathName(bf16: Bool, stride: Int, kernel: Int, Ho: Int, Wo: Int) -> String {
+    if bf16 {
+        if conv2dImplicitBF16(stride: stride, kernel: kernel, Ho: Ho, Wo: Wo) { return "implicit GEMM, AVX512-BF16" }
+        return BF16.isAccelerated ? "im2col + bf16 GEMM (AVX512-BF16)" : "im2col + bf16 weights widened for sgemm"
+    }
+    return conv2dImplicitGEMM(stride: stride, kernel: kernel, Ho: Ho, Wo: Wo) ? "implicit GEMM, AVX-512F" : "im2col + sgemm"
 }
 
 // MARK: - im2col / col2im
@@ -257,10 +297,16 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>,      // (B, Cout, Ho
     parallelFor(B * Cout, work: B * Cout * L) { bo in
         (out + bo * L).update(repeating: bias?[bo % Cout] ?? 0, count: L)
     }
-    if case .f32(let w) = weight, conv2dImplicitGEMM(stride: stride, kernel: kernel, Ho: Ho, Wo: Wo) {
-        conv2dImplicit(w: w, gradInput: false, inp: inp, out: out, B: B, C: Cin, H: H, W: W, M: Cout, kernel: kernel,
-                       pt: padding.top, pl: padding.left, Ho: Ho, Wo: Wo)
+    switch weight {
+    case .f32(let w) where conv2dImplicitGEMM(stride: stride, kernel: kernel, Ho: Ho, Wo: Wo):
+        conv2dImplicit(weights: .f32(w, gradInput: false), inp: inp, out: out, B: B, C: Cin, H: H, W: W, M: Cout,
+                       kernel: kernel, pt: padding.top, pl: padding.left, Ho: Ho, Wo: Wo)
         return
+    case .bf16(let w) where rowsK >= 2 && conv2dImplicitBF16(stride: stride, kernel: kernel, Ho: Ho, Wo: Wo):
+        conv2dImplicit(weights: .bf16(w, gradInput: false), inp: inp, out: out, B: B, C: Cin, H: H, W: W, M: Cout,
+                       kernel: kernel, pt: padding.top, pl: padding.left, Ho: Ho, Wo: Wo)
+        return
+    default: break
     }
     let pointwise = isPointwise(kernel: kernel, stride: stride, padding: padding)
     let group = conv2dBatchGroup(B: B, L: L, rowsK: rowsK)
@@ -316,11 +362,18 @@ public func conv2dBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (B, Cin,
                                 workspace: UnsafeMutablePointer<Float>) {
     let (Ho, Wo) = padding.outputSize(H: H, W: W, kernel: kernel, stride: stride)
     let L = Ho * Wo, rowsK = Cin * kernel * kernel
-    if case .f32(let w) = weight, conv2dImplicitGEMM(stride: stride, kernel: kernel, Ho: H, Wo: W) {
-        // dinp = dout correlated with the flipped, transposed kernel, padded k − 1 − p (stride 1 only).
-        conv2dImplicit(w: w, gradInput: true, inp: dout, out: dinp, B: B, C: Cout, H: Ho, W: Wo, M: Cin, kernel: kernel,
-                       pt: kernel - 1 - padding.top, pl: kernel - 1 - padding.left, Ho: H, Wo: W)
+    // dinp = dout correlated with the flipped, transposed kernel, padded k − 1 − p (stride 1 only).
+    switch weight {
+    case .f32(let w) where conv2dImplicitGEMM(stride: stride, kernel: kernel, Ho: H, Wo: W):
+        conv2dImplicit(weights: .f32(w, gradInput: true), inp: dout, out: dinp, B: B, C: Cout, H: Ho, W: Wo, M: Cin,
+                       kernel: kernel, pt: kernel - 1 - padding.top, pl: kernel - 1 - padding.left, Ho: H, Wo: W)
         return
+    case .bf16(let w) where kernel >= 2 && conv2dImplicitBF16(stride: stride, kernel: kernel, Ho: H, Wo: W):
+        // (A 1×1 input gradient is the GEMM below on dout itself.)
+        conv2dImplicit(weights: .bf16(w, gradInput: true), inp: dout, out: dinp, B: B, C: Cout, H: Ho, W: Wo, M: Cin,
+                       kernel: kernel, pt: kernel - 1 - padding.top, pl: kernel - 1 - padding.left, Ho: H, Wo: W)
+        return
+    default: break
     }
     let pointwise = isPointwise(kernel: kernel, stride: stride, padding: padding)
     let group = conv2dBatchGroup(B: B, L: L, rowsK: rowsK)

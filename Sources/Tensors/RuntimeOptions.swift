@@ -9,7 +9,8 @@ public struct RuntimeOptions: Sendable, Equatable {
     public var threads: Int
     /// HGDPO_ATTENTION=blas|avx512: force one attention kernel (benchmarks); nil chooses by head size.
     public var attentionKernel: String?
-    /// HGDPO_CONV=blas: im2col + OpenBLAS for every convolution (benchmarks); false uses the implicit GEMM where it fits.
+    /// HGDPO_CONV=blas: im2col + the GEMMs (OpenBLAS, or the bf16 GEMM for bf16 weights) for every convolution
+    /// (benchmarks, tests of both paths); false uses the implicit-GEMM kernels (fp32 and bf16) where they fit.
     public var convolutionsOnBLAS: Bool
     /// HGDPO_BF16_PATH=generic|avx2|avx512|emulated: the bf16 GEMM path (tests of a path on another CPU); nil: the best.
     public var bf16Path: BF16.Path?

@@ -26,8 +26,10 @@ public struct PairBatch {
 /// Adds this micro-batch's gradient of (sum of its pair losses) / normalizer to `model.lora.grads` (and to
 /// `model.weightGrads` when every parameter is trained); returns the terms. The DPO reference is `reference` (a frozen
 /// copy of the starting U-Net, for full-parameter training) or, when nil, `model` with its LoRA off.
+/// `gradientsFinal`: UNetModel.backward's report of the trained gradients that are final (the overlapped all-reduce).
 public func accumulatePairGradients(model: UNetModel, reference referenceModel: UNetModel? = nil, objective: Objective,
-                                    schedule: NoiseSchedule, batch: PairBatch, normalizer: Int) throws -> Objective.Terms {
+                                    schedule: NoiseSchedule, batch: PairBatch, normalizer: Int,
+                                    gradientsFinal: ((Int) -> Void)? = nil) throws -> Objective.Terms {
     let b = batch.pairs, n = batch.channels * batch.height * batch.width, sd = batch.contextLength * batch.contextDim
     // sft: the winners alone (no loser, no reference pass); otherwise winners then losers, one batch of 2B.
     let sides = objective.kind == .sft ? 1 : 2
@@ -54,6 +56,6 @@ public func accumulatePairGradients(model: UNetModel, reference referenceModel: 
     let terms = objective.evaluate(policy: policy.ptr, reference: reference?.ptr, noise: batch.noise, timesteps: batch.timesteps,
                                    pairs: b, channels: batch.channels, spatial: batch.height * batch.width, schedule: schedule,
                                    normalizer: normalizer, dPolicy: dPolicy.ptr)
-    model.backward(dPolicy, saved)
+    model.backward(dPolicy, saved, gradientsFinal: gradientsFinal)
     return terms
 }

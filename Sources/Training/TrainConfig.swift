@@ -68,6 +68,11 @@ public struct TrainConfig: Sendable, Equatable {
     public var logEvery = 1
     /// Seconds a collective may take before the watchdog aborts the job (a lost rank or a cut network).
     public var collectiveTimeout: Double = 600
+    /// Size of the gradient buckets summed over the ranks during the backward, in MiB of the double-precision sum
+    /// (Distributed/BucketedSum.swift); 0: one sum after the backward. Never changes the result.
+    public var bucketMB: Double = 4
+    /// `bucketMB` in elements of the sum (doubles); 0 for no buckets.
+    public var bucketElements: Int { bucketMB > 0 ? max(1, Int(bucketMB * 1_048_576 / 8)) : 0 }
     // The divergence guard (DivergenceGuard in Trainer.swift).
     public var divergenceMSERatio: Double = 2
     public var divergenceMargin: Double = 50
@@ -137,6 +142,9 @@ public struct TrainConfig: Sendable, Equatable {
         .value("log_every", \.logEvery, "N", "Steps between progress lines and metrics records", range: 1...1_000_000, identity: false),
         .value("collective_timeout", \.collectiveTimeout, "S",
                "Seconds a collective may take before the job is aborted (lost rank, cut network)", range: 0...1e7, identity: false),
+        .value("bucket_mb", \.bucketMB, "MB",
+               "Gradient buckets (MiB of the double-precision sum) all-reduced while the backward runs; 0: one all-reduce after it. Same result either way",
+               range: 0...1e6, identity: false),
         .value("divergence_mse_ratio", \.divergenceMSERatio, "R",
                "Divergence guard: a step is suspect when the policy's winner MSE exceeds R × the reference's", range: 1...1e9,
                identity: false),

@@ -8,6 +8,10 @@
 // drawn from (seed, epoch, position in the epoch's permutation) with the counter RNG, never from a per-rank stream,
 // so a run's trajectory does not depend on the number of ranks. Decisions (skip a non-finite step, stop on a signal)
 // are taken on all-reduced values, so every rank takes the same one.
+// The gradient sum over the ranks overlaps the last micro-batch's backward (--bucket-mb; BucketedSum): buckets of the
+// gradient go out as the backward finishes them, in a fixed order and with a fixed order of additions per element, so
+// the result is bit-identical with overlap on or off. Earlier micro-batches of an accumulation never communicate
+// (as DDP's no_sync).
 import Datasets
 import Distributed
 import Foundation
@@ -185,13 +189,14 @@ public final class Trainer {
         defer { try? metrics?.close() }
         let buffers = MicroBatchBuffers(cache: cache, localBatch: config.localBatch)
         let gradSum = DoubleBuffer(count: grads.count)
+        let exchange = try BucketedSum(comm, buffer: gradSum.buffer, bucketElements: config.bucketElements)
         let started = Watchdog.now()
         var done = 0
         if let validation, state.step < totalSteps { try validation.runBaseIfNeeded(comm: comm, log: log) }
         while state.step < totalSteps {
             let stepStart = Watchdog.now()
-            let terms = try accumulateGradients(into: gradSum, buffers)
-            let figures = try reduce(gradSum, terms)
+            let terms = try accumulateGradients(into: gradSum, buffers, exchange)
+            let figures = try reduce(gradSum, exchange, terms)
             let update = try applyUpdate(figures)
             done += 1
             if comm.isRoot && (state.step % max(1, config.logEvery) == 0 || state.step == totalSteps) {
@@ -230,14 +235,18 @@ public final class Trainer {
     }
 
     /// Step 1: this rank's micro-batches of the step (read, draw noise and timesteps, forward and backward), their
-    /// gradients summed in double into `gradSum`.
-    func accumulateGradients(into gradSum: DoubleBuffer, _ io: MicroBatchBuffers) throws -> Objective.Terms {
+    /// gradients summed in double into `gradSum`; during the last backward, the parts of `gradSum` that are complete
+    /// are handed to `exchange`, whose buckets then go out while the backward runs on.
+    func accumulateGradients(into gradSum: DoubleBuffer, _ io: MicroBatchBuffers, _ exchange: BucketedSum) throws -> Objective.Terms {
         let grads = self.grads
         let rng = CounterRNG(seed: config.seed)
         let n = io.n, sd = io.s * io.d
         gradSum.zero()
+        exchange.begin()
         var terms = Objective.Terms()
-        for micro in plan.microBatches(step: state.step, rank: comm.rank) {
+        let micros = plan.microBatches(step: state.step, rank: comm.rank)
+        for (m, micro) in micros.enumerated() {
+            let last = m == micros.count - 1
             precondition(micro.count == io.b, "the plan gives micro-batches of exactly --local-batch")
             var timesteps: [Int] = []
             for (j, sample) in micro.enumerated() {
@@ -253,12 +262,25 @@ public final class Trainer {
                                   timesteps: timesteps, context: io.context.ptr, channels: io.c, height: io.h, width: io.w,
                                   contextLength: io.s, contextDim: io.d)
             grads.zero()
-            terms.add(try accumulatePairGradients(model: model, reference: reference, objective: objective, schedule: schedule,
-                                                  batch: batch, normalizer: config.globalBatch))
+            // Before the last micro-batch's backward starts handing buckets out (a NaN fault goes into all of them).
+            if last { try faults?.inject(rank: comm.rank, step: state.step + 1, grads: gradSum) }
             // Each micro-batch's gradient is the same bits whatever the rank count (same samples, same order);
-            // summing them in double makes the total independent of how they are split over ranks.
+            // summing them in double makes the total independent of how they are split over ranks. gradSum[from...]
+            // gets this micro-batch's part as soon as the backward reports it final: the same additions, earlier.
             let g = grads.ptr
-            for i in 0..<grads.count { gradSum.ptr[i] += Double(g[i]) }
+            var added = grads.count
+            let addFinal = { (from: Int) in
+                guard from < added else { return }
+                for i in from..<added { gradSum.ptr[i] += Double(g[i]) }
+                added = from
+            }
+            terms.add(try accumulatePairGradients(model: model, reference: reference, objective: objective, schedule: schedule,
+                                                  batch: batch, normalizer: config.globalBatch,
+                                                  gradientsFinal: last && exchange.overlaps ? { from in
+                                                      addFinal(from)
+                                                      exchange.markFinal(from: from)
+                                                  } : nil))
+            addFinal(0)
         }
         return terms
     }
@@ -268,6 +290,8 @@ public final class Trainer {
         /// Σ over ranks of loss, dpo, stat, correct, Σ inside, the four MSEs, pairs, stop flag, Σ |inside|.
         let packed: [Double]
         let gradNorm: Double, commSeconds: Double
+        /// The gradient's buckets, and how many of them went out during the backward.
+        let buckets: Int, overlappedBuckets: Int
         var loss: Double { packed[0] }
         var pairs: Double { packed[9] }
         var stop: Bool { packed[10] > 0 }
@@ -275,12 +299,13 @@ public final class Trainer {
         func perPair(_ i: Int) -> Double { packed[i] / pairs }
     }
 
-    /// Step 2: the all-reduces of the gradients (into `lora.grads`) and of the logged terms with the stop flag.
-    func reduce(_ gradSum: DoubleBuffer, _ terms: Objective.Terms) throws -> StepFigures {
+    /// Step 2: the all-reduces of the gradients (the rest of `exchange`, then into `lora.grads`) and of the logged
+    /// terms with the stop flag. `commSeconds`: the time spent waiting for the gradient sum after the backward (what
+    /// the overlap did not hide).
+    func reduce(_ gradSum: DoubleBuffer, _ exchange: BucketedSum, _ terms: Objective.Terms) throws -> StepFigures {
         let grads = self.grads
-        try faults?.inject(rank: comm.rank, step: state.step + 1, grads: gradSum)
         let commStart = Watchdog.now()
-        try comm.allreduce("the gradients (step \(state.step))", gradSum.buffer)
+        try exchange.finish("the gradients (step \(state.step + 1))")
         let commSeconds = Watchdog.now() - commStart
         for i in 0..<grads.count { grads.ptr[i] = Float(gradSum.ptr[i]) }
         var packed = [terms.loss, terms.dpo, terms.stat, terms.correct, terms.insideSum, terms.mseThetaW, terms.mseThetaL,
@@ -290,7 +315,8 @@ public final class Trainer {
         var sq = 0.0
         let g = grads.ptr
         for i in 0..<grads.count { sq += Double(g[i]) * Double(g[i]) }
-        return StepFigures(packed: packed, gradNorm: sq.squareRoot(), commSeconds: commSeconds)
+        return StepFigures(packed: packed, gradNorm: sq.squareRoot(), commSeconds: commSeconds,
+                           buckets: exchange.overlaps ? exchange.bounds.count : 1, overlappedBuckets: exchange.overlappedBuckets)
     }
 
     struct StepUpdate { let lr: Float, clipped: Bool }
@@ -339,6 +365,7 @@ public final class Trainer {
             ("lr", .double(Double(u.lr))), ("grad_norm", .double(f.gradNorm)), ("clipped", .bool(u.clipped)),
             ("skipped", .bool(!f.finite)),
             ("samples_per_s", .double(rate)), ("step_s", .double(stepSeconds)), ("allreduce_s", .double(f.commSeconds)),
+            ("grad_buckets", .int(f.buckets)), ("grad_buckets_overlapped", .int(f.overlappedBuckets)),
             ("world_size", .int(comm.size)),
         ])
         // write(contentsOf:) throws where write(_:) traps (a full disk would crash the rank).

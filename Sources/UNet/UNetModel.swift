@@ -223,10 +223,22 @@ public final class UNetModel: @unchecked Sendable {
     /// Backward of a training forward for d(loss)/d(output) = `dout`, given that forward's saved activations:
     /// accumulates into `lora.grads` (and into `weightGrads` when the parameters are trained) and returns
     /// d(loss)/d(sample) when asked (it costs one more convolution backward).
+    /// `gradientsFinal(from)`, when given, is called as the backward goes: the trained gradients (`weightGrads` when
+    /// every parameter is trained, else `lora.grads`) at offsets from `from` on will not change any more in this call
+    /// (`from` only decreases; the rest is final when backward returns). The trainer starts their all-reduce then.
     @discardableResult
-    public func backward(_ dout: Buffer, _ saved: UNetActivations, wantSampleGradient: Bool = false) -> Buffer? {
+    public func backward(_ dout: Buffer, _ saved: UNetActivations, wantSampleGradient: Bool = false,
+                         gradientsFinal: ((Int) -> Void)? = nil) -> Buffer? {
         let t = saved
         let full = weightGrads != nil
+        // Top-level blocks in backward order, with the offset from which the trained gradients are final after each.
+        let watermarks = gradientsFinal == nil ? [:] : finalGradientOffsets()
+        var reported = Int.max
+        func blockDone(_ key: String) {
+            guard let gradientsFinal, let from = watermarks[key], from < reported else { return }
+            reported = from
+            gradientsFinal(from)
+        }
         precondition(!full || t.sample != nil, "UNetModel.backward: the forward ran before enableWeightGradients")
         let p = Pass(weights: weights, lora: lora, loraMultiplier: t.loraMultiplier, training: true, workspace: workspace,
                      grads: weightGrads)
@@ -259,6 +271,7 @@ public final class UNetModel: @unchecked Sendable {
         let ds = convOut.backward(p, dout, b, t.h, t.w, x: full ? normOut.forward(p, t.xOut, b, t.h * t.w, silu: true).0 : nil)
         var dh = Buffer(zeros: t.xOut.count)
         normOut.backward(p, ds, t.xOut, t.stOut, b, t.h * t.w, silu: true, into: dh)
+        blockDone("conv_norm_out")
         // Skip gradients, one per pushed skip, filled by the up path.
         var dskips: [Buffer?] = Array(repeating: nil, count: t.skipShapes.count)
         var cur = (t.h, t.w)
@@ -280,10 +293,12 @@ public final class UNetModel: @unchecked Sendable {
                 dskips[t.skipShapes.count - 1 - (popped + j)] = dskip
                 dh = dprev
             }
+            blockDone("up_blocks.\(i)")
         }
         dh = resnet(midResnets[1], dh, cur)
         dh = transformer(midAttention, dh, cur)
         dh = resnet(midResnets[0], dh, cur)
+        blockDone("mid_block")
         var k = t.skipShapes.count - 1
         for (i, blk) in spec.down.enumerated().reversed() {
             let size = t.sizes[i]
@@ -296,6 +311,7 @@ public final class UNetModel: @unchecked Sendable {
                 if blk.hasAttention { dh = transformer(downAttentions[i][j], dh, size) }
                 dh = resnet(downResnets[i][j], dh, size)
             }
+            blockDone("down_blocks.\(i)")
             cur = size
         }
         addInto(dh.ptr, dskips[0]!.ptr, n: dh.count)
@@ -315,6 +331,35 @@ public final class UNetModel: @unchecked Sendable {
             if !wantSampleGradient { convIn.backwardWeights(p, dh, sample, b, t.h, t.w) }
         }
         return wantSampleGradient ? convIn.backward(p, dh, b, t.h, t.w, x: t.sample) : nil
+    }
+}
+
+extension UNetModel {
+    /// For each top-level block that `backward` reports (conv_norm_out with conv_out, each up block, mid_block, each
+    /// down block), the offset in the trained gradient buffer from which every gradient is final once backward has
+    /// gone through that block: the end of the highest parameter not yet visited. Computed from the keys, so it holds
+    /// whatever the declaration order (time_embedding and conv_in come last in backward and are never reported).
+    func finalGradientOffsets() -> [String: Int] {
+        // (key, end offset) of every trained tensor: the LoRA's A and B (one range per target) or every U-Net parameter.
+        let trained: [(key: String, end: Int)]
+        if weightGrads != nil {
+            trained = weights.table.entries.filter { !$0.isBF16 }.map { ($0.key, $0.offset + $0.count) }
+        } else if let lora {
+            trained = lora.targets.map { ($0.module, $0.offsetB + $0.outFeatures * lora.rank) }
+        } else {
+            return [:]
+        }
+        var order = ["conv_out", "conv_norm_out"]
+        order += (0..<spec.up.count).reversed().map { "up_blocks.\($0)" }
+        order.append("mid_block")
+        order += (0..<spec.down.count).reversed().map { "down_blocks.\($0)" }
+        // Position in backward order of each tensor's block (time_embedding, conv_in: after all of them).
+        let position = trained.map { t in order.firstIndex { t.key == $0 || t.key.hasPrefix($0 + ".") } ?? order.count }
+        var result: [String: Int] = [:]
+        for (k, key) in order.enumerated() where key != "conv_out" {   // conv_out is reported with conv_norm_out
+            result[key] = zip(trained, position).filter { $0.1 > k }.map(\.0.end).max() ?? 0
+        }
+        return result
     }
 }
 

@@ -95,8 +95,72 @@ final class SelectionTests: XCTestCase {
         s = SelectionSettings(scorer: "t")
         s.winnerRank = 6
         XCTAssertThrowsError(try Selection.run(pool: pool, out: dir + "/e", settings: s)) {
-            XCTAssertTrue("\($0)".contains("too few images 3"), "\($0)")
+            XCTAssertTrue("\($0)".contains("--winner-rank 6 is beyond the pool's 5 images per prompt"), "\($0)")
         }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/e"), "nothing written for bad settings")
+    }
+
+    /// The ablation settings (pool size N, loser rank l) against the pool: every impossible combination is an error
+    /// naming the option, before anything is written; the possible extremes work.
+    func testPoolSizeAndRankChecks() throws {
+        let dir = try temporaryDirectory(self)
+        let pool = try makePool(dir, values: [[3, 9, 1, 7, 5], [4, 1, 2, 8, 6]])
+        try score(pool)
+        func settings(pool n: Int? = nil, winner: Int = 1, loser: Int = -1) -> SelectionSettings {
+            var s = SelectionSettings(scorer: "t")
+            s.poolSize = n; s.winnerRank = winner; s.loserRank = loser
+            return s
+        }
+        let bad: [(SelectionSettings, String)] = [
+            (settings(pool: 6), "--pool-size 6 is larger than the pool's 5 images per prompt"),
+            (settings(pool: 1), "--pool-size 1: a pair needs at least 2 images"),
+            (settings(pool: 2, loser: -3), "--loser-rank -3 is beyond the 2 images of --pool-size 2"),
+            (settings(pool: 3, loser: 4), "--loser-rank 4 is beyond the 3 images of --pool-size 3"),
+            (settings(winner: -6), "--winner-rank -6 is beyond the pool's 5 images per prompt"),
+            (settings(winner: 1, loser: -5), "--winner-rank 1 and --loser-rank -5 are the same image among 5 ranked"),
+            (settings(pool: 2, winner: 2, loser: -1), "--winner-rank 2 and --loser-rank -1 are the same image among 2 ranked"),
+            (settings(loser: 0), "ranks are 1-based"),
+        ]
+        for (i, (s, message)) in bad.enumerated() {
+            XCTAssertThrowsError(try Selection.run(pool: pool, out: dir + "/bad\(i)", settings: s)) {
+                XCTAssertTrue("\($0)".contains(message), "case \(i): \($0)")
+            }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/bad\(i)"), "case \(i) wrote its folder")
+        }
+        // The whole pool (N = 5) and loser rank 5 = −1; N = 2 with loser rank 2 = −1 (the worst of two).
+        var r = try Selection.run(pool: pool, out: dir + "/n5", settings: settings(pool: 5, loser: 5))
+        XCTAssertEqual(r.triplets, 2)
+        XCTAssertEqual(try triplets(dir + "/n5").map { $0["loser_score"] as? Double }, [1, 1])
+        r = try Selection.run(pool: pool, out: dir + "/n2", settings: settings(pool: 2, loser: 2))
+        XCTAssertEqual(try triplets(dir + "/n2").map { [$0["winner_score"] as? Double, $0["loser_score"] as? Double] }, [[9, 3], [4, 1]])
+        XCTAssertEqual(r.meanMargin, 4.5)   // (9 − 3 + 4 − 1) / 2
+        // Worst of 3 in the first three images: prompt 1 ranks 4 > 2 > 1.
+        r = try Selection.run(pool: pool, out: dir + "/l3", settings: settings(pool: 3, loser: 3))
+        XCTAssertEqual(try triplets(dir + "/l3").map { $0["loser_image_index"] as? Int }, [2, 1])
+        XCTAssertEqual(r.triplets, 2)
+    }
+
+    /// The command line: bad values exit with 2 and a message naming the option.
+    func testSelectCommandRejectsBadValues() throws {
+        let dir = try temporaryDirectory(self)
+        let pool = try makePool(dir, values: [[3, 9, 1, 7, 5], [4, 1, 2, 8, 6]])
+        try score(pool)
+        let base = ["select", "--pool", pool, "--by", "t", "--out", dir + "/t"]
+        for (extra, message) in [(["--pool-size", "20"], "--pool-size 20 is larger than the pool's 5 images per prompt"),
+                                 (["--pool-size", "1"], "--pool-size"),
+                                 (["--pool-size", "two"], "--pool-size"),
+                                 (["--loser-rank", "0"], "--loser-rank"),
+                                 (["--loser-rank", "-9"], "--loser-rank -9 is beyond the pool's 5 images per prompt"),
+                                 (["--winner-rank", "3", "--loser-rank", "-3"], "the same image among 5 ranked")] {
+            let r = try hgdpo(base + extra)
+            XCTAssertEqual(r.status, 2, "\(extra): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(message), "\(extra): \(r.stderr)")
+        }
+        let r = try hgdpo(base + ["--pool-size", "4", "--loser-rank", "2"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        // First four: prompt 0 ranks 9 7 3 1 (loser 7), prompt 1 ranks 8 4 2 1 (loser 4): margins 2 and 4.
+        XCTAssertTrue(r.stdout.contains(#""pool_size":4"#) && r.stdout.contains(#""triplets":2"#), r.stdout)
+        XCTAssertTrue(r.stdout.contains(#""mean_margin":3"#), r.stdout)
     }
 
     /// Part files survive an interruption: a torn last line is dropped and only the missing prompts are scored again.

@@ -35,6 +35,9 @@ final class LocalLaunchTests: XCTestCase {
             XCTAssertEqual((part?["sum"] as? NSNumber)?.doubleValue, expected, key)
         }
         XCTAssertEqual((report["broadcast"] as? [String: Any])?["mismatches"] as? Int, 0)
+        let ordered = report["ordered_sum"] as? [String: Any]
+        XCTAssertEqual(ordered?["mismatches"] as? Int, 0, "the gradient sum in rank order")
+        XCTAssertEqual(ordered?["bucketed_mismatches"] as? Int, 0, "the gradient sum in buckets")
         let ranks = report["ranks"] as? [[String: Any]] ?? []
         XCTAssertEqual(ranks.map { $0["rank"] as? Int }, (0..<w).map { $0 })
         // One machine: every rank is local, with distinct local ranks.

@@ -210,6 +210,31 @@ final class AttentionTests: XCTestCase {
         XCTAssertTrue(z[1].isNaN && s.isNaN, "NaN must propagate")
     }
 
+    /// The AVX-512F kernel against the OpenBLAS one (the portable path) on the same inputs, forward and backward,
+    /// on the odd shapes and on head sizes of the U-Nets (8, 40, 64). Skipped, naming the feature, where the CPU
+    /// lacks AVX-512F (the tests above then run OpenBLAS only).
+    func testAVX512KernelMatchesBLASOnSameInputs() throws {
+        guard AttentionKernel.avx512Available else { throw XCTSkip("no AVX-512F on this CPU") }
+        let shapes = Self.oddShapes + [Shape(B: 1, Nq: 64, Nk: 64, H: 2, d: 40), Shape(B: 1, Nq: 48, Nk: 77, H: 2, d: 64),
+                                       Shape(B: 2, Nq: 256, Nk: 256, H: 1, d: 8)]
+        for (n, s) in shapes.enumerated() {
+            let (q, k, v) = Self.inputs(s, seed: UInt64(70 + n))
+            let dout = Self.random(q.count, seed: UInt64(80 + n))
+            var results: [[Float]] = []
+            for kernel in [AttentionKernel.blas, .avx512] {
+                let plan = AttentionPlan(B: s.B, Nq: s.Nq, Nk: s.Nk, heads: s.H, headDim: s.d, threads: 2, kernel: kernel)
+                XCTAssertEqual(plan.kernel, kernel, "\(s): the plan must run the kernel asked for")
+                let (out, lse) = Self.forward(s, q, k, v, plan: plan)
+                var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count)
+                var dv = [Float](repeating: 0, count: v.count)
+                Self.backward(s, q, k, v, dout, plan: plan, dq: &dq, dk: &dk, dv: &dv)
+                results.append(out + lse + dq + dk + dv)
+            }
+            let scale = results[0].reduce(0) { max($0, abs($1)) }
+            assertClose(results[1], results[0], rtol: 2e-5, atol: 2e-6 * scale, label: "avx512 vs blas \(s)")
+        }
+    }
+
     func testForwardMatchesNaive() {
         for (n, s) in Self.oddShapes.enumerated() {
             let (q, k, v) = Self.inputs(s, seed: UInt64(10 + n))

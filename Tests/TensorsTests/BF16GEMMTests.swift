@@ -174,6 +174,19 @@ final class BF16GEMMTests: XCTestCase {
         }
     }
 
+    /// The AVX512-BF16 path by name: skipped, with the reason, where the CPU lacks it (the tests above then cover
+    /// its code only as `emulated`), so a CI log shows whether the real VDPBF16PS code ran.
+    func testAVX512BF16Path() throws {
+        guard BF16.setPath(.avx512) else { throw XCTSkip("no AVX512-BF16 on this CPU") }
+        XCTAssertTrue(BF16.isAccelerated)
+        for (i, (m, n, k)) in shapes.enumerated() {
+            for v in Variant.allCases {
+                check(v, transA: i % 2 == 0, transB: i % 3 == 0, m: m, n: n, k: k, alpha: 1, beta: 0.5, pad: 1,
+                      seed: UInt64(500 + i))
+            }
+        }
+    }
+
     /// The orientations the U-Net uses, small versions, with strides larger than the rows.
     func testUNetOrientations() {
         for path in paths {

@@ -47,7 +47,7 @@ final class ParallelTests: XCTestCase {
         XCTAssertEqual(total, 2 * 2000 * 10)
     }
 
-    /// hg_sgemm (rows of C in blocks of 16 over 2–4 tasks) equals one OpenBLAS call (single-threaded and on
+    /// hg_sgemm (rows of C, or its columns when it has too few rows, in blocks of 16 over 2–4 tasks) equals one OpenBLAS call (single-threaded and on
     /// OpenBLAS's own 2 threads) bit for bit, on the U-Net's GEMM shapes (linear layers, LoRA, 1×1 and im2col
     /// convolutions, attention blocks) and small ones near the split threshold, every transpose combination.
     /// How many elements differ in bits (memcmp first: the element loop is slow in debug builds).
@@ -62,6 +62,8 @@ final class ParallelTests: XCTestCase {
             (2048, 64, 64), (2048, 256, 64), (512, 128, 128), (320, 320, 2048), (1280, 1280, 128), (2048, 8, 256),
             (8, 256, 2048), (2048, 320, 8), (154, 320, 768), (1024, 77, 40), (1024, 40, 77), (100, 100, 100),
             (48, 64, 256), (33, 17, 500), (96, 96, 96), (40, 4096, 8),
+            // Too few rows to split, so by columns: LoRA dA = d(xa)ᵀ·x at small@32 and sd15@32 with 4 pairs.
+            (8, 64, 8192), (8, 320, 8192), (8, 1280, 512), (16, 200, 4000),
         ]
         // One pool of values in [-1, 1) for every operand (a 32-bit LCG: fast in debug builds too).
         let largest = shapes.map { max($0.0 * $0.2, $0.2 * $0.1, $0.0 * $0.1) }.max()!

@@ -95,7 +95,7 @@ if t_wait_for 100 t_has_lines "$run/metrics.jsonl" 2 && pid="$(t_rank_pid 1)"; t
   t_fault=$(date +%s.%N)
   kill -STOP "$pid"
   ended_in "hung rank 1 (SIGSTOP)" 40
-  says "hung rank 1 (SIGSTOP)" "$run.log" "rank 0 on $host: MPI_Allreduce .* did not finish within 10 s" "the waiting rank 0 and host $host"
+  says "hung rank 1 (SIGSTOP)" "$run.log" "rank 0 on $host: (MPI_Allreduce|the all-reduce) .* did not finish within 10 s" "the waiting rank 0 and host $host"
   checkpoint_intact "hung rank 1 (SIGSTOP)" "$run" 2
 else
   t_fail "hung rank 1: the run did not start" "$(tail -n 5 "$run.log")"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run-all.sh — run the launch tests (real MPI, multi-host, Slurm, preemption and failure runs of `hgdpo train`).
 #
-# Usage: launch/tests/run-all.sh [TEST...]      (TEST: summary preempt failures lock killloop diskfull multinode slurm report-browser; default all, in this order,
+# Usage: launch/tests/run-all.sh [TEST...]      (TEST: summary docs preempt failures lock killloop diskfull multinode slurm report-browser; default all, in this order,
 #                                               or the ones listed in HGDPO_LAUNCH_TESTS)
 #
 # Each test runs under `timeout -k 10 ${HGDPO_LAUNCH_TEST_TIMEOUT:-600}` (its own traps clean up on the SIGTERM),
@@ -12,7 +12,7 @@
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 tests=("$@")
-((${#tests[@]})) || read -r -a tests <<<"${HGDPO_LAUNCH_TESTS:-summary preempt failures lock killloop diskfull multinode slurm report-browser}"
+((${#tests[@]})) || read -r -a tests <<<"${HGDPO_LAUNCH_TESTS:-summary docs preempt failures lock killloop diskfull multinode slurm report-browser}"
 limit="${HGDPO_LAUNCH_TEST_TIMEOUT:-600}"
 
 passed=0 failed=0 skipped=0

@@ -45,6 +45,22 @@ void hg_attention_backward_avx512(const float *q, const float *k, const float *v
 size_t hg_conv_avx512_scratch(int K);
 void hg_conv_s1_avx512(const float *w, int gradInput, const float *inp, float *out, int C, int H, int W, int M,
                        int kernel, int pt, int pl, int Ho, int Wo, int n0, int n1, int m0, int m1, float *scratch);
+/// The same convolution with bf16 weights on AVX512-BF16 (CKernels/conv_avx512bf16.c; the same shape conditions
+/// and the same meaning of w and gradInput), activations rounded to bf16, fp32 sums; pairs of weights are read as
+/// they are stored (nothing packed). Forward: C·k·k ≥ 2; input gradient: k ≥ 2. Weights finite. Only where
+/// hg_kernels_path() == HG_PATH_AVX512. scratch: hg_conv_avx512bf16_scratch(hg_conv_bf16_pairs(...)) floats.
+int hg_conv_bf16_pairs(int gradInput, int C, int kernel);
+size_t hg_conv_avx512bf16_scratch(int pairs);
+void hg_conv_s1_avx512bf16(const uint16_t *w, int gradInput, const float *inp, float *out, int C, int H, int W,
+                           int M, int kernel, int pt, int pl, int Ho, int Wo, int n0, int n1, int m0, int m1,
+                           float *scratch);
+/// The same code compiled as portable C (any CPU, slow): for tests of the kernel on CPUs without AVX512-BF16.
+void hg_conv_s1_avx512bf16_emu(const uint16_t *w, int gradInput, const float *inp, float *out, int C, int H, int W,
+                               int M, int kernel, int pt, int pl, int Ho, int Wo, int n0, int n1, int m0, int m1,
+                               float *scratch);
+/// The reference of hg_conv_s1_avx512bf16 in scalar C (any stride-1 shape; no scratch).
+void hg_conv_s1_bf16_ref(const uint16_t *w, int gradInput, const float *inp, float *out, int C, int H, int W, int M,
+                         int kernel, int pt, int pl, int Ho, int Wo, int n0, int n1, int m0, int m1);
 /// glibc malloc: keep freed memory for reuse (Tensors/Memory.swift).
 void hg_keep_freed_memory(void);
 
