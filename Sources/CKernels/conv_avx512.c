@@ -102,18 +102,7 @@ HG_AVX512F void hg_conv_s1_avx512(const float *w, int gradInput, const float *in
                     const float *img = inp + b * (size_t)C * HW;
                     ptrdiff_t segOff[CONV_MAX_TAPS][16];
                     __mmask16 segMask[CONV_MAX_TAPS][16];
-                    for (int t = 0; t < kk; t++) {
-                        const int kh = t / kernel, kw = t % kernel;
-                        for (int s0 = 0, q = 0; s0 < 16; s0 += seg, q++) {
-                            const int yy = y0 + q + kh - pt, xs = x0 + kw - pl;
-                            // lane s0 + l reads column xs + l: valid for 0 <= xs + l < W, l < seg, s0 + l < lanes
-                            int lo = -xs > 0 ? -xs : 0, hi = W - xs < seg ? W - xs : seg;
-                            if (hi > lanes - s0) hi = lanes - s0;
-                            const int inside = yy >= 0 && yy < H && hi > lo;
-                            segMask[t][q] = inside ? (__mmask16)((((1u << hi) - 1) & ~((1u << lo) - 1)) << s0) : 0;
-                            segOff[t][q] = inside ? (ptrdiff_t)yy * W + xs - s0 : 0;
-                        }
-                    }
+                    hg_conv_segments(y0, x0, lanes, seg, kernel, kk, pt, pl, H, W, segOff, segMask);
                     const int nseg = 16 / seg;
                     int c = k0 / kk, t = k0 % kk;              // (c, t) of row k0, then stepped along
                     for (int k = 0; k < kc; k++) {

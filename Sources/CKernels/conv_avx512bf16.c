@@ -185,18 +185,7 @@ HG_BF16K void HG_NAME(hg_conv_s1_avx512bf16)(const uint16_t *w, int gradInput, c
                     const float *img = inp + b * (size_t)C * HW;
                     ptrdiff_t segOff[BMAX_TAPS][16];
                     __mmask16 segMask[BMAX_TAPS][16];
-                    for (int t = 0; t < kk; t++) {
-                        const int kh = t / kernel, kw = t % kernel;
-                        for (int s0 = 0, q = 0; s0 < 16; s0 += seg, q++) {
-                            const int yy = y0 + q + kh - pt, xs = x0 + kw - pl;
-                            // lane s0 + l reads column xs + l: valid for 0 <= xs + l < W, l < seg, s0 + l < lanes
-                            int lo = -xs > 0 ? -xs : 0, hi = W - xs < seg ? W - xs : seg;
-                            if (hi > lanes - s0) hi = lanes - s0;
-                            const int inside = yy >= 0 && yy < H && hi > lo;
-                            segMask[t][q] = inside ? (__mmask16)((((1u << hi) - 1) & ~((1u << lo) - 1)) << s0) : 0;
-                            segOff[t][q] = inside ? (ptrdiff_t)yy * W + xs - s0 : 0;
-                        }
-                    }
+                    hg_conv_segments(y0, x0, lanes, seg, kernel, kk, pt, pl, H, W, segOff, segMask);
                     for (int p = 0; p < kp; p++) {
                         int rc[2], rt[2];
                         conv_bf16_pair_rows(gradInput, kk, K, p0 + p, &rc[0], &rt[0], &rc[1], &rt[1]);
