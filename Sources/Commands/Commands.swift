@@ -13,7 +13,7 @@ public enum Commands {
     public static let all: [CommandSpec] = [train, dataCheck, inspect, makeModel, makeCache, loraConvert, probeUNet,
                                             probeTextEncoder, probeVAEEncode, probeVAEDecode, probeScheduler, probeDPOLoss,
                                             probeMPI, benchStep, benchAllreduce, benchAttention, benchConv, encode, makeTriplets, sample, eval, report, reportTable,
-                                            checkpointVerify, worldPrompts, worldRender, worldDataset, worldCheckScorer, worldMakeModel,
+                                            checkpointVerify, worldPrompts, worldRender, worldDataset, worldCheckScorer, worldRead, worldMakeModel,
                                             pool, score, select]
 
     public static let cli = CommandLineInterface(commands: all, version: version)

@@ -63,7 +63,8 @@ extension Commands {
         }
         let stride = schedule.trainTimesteps / (try args.int("--stat-inference-steps", in: 1...schedule.trainTimesteps)!)
         let objective = Objective(kind: ObjectiveKind(rawValue: args.string("--objective")!)!, beta: Float(try args.double("--beta")!),
-                                  statWeight: Float(try args.double("--stat-weight")!), statStride: stride)
+                                  statWeight: Float(try args.double("--stat-weight")!), statStride: stride,
+                                  prediction: PredictionType(rawValue: schedule.predictionType)!)
         model.lora!.zeroGrad()
         let batch = PairBatch(pairs: b, winner: winner.ptr, loser: loser.ptr, noise: noise.ptr, timesteps: timesteps, context: context.ptr,
                               channels: ws[1], height: ws[2], width: ws[3], contextLength: cs[1], contextDim: cs[2])

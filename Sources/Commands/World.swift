@@ -223,6 +223,42 @@ extension Commands {
                                 ("accuracy", .double(Double(total) / Double(n)))]).serialized())
     }
 
+    static let worldRead = CommandSpec(
+        ["world", "read"],
+        summary: "Show what the toy-human scorer reads in images: background, people (shirt, pose, anatomy), fragments, score",
+        details: """
+            Example: hgdpo world read --prompt "two people in red shirts waving on a beach" --image eval/a/000000-seed1000.png
+            One JSON line per image: the background read, each person's shirt color, pose and part readings (head,
+            arms and legs, 1 = as a correct figure), the fragments, the clutter (foreground outside every person, a
+            fraction of the image) and, with --prompt, the score and its penalties.
+            """,
+        options: [
+            .list("--image", "PNG", "An image to read"),
+            .value("--prompt", "TEXT", "The image's prompt (toy grammar): also print the score"),
+        ]
+    ) { args in
+        let images = args.strings("--image")
+        guard !images.isEmpty else { throw CLIError.missingRequired(option: "--image", command: "world read") }
+        let expected = try args.string("--prompt").map { try Description(parsing: $0) }
+        let scorer = ToyHumanScorer(name: "toy")
+        for path in images {
+            let a = scorer.analyze(try PNG.readBytes(path, channels: 3))
+            var fields: [(String, JSONValue)] = [("image", .string(path)), ("background", .string(a.background.rawValue))]
+            fields.append(("people", .array(a.people.map { p in
+                .object([("shirt", .string(p.color.rawValue)), ("pose", .string(p.pose.rawValue)),
+                         ("head", .double(Double(p.head))), ("arms", .array([.double(Double(p.armsLeft)), .double(Double(p.armsRight))])),
+                         ("legs", .array([.double(Double(p.legsLeft)), .double(Double(p.legsRight))]))])
+            })))
+            fields += [("fragments", .int(a.fragments)), ("clutter", .double(Double(a.clutter)))]
+            if let expected {
+                let parts = scorer.penalties(analysis: a, expected: expected)
+                fields.append(("penalties", .object(parts.map { ($0.name, .double(Double($0.value))) })))
+                fields.append(("score", .double(scorer.score(analysis: a, expected: expected))))
+            }
+            print(JSONValue.object(fields).serialized())
+        }
+    }
+
     static let worldMakeModel = CommandSpec(
         ["world", "make-model"],
         summary: "Write the toy world's target pipeline: pixel-space U-Net, tiny CLIP text encoder and grammar tokenizer (random weights)",
@@ -233,7 +269,9 @@ extension Commands {
             level and in the middle), text_encoder/ (a CLIPTextModel, --text-width wide, frozen random weights as
             transformers initialises them), tokenizer/ (bytes plus one token per grammar word, --max-tokens long) and
             scheduler/ (DDPM, linear betas 1e-4 ... 0.02 over 1000 steps and clip_sample, as pixel-space DDPM: the
-            DDPM and DDIM samplers clip the predicted image to [-1, 1] at every step).
+            DDPM and DDIM samplers clip the predicted image to [-1, 1] at every step; prediction_type v_prediction by
+            default: at high noise the target is then the image itself, so training learns what the prompt says
+            (with epsilon, the prompt barely changes the loss and the trained model ignores it: docs/toyworld.md)).
             """,
         options: [
             .value("--out", "DIR", "Folder to create (must not exist)", required: true),
@@ -244,6 +282,8 @@ extension Commands {
             .value("--text-width", "D", "Text encoder width = the U-Net's cross_attention_dim", default: "64"),
             .value("--text-layers", "N", "Text encoder layers", default: "2"),
             .value("--max-tokens", "N", "Tokenizer model_max_length (the longest grammar prompt is 14 tokens)", default: "16"),
+            .value("--prediction-type", "TYPE", "What the U-Net predicts (the scheduler's prediction_type)", default: "v_prediction",
+                   choices: ["epsilon", "v_prediction"]),
         ]
     ) { args in
         let out = try args.requiredString("--out")
@@ -287,7 +327,8 @@ extension Commands {
         let encoder = try CLIPTextModel(config: text)
         encoder.initializeAsTransformers(seed: seed &+ 1)
         try writePipeline(model: model, textEncoder: encoder, vocabulary: vocabulary,
-                          schedulerOverrides: ["beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "clip_sample": true], to: out)
+                          schedulerOverrides: ["beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "clip_sample": true,
+                                               "prediction_type": args.string("--prediction-type")!], to: out)
         print(JSONValue.object([("out", .string(out)), ("params", .int(model.weights.table.count)),
                                 ("text_encoder_params", .int(encoder.weights.table.count)), ("vocabulary", .int(vocabulary.size))]).serialized())
     }

@@ -93,24 +93,23 @@ public final class OrderedSum {
 
     // Messages of more than 2^30 elements go in pieces (MPI counts are Int32), in the same order on both sides.
     private func send(_ p: UnsafeMutablePointer<Double>, _ n: Int, to q: Int, tag: Int32) throws {
-        var start = 0
-        while start < n {
-            let k = min(Communicator.maxChunk, n - start)
-            var r: MPI_Request? = hg_mpi_request_null()
-            try comm.check(MPI_Isend(p + start, Int32(k), hg_mpi_double(), Int32(q), tag, comm.comm, &r), "MPI_Isend")
-            requests.append(r)
-            start += k
-        }
+        try post(p, n, "MPI_Isend") { MPI_Isend($0, $1, hg_mpi_double(), Int32(q), tag, comm.comm, &$2) }
     }
 
     private func receive(_ p: UnsafeMutablePointer<Double>, _ n: Int, from q: Int, tag: Int32) throws {
-        var start = 0
-        while start < n {
-            let k = min(Communicator.maxChunk, n - start)
+        try post(p, n, "MPI_Irecv") { MPI_Irecv($0, $1, hg_mpi_double(), Int32(q), tag, comm.comm, &$2) }
+    }
+
+    /// Posts one nonblocking operation per piece of at most Communicator.maxChunk elements; keeps their requests.
+    private func post(_ p: UnsafeMutablePointer<Double>, _ n: Int, _ name: String,
+                      _ start: (UnsafeMutablePointer<Double>, Int32, inout MPI_Request?) -> Int32) throws {
+        var offset = 0
+        while offset < n {
+            let k = min(Communicator.maxChunk, n - offset)
             var r: MPI_Request? = hg_mpi_request_null()
-            try comm.check(MPI_Irecv(p + start, Int32(k), hg_mpi_double(), Int32(q), tag, comm.comm, &r), "MPI_Irecv")
+            try comm.check(start(p + offset, Int32(k), &r), name)
             requests.append(r)
-            start += k
+            offset += k
         }
     }
 }

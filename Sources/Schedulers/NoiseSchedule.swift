@@ -15,7 +15,7 @@ public struct NoiseSchedule: Sendable {
     public let alphasCumprod: [Float]
     public let predictionType: String
 
-    /// The trainer's schedule: also refuses prediction types other than epsilon (hgdpo trains epsilon models).
+    /// The trainer's schedule: also refuses the `sample` prediction type (hgdpo trains epsilon and v-prediction models).
     /// - Parameter source: the config file, named in errors.
     public init(_ c: SchedulerConfig, source: String? = nil) throws {
         do { try self.init(config: c) } catch let e as NoiseScheduleError where source != nil {
@@ -27,9 +27,9 @@ public struct NoiseSchedule: Sendable {
         try self.init(trainTimesteps: c.numTrainTimesteps, betaStart: c.betaStart, betaEnd: c.betaEnd,
                       betaSchedule: c.betaSchedule, trainedBetas: c.trainedBetas,
                       rescaleBetasZeroSnr: c.rescaleBetasZeroSnr, predictionType: c.predictionType)
-        guard c.predictionType == "epsilon" else {
+        guard c.predictionType == "epsilon" || c.predictionType == "v_prediction" else {
             throw NoiseScheduleError(message: "scheduler config: prediction_type '\(c.predictionType)' is not supported; "
-                                     + "hgdpo trains epsilon-prediction models (SD 1.x, SD 2.x base)")
+                                     + "hgdpo trains epsilon (SD 1.x, SD 2.x base) and v_prediction (SD 2.x 768-v) models")
         }
     }
 
@@ -86,6 +86,15 @@ public struct NoiseSchedule: Sendable {
         let a = alphasCumprod[t]
         let sa = a.squareRoot(), s1 = (1 - a).squareRoot()
         for i in 0..<count { out[i] = sa * x0[i] + s1 * noise[i] }
+    }
+
+    /// v = sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·x0, per sample: the v-prediction training target (diffusers
+    /// DDPMScheduler.get_velocity).
+    public func velocity(_ x0: UnsafePointer<Float>, noise: UnsafePointer<Float>, timestep t: Int, count: Int,
+                         into out: UnsafeMutablePointer<Float>) {
+        let a = alphasCumprod[t]
+        let sa = a.squareRoot(), s1 = (1 - a).squareRoot()
+        for i in 0..<count { out[i] = sa * noise[i] - s1 * x0[i] }
     }
 }
 

@@ -26,7 +26,7 @@ public final class ToyHumanScorer: Scorer {
     let unit: Calibration
 
     public static let kind = "toy-human"
-    public static let version = "1"
+    public static let version = "2"
 
     public init(name: String) {
         descriptor = ScorerDescriptor(name: name, kind: ToyHumanScorer.kind, argument: nil, version: ToyHumanScorer.version)
@@ -62,6 +62,8 @@ public final class ToyHumanScorer: Scorer {
         public var fragments: Int
         /// Foreground pixels of no known color, as a fraction of all torso area.
         public var unexplained: Float
+        /// Foreground outside every person's region (fragments, specks, noise), as a fraction of the image.
+        public var clutter: Float
     }
 
     struct Calibration: Sendable {
@@ -218,7 +220,8 @@ public final class ToyHumanScorer: Scorer {
         let minFragment = max(2, medianTorso * unit.arm / 3)
         let fragments = regionArea.values.filter { $0 >= minFragment }.count
         return Analysis(background: bg.0, backgroundDistance: bg.1, people: readings, fragments: fragments,
-                        unexplained: unexplained / max(totalTorso, 1))
+                        unexplained: unexplained / max(totalTorso, 1),
+                        clutter: regionArea.values.reduce(0, +) / Float(w * h))
     }
 
     /// Connected-component labels (1, 2, …; 0 where `member` is false).
@@ -247,21 +250,31 @@ public final class ToyHumanScorer: Scorer {
 
     // MARK: - Score
 
-    public func score(analysis a: Analysis, expected: Description) -> Double {
+    /// The score's penalties by name (the score is 10 minus their sum): see the file's header.
+    public func penalties(analysis a: Analysis, expected: Description) -> [(name: String, value: Float)] {
         func part(_ x: Float) -> Float { min(abs(x - 1), 1.5) }
-        var penalty: Float = 0
-        for p in a.people {
-            penalty += part(p.head) + part(p.armsLeft) + part(p.armsRight) + part(p.legsLeft) + part(p.legsRight)
-        }
-        penalty += Float(a.fragments)
-        penalty += 2 * Float(abs(a.people.count - expected.count))
-        penalty += a.background == expected.background ? 0 : 2
+        // x·cap/(x + cap): ≈ x when small, below `cap` however large (orders broken figures, never past a missing one).
+        func saturate(_ x: Float, _ cap: Float) -> Float { x * cap / (x + cap) }
+        let anatomy = a.people.map { p in
+            saturate(part(p.head) + part(p.armsLeft) + part(p.armsRight) + part(p.legsLeft) + part(p.legsRight), 2)
+        }.reduce(0, +)
+        let missing = max(expected.count - a.people.count, 0), extra = max(a.people.count - expected.count, 0)
         let n = Float(max(a.people.count, 1))
-        penalty += 2 * Float(a.people.filter { $0.color != expected.color }.count) / n
-        penalty += 2 * Float(a.people.filter { $0.pose != expected.pose }.count) / n
         // Tie-breakers (well below one unit): how far the colors are from the palette's, unexplained foreground.
         let colorDistance = a.people.map(\.colorDistance).reduce(0, +) / n
-        penalty += 0.1 * min(colorDistance / 100, 1) + 0.1 * min(a.backgroundDistance / 200, 1) + 0.1 * min(a.unexplained, 1)
-        return Double(10 - penalty)
+        return [
+            ("anatomy", anatomy),
+            ("fragments", saturate(Float(a.fragments), 3)),
+            ("clutter", 4 * min(a.clutter / 0.25, 1)),
+            ("count", 3 * Float(missing) + 2 * Float(extra)),
+            ("background", a.background == expected.background ? 0 : 2),
+            ("shirt", 2 * Float(a.people.filter { $0.color != expected.color }.count) / n),
+            ("pose", 2 * Float(a.people.filter { $0.pose != expected.pose }.count) / n),
+            ("ties", 0.1 * min(colorDistance / 100, 1) + 0.1 * min(a.backgroundDistance / 200, 1) + 0.1 * min(a.unexplained, 1)),
+        ]
+    }
+
+    public func score(analysis a: Analysis, expected: Description) -> Double {
+        Double(10 - penalties(analysis: a, expected: expected).reduce(0) { $0 + $1.value })
     }
 }

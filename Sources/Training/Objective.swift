@@ -16,6 +16,10 @@
 // default: t−1); with x0 = (x_t − √(1−ᾱ_t)·ε)/√ᾱ_t and μ = c0·x0 + c1·x_t, the two models' means differ by
 // k_j·(ε_θ − ε_ref) with k_j = −c0·√(1−ᾱ_t)/√ᾱ_t, c0 = √ᾱ_{t'}·(1 − ᾱ_t/ᾱ_{t'})/(1 − ᾱ_t), ᾱ_{t'<0} = 1; x_t and the
 // sampler's noise cancel. Ref: ../shared/bench/torch_dpo_step.py (the same maths in PyTorch).
+// v-prediction models (SD 2.x 768-v; the toy world's model): the target of every image is its velocity
+// v = √ᾱ_t·ε − √(1−ᾱ_t)·x0 (diffusers' get_velocity, the target train_diffusion_dpo.py uses for them) instead of ε,
+// and x0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v, so the two models' posterior means differ by k_j·(v_θ − v_ref) with
+// k_j = −c0·√(1−ᾱ_t). Ref: Tests/parity/make_dpo_fixtures.py (dpo_vpred.safetensors).
 import Schedulers
 
 public enum ObjectiveKind: String, Sendable, CaseIterable { case hgdpo, dpo, sft }
@@ -26,9 +30,13 @@ public struct Objective: Sendable {
     public var statWeight: Float
     /// The statistic term's sampler step: from t to t − statStride (1 = one DDPM step, the trainer issue's default).
     public var statStride: Int
+    /// What the U-Net predicts (the scheduler config's prediction_type): epsilon or v_prediction.
+    public var prediction: PredictionType
 
-    public init(kind: ObjectiveKind = .hgdpo, beta: Float = 2500, statWeight: Float = 10000, statStride: Int = 1) {
-        self.kind = kind; self.beta = beta; self.statStride = statStride
+    public init(kind: ObjectiveKind = .hgdpo, beta: Float = 2500, statWeight: Float = 10000, statStride: Int = 1,
+                prediction: PredictionType = .epsilon) {
+        precondition(prediction != .sample, "Objective: sample prediction is not supported")
+        self.kind = kind; self.beta = beta; self.statStride = statStride; self.prediction = prediction
         self.statWeight = kind == .hgdpo ? statWeight : 0
     }
 
@@ -48,10 +56,12 @@ public struct Objective: Sendable {
     }
 
     /// policy, reference: (2B, C, H, W), the B winners first, then the B losers; for `sft` the policy is the B winners
-    /// alone and there is no reference. noise: (B, C, H, W). Writes d(loss)/d(policy) into `dPolicy` (shaped as
+    /// alone and there is no reference. noise: (B, C, H, W). winner, loser: the clean latents (B, C, H, W), needed
+    /// for v-prediction targets only (loser not for `sft`). Writes d(loss)/d(policy) into `dPolicy` (shaped as
     /// `policy`), where loss is the sum over these
     /// pairs divided by `normalizer` (the global batch size, so that gradients all-reduced by sum give the mean).
     public func evaluate(policy: UnsafePointer<Float>, reference: UnsafePointer<Float>?, noise: UnsafePointer<Float>,
+                         winner: UnsafePointer<Float>? = nil, loser: UnsafePointer<Float>? = nil,
                          timesteps: [Int], pairs b: Int, channels c: Int, spatial hw: Int, schedule: NoiseSchedule,
                          normalizer: Int, dPolicy: UnsafeMutablePointer<Float>) -> Terms {
         let n = c * hw
@@ -64,24 +74,36 @@ public struct Objective: Sendable {
             for i in 0..<n { let d = Double(x[i]) - Double(e[i]); s += d * d }   // β = 2500 amplifies rounding here
             return s / Double(n)
         }
+        let v = prediction == .vPrediction
+        if v { precondition(winner != nil && (kind == .sft || loser != nil), "Objective.evaluate: v-prediction needs the clean latents") }
+        // The v-prediction targets of the current pair (winner, loser); ε itself for epsilon models.
+        let velocity = UnsafeMutablePointer<Float>.allocate(capacity: v ? 2 * n : 0)
+        defer { velocity.deallocate() }
         for j in 0..<b {
             let eps = noise + j * n
+            let t = timesteps[j]
+            if v {
+                schedule.velocity(winner! + j * n, noise: eps, timestep: t, count: n, into: velocity)
+                if kind != .sft { schedule.velocity(loser! + j * n, noise: eps, timestep: t, count: n, into: velocity + n) }
+            }
+            let targetW: UnsafePointer<Float> = v ? UnsafePointer(velocity) : eps
+            let targetL: UnsafePointer<Float> = v ? targetW + n : eps
             let pw = policy + j * n, dW = dPolicy + j * n
-            let mtw = mse(pw, eps)
+            let mtw = mse(pw, targetW)
             terms.mseThetaW += mtw
             if kind == .sft {
                 // Noise-prediction MSE on winners only (the paper's SFT baseline).
                 terms.loss += mtw * g
                 let f = Float(2 * g / Double(n))
-                for i in 0..<n { dW[i] = f * (pw[i] - eps[i]) }
+                for i in 0..<n { dW[i] = f * (pw[i] - targetW[i]) }
                 continue
             }
             let pl = policy + (b + j) * n, dL = dPolicy + (b + j) * n
-            let mtl = mse(pl, eps)
+            let mtl = mse(pl, targetL)
             terms.mseThetaL += mtl
             guard let reference else { preconditionFailure("Objective.evaluate: \(kind) needs reference predictions") }
             let rw = reference + j * n, rl = reference + (b + j) * n
-            let mrw = mse(rw, eps), mrl = mse(rl, eps)
+            let mrw = mse(rw, targetW), mrl = mse(rl, targetL)
             terms.mseRefW += mrw; terms.mseRefL += mrl
             let inside = Double(beta) * ((mrw - mrl) - (mtw - mtl))
             let dpo = softplus(-inside)                           // −log σ(inside)
@@ -91,14 +113,13 @@ public struct Objective: Sendable {
             let dInside = -sigmoid(-inside) * g
             let fw = Float(dInside * -Double(beta) * 2 / Double(n))
             let fl = -fw
-            for i in 0..<n { dW[i] = fw * (pw[i] - eps[i]); dL[i] = fl * (pl[i] - eps[i]) }
+            for i in 0..<n { dW[i] = fw * (pw[i] - targetW[i]); dL[i] = fl * (pl[i] - targetL[i]) }
             var loss = dpo
             if statWeight != 0 {
-                let t = timesteps[j]
                 let abar = Double(schedule.alphaBar(t)), abarPrev = Double(schedule.alphaBar(t - statStride))
                 let alpha = abar / abarPrev
                 let c0 = abarPrev.squareRoot() * (1 - alpha) / (1 - abar)
-                let k = -c0 * (1 - abar).squareRoot() / abar.squareRoot()
+                let k = v ? -c0 * (1 - abar).squareRoot() : -c0 * (1 - abar).squareRoot() / abar.squareRoot()
                 var stat = 0.0
                 for ch in 0..<c {
                     var s = 0.0

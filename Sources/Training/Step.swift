@@ -53,7 +53,8 @@ public func accumulatePairGradients(model: UNetModel, reference referenceModel: 
         : try (referenceModel ?? model).forward(sample: xt, timesteps: tt, context: context, batch: 2 * b, height: batch.height, width: batch.width,
                             contextLength: batch.contextLength, loraScale: nil)
     let dPolicy = Buffer(uninitialized: sides * b * n)
-    let terms = objective.evaluate(policy: policy.ptr, reference: reference?.ptr, noise: batch.noise, timesteps: batch.timesteps,
+    let terms = objective.evaluate(policy: policy.ptr, reference: reference?.ptr, noise: batch.noise, winner: batch.winner,
+                                   loser: batch.loser, timesteps: batch.timesteps,
                                    pairs: b, channels: batch.channels, spatial: batch.height * batch.width, schedule: schedule,
                                    normalizer: normalizer, dPolicy: dPolicy.ptr)
     model.backward(dPolicy, saved, gradientsFinal: gradientsFinal)

@@ -86,7 +86,8 @@ public final class Trainer {
                                   + "num_train_timesteps), is \(c.statInferenceSteps)")
         }
         let stride = schedule.trainTimesteps / c.statInferenceSteps
-        objective = Objective(kind: c.objective, beta: Float(c.beta), statWeight: Float(c.statWeight), statStride: stride)
+        objective = Objective(kind: c.objective, beta: Float(c.beta), statWeight: Float(c.statWeight), statStride: stride,
+                              prediction: PredictionType(rawValue: schedule.predictionType)!)
         divergenceGuard = DivergenceGuard(mseRatio: c.divergenceMSERatio, margin: c.divergenceMargin, patience: c.divergencePatience,
                                           active: c.objective != .sft)
         cache = try LatentCache.open(c.data)

@@ -57,4 +57,23 @@ final class ToyHumanScorerTests: XCTestCase {
         let blank = try ByteImage(width: 32, height: 32, channels: 3, pixels: [UInt8](repeating: 128, count: 32 * 32 * 3))
         XCTAssertLessThan(try scorer.score(images: [blank], prompt: d.prompt)[0], scores[0] - 3)
     }
+
+    /// Noise is the worst image there is: uniform noise, and noise over the right background, score below every
+    /// defective render of the prompt, however broken, so a pool never picks noise as its winner over a drawn figure
+    /// (version 1 preferred noise to blurred figures: 2 per missing person against up to 7.5 per broken one).
+    func testNoiseRanksBelowEveryRender() throws {
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next() -> UInt8 { state = state &* 6364136223846793005 &+ 1442695040888963407; return UInt8(truncatingIfNeeded: state >> 56) }
+        for k in 0..<40 {
+            let d = ScorerCheck.description(k, seed: 21)
+            let noise = try ByteImage(width: 32, height: 32, channels: 3, pixels: (0..<(32 * 32 * 3)).map { _ in next() })
+            // The right background with noise over the middle half (a sample that never formed people).
+            var noisy = Scene(Description(count: d.count, color: d.color, pose: d.pose, background: d.background), seed: UInt64(k)).render()
+            for y in 8..<28 { for x in 0..<32 { for c in 0..<3 { noisy.pixels[(y * 32 + x) * 3 + c] = next() } } }
+            let noiseScores = try scorer.score(images: [noise, noisy], prompt: d.prompt)
+            let renders = [Scene(d, seed: UInt64(k)).render()] + Defect.allCases.map { Scene(d, seed: UInt64(k), defect: $0).render() }
+            let worst = try scorer.score(images: renders, prompt: d.prompt).min()!
+            XCTAssertLessThan(noiseScores.max()!, worst, "\(d.prompt): noise \(noiseScores) vs the worst render \(worst)")
+        }
+    }
 }

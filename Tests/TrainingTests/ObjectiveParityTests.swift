@@ -188,6 +188,69 @@ final class ObjectiveParityTests: XCTestCase {
         print("[\(setting) objective] relative errors: \(Self.format(errors)); d loss / d ε_θ (L2) \(String(format: "%.1e", err))")
     }
 
+    /// A v-prediction model's objective (Objective.prediction = .vPrediction: targets are the images' velocities,
+    /// the statistic's x0 from v) against Fixtures/dpo_vpred.safetensors (make_dpo_fixtures.py, float64 autograd
+    /// with diffusers' get_velocity): terms within 1e-5 relative, d loss / d v_θ within 1e-5 (L2).
+    func testVPredictionObjective() throws {
+        let f = try SafeTensorsFile(path: repoRoot + "/Tests/TrainingTests/Fixtures/dpo_vpred.safetensors")
+        let shape = f.info("policy_v")!.shape
+        let b = shape[0] / 2, c = shape[1], hw = shape[2] * shape[3]
+        let policy = try f.floats("policy_v"), reference = try f.floats("reference_v"), noise = try f.floats("noise")
+        let winner = try f.floats("winner"), loser = try f.floats("loser")
+        let t = try f.int64s("timesteps").map { Int($0) }
+        let schedule = try Self.sdSchedule()
+        for setting in ["both", "dpo_only", "stat_only", "stride20", "sft"] {
+            let beta = try f.doubles("\(setting).beta")[0], lambda = try f.doubles("\(setting).stat_weight")[0]
+            let kind: ObjectiveKind = setting == "sft" ? .sft : lambda == 0 ? .dpo : .hgdpo
+            let objective = Objective(kind: kind, beta: Float(beta), statWeight: Float(lambda),
+                                      statStride: Int(try f.int64s("\(setting).stat_stride")[0]), prediction: .vPrediction)
+            let rows = kind == .sft ? b : 2 * b
+            var dPolicy = [Float](repeating: .nan, count: rows * c * hw)
+            let terms = policy.withUnsafeBufferPointer { p in reference.withUnsafeBufferPointer { r in
+                noise.withUnsafeBufferPointer { e in winner.withUnsafeBufferPointer { w in loser.withUnsafeBufferPointer { l in
+                    dPolicy.withUnsafeMutableBufferPointer { d in
+                        objective.evaluate(policy: p.baseAddress!, reference: kind == .sft ? nil : r.baseAddress!, noise: e.baseAddress!,
+                                           winner: w.baseAddress!, loser: l.baseAddress!, timesteps: t, pairs: b, channels: c,
+                                           spatial: hw, schedule: schedule, normalizer: b, dPolicy: d.baseAddress!)
+                    }
+                }}}
+            }}
+            let pairs = Double(b)
+            func close(_ label: String, _ actual: Double, _ key: String) throws {
+                let expected = try f.doubles(key).reduce(0, +)
+                XCTAssertLessThanOrEqual(Self.relativeError(actual, expected), 1e-5, "v \(setting) \(label): \(actual) vs \(expected)")
+            }
+            try close("loss", terms.loss, "\(setting).loss")
+            try close("mse_theta_w", terms.mseThetaW, "mse_theta_w")
+            if kind != .sft {
+                try close("dpo", terms.dpo / pairs, "\(setting).dpo_loss")
+                try close("mse_theta_l", terms.mseThetaL, "mse_theta_l")
+                try close("mse_ref_w", terms.mseRefW, "mse_ref_w")
+                try close("mse_ref_l", terms.mseRefL, "mse_ref_l")
+            }
+            if lambda != 0 { try close("stat", terms.stat / pairs, "\(setting).stat_loss") }
+            let expected = try f.floats("\(setting).grad_policy_v")
+            XCTAssertEqual(expected.count, dPolicy.count)
+            let err = dPolicy.withUnsafeBufferPointer { Self.relativeL2($0.baseAddress!, expected) }
+            XCTAssertLessThanOrEqual(err, 1e-5, "v \(setting) d loss / d v_θ")
+            print("[v-prediction \(setting)] loss \(terms.loss); d loss / d v_θ (L2) \(String(format: "%.1e", err))")
+        }
+        // The epsilon reading of the same numbers is a different loss: the targets matter.
+        let eps = Objective(kind: .dpo, prediction: .epsilon)
+        var d = [Float](repeating: 0, count: policy.count)
+        let te = policy.withUnsafeBufferPointer { p in reference.withUnsafeBufferPointer { r in noise.withUnsafeBufferPointer { e in
+            d.withUnsafeMutableBufferPointer { eps.evaluate(policy: p.baseAddress!, reference: r.baseAddress!, noise: e.baseAddress!,
+                                                            timesteps: t, pairs: b, channels: c, spatial: hw, schedule: schedule,
+                                                            normalizer: b, dPolicy: $0.baseAddress!) } } } }
+        XCTAssertGreaterThan(Self.relativeError(te.mseThetaW, try f.doubles("mse_theta_w").reduce(0, +)), 0.1)
+        // The trainer's schedule takes epsilon and v_prediction models and names what it refuses.
+        var config = SchedulerConfig()
+        config.predictionType = "v_prediction"
+        XCTAssertEqual(try NoiseSchedule(config, source: "s.json").predictionType, "v_prediction")
+        config.predictionType = "sample"
+        XCTAssertThrowsError(try NoiseSchedule(config, source: "s.json")) { XCTAssertTrue("\($0)".contains("s.json: scheduler config: prediction_type 'sample'"), "\($0)") }
+    }
+
     func testStepBothTerms() throws { try checkStep("both") }
     func testStepDPOOnly() throws { try checkStep("dpo_only") }
     func testStepStatisticOnly() throws { try checkStep("stat_only") }

@@ -16,6 +16,15 @@ float32 tensor (torch.cumprod of the float32 betas) that add_noise and the stati
 Scheduler: DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
 num_train_timesteps=1000); nothing of it is stored, Swift's NoiseSchedule builds the same.
 
+Also Tests/TrainingTests/Fixtures/dpo_vpred.safetensors, the objective of a v-prediction model (SD 2.x 768-v, the toy
+world's model) on given predictions, no U-Net: targets are diffusers' DDPMScheduler.get_velocity of each image
+(v = √ᾱ·ε − √(1−ᾱ)·x0, winner and loser each their own), and the statistic's posterior mean starts from
+x0 = √ᾱ·x_t − √(1−ᾱ)·v. Keys: winner, loser, noise, timesteps as below; policy_v, reference_v (6, 4, 8, 8) float32
+(the targets plus noise of a few tenths, the reference a small step from the policy); for S in both, dpo_only,
+stat_only, stride20, sft: S.beta, S.stat_weight, S.stat_stride, S.loss, S.dpo_loss, S.stat_loss, S.grad_policy_v (sft: the
+MSE to the winners' velocity alone, policy_v's first B rows, grad over those rows); mse_theta_w, mse_theta_l,
+mse_ref_w, mse_ref_l.
+
 Output Tests/TrainingTests/Fixtures/dpo_loss.safetensors. Keys:
 
   winner, noise               (B=3, 4, 8, 8) float32, N(0,1)
@@ -64,6 +73,7 @@ import check_lora_roundtrip  # noqa: E402
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNET = os.path.join(TESTS, "UNetTests", "Fixtures", "unet_conv")
 OUT = os.path.join(TESTS, "TrainingTests", "Fixtures", "dpo_loss.safetensors")
+OUT_V = os.path.join(TESTS, "TrainingTests", "Fixtures", "dpo_vpred.safetensors")
 
 B, C, H, W, S, D = 3, 4, 8, 8, 7, 24
 TIMESTEPS = [0, 517, 999]
@@ -209,6 +219,74 @@ def main():
     print(f"{os.path.relpath(OUT, os.path.dirname(TESTS))}: {len(out)} tensors, {os.path.getsize(OUT) / 1e3:.1f} kB")
 
 
+def main_vpred():
+    """dpo_vpred.safetensors: the objective of a v-prediction model (see the module docstring)."""
+    g = generator("dpo_vpred")
+    winner = torch.randn((B, C, H, W), generator=g)
+    loser = winner + 0.5 * torch.randn((B, C, H, W), generator=g)
+    noise = torch.randn((B, C, H, W), generator=g)
+    t = torch.tensor(TIMESTEPS, dtype=torch.int64)
+    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                          prediction_type="v_prediction")
+    abar_all = sched.alphas_cumprod.double()
+    x = torch.cat([winner, loser]).double()
+    eps = torch.cat([noise, noise]).double()
+    tt = torch.cat([t, t])
+    target = sched.get_velocity(x, eps, tt)  # casts the float32 alphas_cumprod to float64
+    assert target.dtype == torch.float64
+    xt = sched.add_noise(x, eps, tt)
+    policy = (target + 0.3 * torch.randn(target.shape, generator=g, dtype=torch.float64)).float()
+    reference = (policy.double() + 0.02 * torch.randn(target.shape, generator=g, dtype=torch.float64)).float()
+    pred = policy.double().requires_grad_(True)
+    ref = reference.double()
+    mse = ((pred - target) ** 2).mean(dim=[1, 2, 3])
+    rmse = ((ref - target) ** 2).mean(dim=[1, 2, 3])
+    out = {"winner": winner, "loser": loser, "noise": noise, "timesteps": t, "policy_v": policy, "reference_v": reference,
+           "mse_theta_w": mse[:B].detach(), "mse_theta_l": mse[B:].detach(), "mse_ref_w": rmse[:B], "mse_ref_l": rmse[B:]}
+
+    def v_stat(stride):
+        tp = t - stride
+        abar = abar_all[t].view(-1, 1, 1, 1)
+        abar_prev = torch.where(tp >= 0, abar_all[tp.clamp(min=0)], torch.ones((), dtype=torch.float64)).view(-1, 1, 1, 1)
+        alpha = abar / abar_prev
+
+        def prev(v):
+            x0 = abar.sqrt() * xt[:B] - (1 - abar).sqrt() * v  # diffusers' v_prediction branch of DDPMScheduler.step
+            return (abar_prev.sqrt() * (1 - alpha) / (1 - abar)) * x0 + (alpha.sqrt() * (1 - abar_prev) / (1 - abar)) * xt[:B]
+
+        return ((prev(pred[:B]).mean(dim=[2, 3]) - prev(ref[:B]).mean(dim=[2, 3])) ** 2).sum(dim=1).mean()
+
+    f64 = lambda v: torch.tensor(float(v), dtype=torch.float64)
+    for setting, (beta, lam, stride) in {"both": (2500.0, 1e4, 1), "dpo_only": (2500.0, 0.0, 1), "stat_only": (0.0, 1e4, 1),
+                                         "stride20": (2500.0, 1e4, 20), "sft": (0.0, 0.0, 1)}.items():
+        if setting == "sft":
+            loss = mse[:B].mean()
+            dpo = loss.clone()
+            stat = torch.zeros((), dtype=torch.float64)
+        else:
+            inside = beta * ((rmse[:B] - rmse[B:]) - (mse[:B] - mse[B:]))
+            if beta:
+                assert 0.1 < inside.abs().min() and inside.abs().max() < 8, inside  # informative, not saturated
+            dpo = -torch.nn.functional.logsigmoid(inside).mean()
+            stat = v_stat(stride)
+            loss = dpo + lam * stat
+        (grad,) = torch.autograd.grad(loss, [pred], retain_graph=True)
+        out[f"{setting}.grad_policy_v"] = (grad[:B] if setting == "sft" else grad).float()
+        out[f"{setting}.beta"] = f64(beta)
+        out[f"{setting}.stat_weight"] = f64(lam)
+        out[f"{setting}.stat_stride"] = torch.tensor(stride, dtype=torch.int64)
+        out[f"{setting}.loss"] = loss.detach()
+        out[f"{setting}.dpo_loss"] = dpo.detach()
+        out[f"{setting}.stat_loss"] = stat.detach()
+        print(f"v {setting:9s} loss {loss.item():.6g} dpo {dpo.item():.6g} stat {stat.item():.4g}")
+    out = {k: v.detach().contiguous() for k, v in out.items()}
+    save_file(out, OUT_V, metadata={"scheduler": json.dumps(dict(beta_start=0.00085, beta_end=0.012,
+                                    beta_schedule="scaled_linear", num_train_timesteps=1000,
+                                    prediction_type="v_prediction"), sort_keys=True)})
+    canonicalize_header(OUT_V)
+    print(f"{os.path.relpath(OUT_V, os.path.dirname(TESTS))}: {len(out)} tensors, {os.path.getsize(OUT_V) / 1e3:.1f} kB")
+
+
 def canonicalize_header(path):
     """Sorts the `__metadata__` entries in place (safetensors writes them in hash order), so reruns are byte-identical."""
     with open(path, "r+b") as f:
@@ -224,4 +302,6 @@ def canonicalize_header(path):
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] != ["--vpred-only"]:
+        main()
+    main_vpred()

@@ -5,24 +5,24 @@
 #
 #   1. hgdpo world make-model   the toy target pipeline: pixel space (no vae/), a tiny CLIP text encoder with frozen
 #                               random weights and a tokenizer covering the grammar, a 0.99 M-parameter random U-Net
+#                               that predicts v (prediction_type v_prediction)
 #   2. hgdpo world dataset      rendered SFT images (the winners), 30 % of them with a random defect, as a real SFT
 #      hgdpo encode             model learns from imperfect web data; encoded into a latent cache (pixel space)
-#   3. hgdpo train --train unet --objective sft   every U-Net weight, noise MSE on the winners (uniform t), AdamW,
+#   3. hgdpo train --train unet --objective sft   every U-Net weight, v-prediction MSE on the winners (uniform t), AdamW,
 #                               linear warm-up then cosine decay, on R MPI ranks (launch/local.sh)
 #   4. export                   the pipeline of step 1 with the trained unet/ folder of the last checkpoint, and the
 #                               run's config.json and metrics.jsonl under DIR/sft/ (how it was made)
 #   --out DIR    where the pipeline goes (default models/toy); the work files go to runs/toy-build (emptied first)
-#   --steps N    optimizer steps (default 600), --batch B images per step (default 64), --lr LR (default 1e-3)
-#   --count N    SFT images rendered (default 8192)
+#   --steps N    optimizer steps (default 1500), --batch B images per step (default 64), --lr LR (default 1e-3)
+#   --count N    SFT images rendered (default 16384)
 #   --ranks R    MPI ranks (default: the number of cores, at most 4)
 #   --seed S     seed of the model init, the data and training (default 0)
-# Cost: steps 1–2 take seconds; step 3 is ≈ 16 CPU-ms per image (forward + backward of every weight): the defaults
-# (600 × 64 = 38,400 images) took 10.4 CPU-minutes (13.5 min wall on a shared 2-core machine at load 5–8), so
-# ≈ 5–6 minutes on 2 free cores. With the defaults it rebuilds the shipped models/toy/unet bit for bit.
+# Cost: steps 1–2 take seconds; step 3 is ≈ 10 CPU-ms per image (forward + backward of every weight): the defaults
+# (1500 × 64 = 96,000 images) take COST_TBD. With the defaults it rebuilds the shipped models/toy/unet bit for bit.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
-out="$root/models/toy" steps=600 batch=64 lr=1e-3 count=8192 seed=0
+out="$root/models/toy" steps=1500 batch=64 lr=1e-3 count=16384 seed=0
 cores=$(nproc)
 ranks=$((cores < 4 ? cores : 4))
 while (($#)); do
