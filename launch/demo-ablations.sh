@@ -56,7 +56,7 @@ stage A3/5 "ablations: 10 training runs of $steps steps (global batch 16 on 4 ra
 runs=("N-2|N-2|--objective dpo" "N-5|N-5|--objective dpo" "N-10|N-10|--objective dpo" "N-20|N-20|--objective dpo"
       "N-20-L-2|N-20-L-2|--objective dpo" "N-20-L-5|N-20-L-5|--objective dpo" "N-20-L-10|N-20-L-10|--objective dpo"
       "N-20 (β×4)|N-20|--objective dpo --beta 10000" "N-20 (β×20)|N-20|--objective dpo --beta 50000"
-      "N-20-SML (HG-DPO)|N-20|--objective hgdpo --stat-inference-steps 50")
+      "N-20-SML (HG-DPO)|N-20|--objective hgdpo --stat-inference-steps 20")
 slug() { tr -c 'A-Za-z0-9\n-' '_' <<<"$1"; }
 # The demo's training command with its --data left out (each run names its dataset's cache).
 ab_train=()

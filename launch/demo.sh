@@ -5,20 +5,21 @@
 #
 #   On a fresh Debian 12 it installs what is missing (launch/install-deps.sh), builds in release mode, then, with the
 #   shipped toy SFT model models/toy (launch/toy/build-model.sh rebuilds it):
-#     1. prompts      hgdpo world prompts: 128 training prompts, 32 held-out prompts (descriptions never trained on)
-#     2. pool         8 images per prompt (DDPM 20, clipped x̂₀, no CFG), sharded over the ranks
+#     1. prompts      hgdpo world prompts: 256 training prompts, 64 held-out prompts (descriptions never trained on)
+#     2. pool         8 images per prompt (DPM-Solver++ 20 steps, no CFG), sharded over the ranks
 #     3. score        the toy-human preference scorer (anatomy, pose, prompt attributes; from the pixels alone)
 #     4. select       winner = best, loser = worst of each prompt's pool
 #     5. encode       the triplets into a latent cache (pixel space: the image in [-1, 1])
-#     6. HG-DPO       LoRA, 4 MPI ranks × local batch 4 = global batch 16, Diffusion-DPO + statistic matching
-#                     (λ_stat 1e4 over a 50-step sampler step, --stat-inference-steps 50: docs/calibration.md)
+#     6. HG-DPO       LoRA, 4 MPI ranks × local batch 4 = global batch 16, lr 3e-3, Diffusion-DPO (β 2500) +
+#                     statistic matching (λ_stat 1e4 over a 20-step sampler step, --stat-inference-steps 20: for this
+#                     v-prediction model the weight SD 1.5's default of 50 has; docs/calibration.md)
 #     7. DPO          the same without statistic matching (--objective dpo), the comparison
 #     8. eval         both LoRAs against the SFT model on the held-out prompts: toy-human win rates with 95 %
 #                     intervals, HSV colour shift, latent channel statistics, grids
 #     9. report       one HTML page (training curves of both runs' metrics, both evaluations); its path is printed
 #   --seed S    seed of the prompts, the pool, training and evaluation (default 0): the same seed gives the same tables
 #   --out DIR   work folder (default runs/demo; emptied first)
-#   --steps N   training steps of each run (default 200)
+#   --steps N   training steps of each run (default 300)
 #   --model DIR the SFT pipeline (default models/toy)
 #   --no-build  use the existing .build/release/hgdpo (or $HGDPO_BIN)
 #   --full      then the paper's ablations (Tables 2, 3, 5 and the LoRA scale of its appendix A.3), each a real run:
@@ -34,7 +35,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-seed=0 work="$root/runs/demo" steps=200 build=1 model="$root/models/toy" full=0
+seed=0 work="$root/runs/demo" steps=300 build=1 model="$root/models/toy" full=0
 while (($#)); do
   case "$1" in
     --seed) seed=$2; shift ;;
@@ -70,13 +71,14 @@ run() { "$root/launch/local.sh" "$@"; }
 
 rm -rf "$work"
 mkdir -p "$work"
-sample=(--steps 20 --scheduler ddpm --guidance 1 --height 32 --width 32)
+sample=(--steps 20 --scheduler dpmsolver++ --guidance 1 --height 32 --width 32)
 
-stage 1/9 "prompts: 128 training, 32 held-out"
-"$hgdpo" world prompts --count 128 --split train --seed "$seed" --out "$work/train-prompts.txt"
-"$hgdpo" world prompts --count 32 --split heldout --seed "$seed" --out "$work/heldout-prompts.txt"
+n_train=${HGDPO_DEMO_TRAIN_PROMPTS:-256} n_heldout=${HGDPO_DEMO_HELDOUT_PROMPTS:-64}
+stage 1/9 "prompts: $n_train training, $n_heldout held-out"
+"$hgdpo" world prompts --count "$n_train" --split train --seed "$seed" --out "$work/train-prompts.txt"
+"$hgdpo" world prompts --count "$n_heldout" --split heldout --seed "$seed" --out "$work/heldout-prompts.txt"
 
-stage 2/9 "pool: 128 prompts × 8 images on $ranks ranks"
+stage 2/9 "pool: $n_train prompts × 8 images on $ranks ranks"
 run "$ranks" hgdpo pool --model "$model" --prompts "$work/train-prompts.txt" --images-per-prompt 8 --batch 8 \
   "${sample[@]}" --seed "$seed" --out "$work/pool"
 
@@ -90,9 +92,9 @@ stage 5/9 "encode"
 "$hgdpo" encode --model "$model" --data "$work/triplets" --out "$work/cache" --resolution 32
 
 train=(hgdpo train --model "$model" --data "$work/cache" --global-batch 16 --local-batch 4 --max-steps "$steps"
-       --lr 1e-3 --lora-rank 8 --lora-alpha 8 --checkpoint-every "$steps" --seed "$seed" --log-every 10)
+       --lr 3e-3 --lora-rank 8 --lora-alpha 8 --checkpoint-every "$steps" --seed "$seed" --log-every 10)
 stage 6/9 "HG-DPO: 4 ranks × local batch 4 = global batch 16, $steps steps"
-run 4 "${train[@]}" --objective hgdpo --stat-inference-steps 50 --out "$work/hgdpo"
+run 4 "${train[@]}" --objective hgdpo --stat-inference-steps 20 --out "$work/hgdpo"
 stage 7/9 "DPO without statistic matching (the comparison): $steps steps"
 run 4 "${train[@]}" --objective dpo --out "$work/dpo"
 
