@@ -159,16 +159,19 @@ public final class ToyHumanScorer: Scorer {
         }
         // A torso is a shirt blob with a core, at least a third of the largest one's area.
         let largest = torsos.values.filter { $0.core > 0 }.map(\.area).max() ?? 0
-        let people = torsos.values.filter { $0.core > 0 && 3 * $0.area >= largest }.sorted { $0.x0 < $1.x0 }
+        // Left to right; the blob label orders torsos that start in the same column (a dictionary's order is not
+        // fixed from one process to the next, and the order decides which torso a pixel goes to on a tie).
+        let people = torsos.sorted { ($0.value.x0, $0.key) < ($1.value.x0, $1.key) }.map(\.value)
+            .filter { $0.core > 0 && 3 * $0.area >= largest }
         var headArea = [Float](repeating: 0, count: people.count)
         var arms = [[Float]](repeating: [0, 0], count: people.count), armsAbove = arms, legs = arms
         var legTop = [Int](repeating: Int.max, count: people.count), legBottom = [Int](repeating: Int.min, count: people.count)
         var unexplained: Float = 0
-        var regionArea: [Int: Float] = [:]
+        var regionArea: [Int: Float] = [:], clutterArea: Float = 0   // summed in pixel order: the same bits every run
         let peopleRegions = Set(people.map(\.region))
         for i in 0..<(w * h) where cls[i] != 0 {
             let region = regionLabels[i]
-            guard peopleRegions.contains(region) else { regionArea[region, default: 0] += alpha[i]; continue }
+            guard peopleRegions.contains(region) else { regionArea[region, default: 0] += alpha[i]; clutterArea += alpha[i]; continue }
             if cls[i] == 4 { unexplained += 1; continue }
             guard cls[i] == 1 || cls[i] == 2 else { continue }
             let x = i % w, y = i / w
@@ -221,7 +224,7 @@ public final class ToyHumanScorer: Scorer {
         let fragments = regionArea.values.filter { $0 >= minFragment }.count
         return Analysis(background: bg.0, backgroundDistance: bg.1, people: readings, fragments: fragments,
                         unexplained: unexplained / max(totalTorso, 1),
-                        clutter: regionArea.values.reduce(0, +) / Float(w * h))
+                        clutter: clutterArea / Float(w * h))
     }
 
     /// Connected-component labels (1, 2, …; 0 where `member` is false).

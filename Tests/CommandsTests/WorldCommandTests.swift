@@ -73,6 +73,32 @@ final class WorldCommandTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("--channels"), r.stderr)
     }
 
+    /// `world read` (the toy-human scorer) gives the same bits in every process: Swift seeds its dictionaries' hashing
+    /// per process, and the scorer once summed a dictionary's Float values (4 runs on pool images gave 4 different
+    /// outputs). Rendered people with speckle noise over them, so there are many foreground regions.
+    func testReadIsTheSameInEveryProcess() throws {
+        let dir = try temporaryDirectory(self)
+        let prompt = "three people in red shirts waving on a beach"
+        XCTAssertEqual(try hgdpo(["world", "render", "--prompt", prompt, "--images-per-prompt", "6", "--seed", "3", "--defect", "random",
+                                  "--defect-rate", "0.5", "--out", dir + "/r"]).status, 0)
+        var state: UInt64 = 12345
+        var args = ["world", "read", "--prompt", prompt]
+        for k in 0..<6 {
+            var image = try PNG.readBytes(dir + String(format: "/r/%06d-seed%d.png", k, 3 + k))
+            for i in 0..<image.pixels.count where i % 3 == 0 {
+                state = state &* 6364136223846793005 &+ 1442695040888963407
+                if state >> 61 == 0 { for c in 0..<3 { image.pixels[i + c] = UInt8(truncatingIfNeeded: state >> (8 * UInt64(c + 2))) } }
+            }
+            try PNG.writeBytes(image, to: dir + "/n\(k).png")
+            args += ["--image", dir + "/n\(k).png"]
+        }
+        let outputs = try (0..<4).map { _ in try hgdpo(args) }
+        XCTAssertEqual(outputs[0].status, 0, outputs[0].stderr)
+        XCTAssertEqual(outputs[0].stdout.split(separator: "\n").count, 6)
+        XCTAssertTrue(outputs[0].stdout.contains("\"clutter\""), outputs[0].stdout)
+        for o in outputs.dropFirst() { XCTAssertEqual(o.stdout, outputs[0].stdout) }
+    }
+
     func testToyHumanIsAScorerKind() throws {
         let scorer = try Commands.makeScorer("toy=toy-human")
         XCTAssertEqual(scorer.descriptor.kind, "toy-human")
