@@ -26,10 +26,10 @@
 #               one pool of 20 images per prompt, selected as N = 2/5/10/20 (the first N images of each prompt) and
 #               with loser rank l = 2/5/10/20 at N = 20; DPO on each, DPO with β ×4 and ×20, HG-DPO (statistic
 #               matching), LAN at sampling time, HG-DPO at LoRA scales 0.25/0.5/0.75/1; 10 training runs, 14 evals.
-#               Tables and the time of every part: OUT/ablations.md (also printed). Time: ≈ 25 CPU-min, ≈ 13 min
-#               on 2 free cores (estimated for 128 prompts and 200 steps from a measured run with 64 prompts and
-#               --steps 100: 867 CPU-s in all, the ablations 699; 36 min wall on 2 cores shared at load 8–17; each
-#               training ≈ 41 CPU-s per 100 steps, each evaluation ≈ 12, the 20-image pool ≈ 1.7 per prompt).
+#               Tables and the time of every part: OUT/ablations.md (also printed). Time: 20 min wall, 38 CPU-min
+#               for the demo and the ablations on 2 cores (measured: 1193 s; each training ≈ 57 s, each evaluation
+#               ≈ 11 s, the 20-image pool 206 s).
+#   HGDPO_DEMO_TRAIN_PROMPTS, HGDPO_DEMO_HELDOUT_PROMPTS  training and held-out prompts (default 256 and 64)
 #   HGDPO_DEMO_RANKS  sampling/scoring ranks (default: the number of cores, at most 4)
 # Budget: ≤ 10 minutes wall on 2 free cores, the release build included (docs/toyworld.md has the timings).
 set -euo pipefail
@@ -54,7 +54,7 @@ done
 model=$(cd "$model" && pwd)
 
 start=$SECONDS
-((full)) && echo "demo.sh --full: the demo, then the paper's ablations (10 training runs, 14 evaluations): ≈ 25 CPU-minutes, ≈ 13 minutes on 2 free cores (twice or more on a loaded machine; the trainings scale with --steps)"
+((full)) && echo "demo.sh --full: the demo, then the paper's ablations (10 training runs, 14 evaluations): ≈ 38 CPU-minutes, ≈ 20 minutes on 2 free cores (twice or more on a loaded machine; the trainings scale with --steps)"
 stage() { printf '\n== [%s] %s  (%d s)\n' "$1" "$2" $((SECONDS - start)); }
 
 if ((build)); then
