@@ -17,7 +17,7 @@
 #   --count N    SFT images rendered (default 16384)
 #   --ranks R    MPI ranks (default: the number of cores, at most 4)
 #   --seed S     seed of the model init, the data and training (default 0)
-# Cost: steps 1–2 take seconds; step 3 is ≈ 10 CPU-ms per image (forward + backward of every weight): the defaults
+# Cost: steps 1–2 take seconds; step 3 is ≈ 15 CPU-ms per image (forward + backward of every weight): the defaults
 # (1500 × 64 = 96,000 images) took 781 s wall, 24 m 47 s user + 16 s sys CPU on 2 free cores (AMD EPYC, 2026-12-07), and rebuilt
 # the shipped models/toy (unet/, text encoder, tokenizer, scheduler) bit for bit.
 set -euo pipefail
