@@ -109,23 +109,27 @@ def load_policy():
     return unet, lora
 
 
-def stat_loss(xt_w, pred_w, ref_w, abar_all, t, stride):
+def stat_loss(xt_w, pred_w, ref_w, abar_all, t, stride, prediction="epsilon"):
     """HG-DPO Eq. 8 as the sampler computes it: DDPM posterior mean of x_{t−stride} from the winner's x_t for the
-    policy's and the reference's ε, channel means over H,W, squared difference summed over channels; mean over pairs.
+    policy's and the reference's prediction (ε, or v: x0 as diffusers' v_prediction branch of DDPMScheduler.step),
+    channel means over H,W, squared difference summed over channels; mean over pairs.
     Same formula as torch_dpo_step.py's prev(), with ᾱ_{t'} = 1 for t' < 0."""
     tp = t - stride
     abar = abar_all[t].view(-1, 1, 1, 1)
     abar_prev = torch.where(tp >= 0, abar_all[tp.clamp(min=0)], torch.ones((), dtype=torch.float64)).view(-1, 1, 1, 1)
     alpha = abar / abar_prev
 
-    def prev(eps):
-        x0 = (xt_w - (1 - abar).sqrt() * eps) / abar.sqrt()
+    def prev(pred):
+        if prediction == "epsilon":
+            x0 = (xt_w - (1 - abar).sqrt() * pred) / abar.sqrt()
+        else:
+            x0 = abar.sqrt() * xt_w - (1 - abar).sqrt() * pred
         return (abar_prev.sqrt() * (1 - alpha) / (1 - abar)) * x0 + (alpha.sqrt() * (1 - abar_prev) / (1 - abar)) * xt_w
 
     per_pair = ((prev(pred_w).mean(dim=[2, 3]) - prev(ref_w).mean(dim=[2, 3])) ** 2).sum(dim=1)
-    # Check against the closed form Objective.swift uses: μ_θ − μ_ref = k·(ε_θ − ε_ref).
+    # Check against the closed form Objective.swift uses: μ_θ − μ_ref = k·(pred_θ − pred_ref).
     c0 = abar_prev.sqrt() * (1 - alpha) / (1 - abar)
-    k = -c0 * (1 - abar).sqrt() / abar.sqrt()
+    k = -c0 * (1 - abar).sqrt() / (abar.sqrt() if prediction == "epsilon" else 1)
     closed = ((k * (pred_w - ref_w)).mean(dim=[2, 3]) ** 2).sum(dim=1)
     assert torch.allclose(per_pair, closed, rtol=1e-9, atol=0), (per_pair, closed)
     return per_pair.mean(), per_pair
@@ -171,7 +175,6 @@ def main():
     out.update(inputs)
     names = list(lora)
     params = [lora[n] for n in names]
-    f64 = lambda v: torch.tensor(float(v), dtype=torch.float64)
     for setting, (beta, lam, stride) in SETTINGS.items():
         # Paper Eq. 3 and diffusers' train_diffusion_dpo.py: beta_dpo * (ref_diff - model_diff), beta 2500.
         inside = beta * ((rmse[:B] - rmse[B:]) - (mse[:B] - mse[B:]))
@@ -181,12 +184,7 @@ def main():
         grads = torch.autograd.grad(loss, params + [pred], retain_graph=True, allow_unused=False)
         out[f"{setting}.grad_policy_eps"] = grads[-1].float()
         grads = grads[:-1]
-        out[f"{setting}.beta"] = f64(beta)
-        out[f"{setting}.stat_weight"] = f64(lam)
-        out[f"{setting}.stat_stride"] = torch.tensor(stride, dtype=torch.int64)
-        out[f"{setting}.loss"] = loss.detach()
-        out[f"{setting}.dpo_loss"] = dpo.detach()
-        out[f"{setting}.stat_loss"] = stat.detach()
+        record_setting(out, setting, beta, lam, stride, loss, dpo, stat)
         # diffusers counts a tie as half: (inside > 0).sum() + 0.5 * (inside == 0).sum()
         out[f"{setting}.implicit_acc"] = ((inside > 0).double() + 0.5 * (inside == 0).double()).mean().detach()
         out[f"{setting}.inside"] = inside.detach()
@@ -219,6 +217,17 @@ def main():
     print(f"{os.path.relpath(OUT, os.path.dirname(TESTS))}: {len(out)} tensors, {os.path.getsize(OUT) / 1e3:.1f} kB")
 
 
+def record_setting(out, setting, beta, lam, stride, loss, dpo, stat):
+    """A setting's parameters and loss terms, as both fixtures store them."""
+    f64 = lambda v: torch.tensor(float(v), dtype=torch.float64)
+    out[f"{setting}.beta"] = f64(beta)
+    out[f"{setting}.stat_weight"] = f64(lam)
+    out[f"{setting}.stat_stride"] = torch.tensor(stride, dtype=torch.int64)
+    out[f"{setting}.loss"] = loss.detach()
+    out[f"{setting}.dpo_loss"] = dpo.detach()
+    out[f"{setting}.stat_loss"] = stat.detach()
+
+
 def main_vpred():
     """dpo_vpred.safetensors: the objective of a v-prediction model (see the module docstring)."""
     g = generator("dpo_vpred")
@@ -244,19 +253,6 @@ def main_vpred():
     out = {"winner": winner, "loser": loser, "noise": noise, "timesteps": t, "policy_v": policy, "reference_v": reference,
            "mse_theta_w": mse[:B].detach(), "mse_theta_l": mse[B:].detach(), "mse_ref_w": rmse[:B], "mse_ref_l": rmse[B:]}
 
-    def v_stat(stride):
-        tp = t - stride
-        abar = abar_all[t].view(-1, 1, 1, 1)
-        abar_prev = torch.where(tp >= 0, abar_all[tp.clamp(min=0)], torch.ones((), dtype=torch.float64)).view(-1, 1, 1, 1)
-        alpha = abar / abar_prev
-
-        def prev(v):
-            x0 = abar.sqrt() * xt[:B] - (1 - abar).sqrt() * v  # diffusers' v_prediction branch of DDPMScheduler.step
-            return (abar_prev.sqrt() * (1 - alpha) / (1 - abar)) * x0 + (alpha.sqrt() * (1 - abar_prev) / (1 - abar)) * xt[:B]
-
-        return ((prev(pred[:B]).mean(dim=[2, 3]) - prev(ref[:B]).mean(dim=[2, 3])) ** 2).sum(dim=1).mean()
-
-    f64 = lambda v: torch.tensor(float(v), dtype=torch.float64)
     for setting, (beta, lam, stride) in {"both": (2500.0, 1e4, 1), "dpo_only": (2500.0, 0.0, 1), "stat_only": (0.0, 1e4, 1),
                                          "stride20": (2500.0, 1e4, 20), "sft": (0.0, 0.0, 1)}.items():
         if setting == "sft":
@@ -268,16 +264,11 @@ def main_vpred():
             if beta:
                 assert 0.1 < inside.abs().min() and inside.abs().max() < 8, inside  # informative, not saturated
             dpo = -torch.nn.functional.logsigmoid(inside).mean()
-            stat = v_stat(stride)
+            stat, _ = stat_loss(xt[:B], pred[:B], ref[:B], abar_all, t, stride, "v_prediction")
             loss = dpo + lam * stat
         (grad,) = torch.autograd.grad(loss, [pred], retain_graph=True)
         out[f"{setting}.grad_policy_v"] = (grad[:B] if setting == "sft" else grad).float()
-        out[f"{setting}.beta"] = f64(beta)
-        out[f"{setting}.stat_weight"] = f64(lam)
-        out[f"{setting}.stat_stride"] = torch.tensor(stride, dtype=torch.int64)
-        out[f"{setting}.loss"] = loss.detach()
-        out[f"{setting}.dpo_loss"] = dpo.detach()
-        out[f"{setting}.stat_loss"] = stat.detach()
+        record_setting(out, setting, beta, lam, stride, loss, dpo, stat)
         print(f"v {setting:9s} loss {loss.item():.6g} dpo {dpo.item():.6g} stat {stat.item():.4g}")
     out = {k: v.detach().contiguous() for k, v in out.items()}
     save_file(out, OUT_V, metadata={"scheduler": json.dumps(dict(beta_start=0.00085, beta_end=0.012,
