@@ -119,7 +119,7 @@ public struct Objective: Sendable {
                 let abar = Double(schedule.alphaBar(t)), abarPrev = Double(schedule.alphaBar(t - statStride))
                 let alpha = abar / abarPrev
                 let c0 = abarPrev.squareRoot() * (1 - alpha) / (1 - abar)
-                let k = v ? -c0 * (1 - abar).squareRoot() : -c0 * (1 - abar).squareRoot() / abar.squareRoot()
+                let k = -c0 * (1 - abar).squareRoot() / (v ? 1 : abar.squareRoot())
                 var stat = 0.0
                 for ch in 0..<c {
                     var s = 0.0
