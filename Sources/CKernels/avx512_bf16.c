@@ -28,9 +28,9 @@ enum {
     MR = 8,           // rows of a micro-tile (broadcast side)
     NV = 3,           // zmm vectors per row of a micro-tile
     NR = 16 * NV,     // columns of a micro-tile (vector side)
-    KC = 256,         // max k per block (even): a B micro-panel (KC × NR bf16 = 24 KiB) stays in L1
-    MC = 192,         // rows of an A block (MC × KC bf16 = 96 KiB, in L2)
-    NC = 64 * NR,     // columns of a B block (3072: KC × NC bf16 = 1.5 MiB, L2/L3)
+    KC = 512,         // max k per block (even): a B micro-panel (KC × NR bf16 = 48 KiB) streams from L2
+    MC = 192,         // rows of an A block (MC × KC bf16 = 192 KiB, in L2)
+    NC = 64 * NR,     // columns of a B block (3072: KC × NC bf16 = 3 MiB, L3)
 };
 
 // MARK: - Packing

@@ -110,26 +110,25 @@ HG_BF16K HG_INLINE uint32_t load_word(const uint16_t *p) {
     return v;
 }
 
-/// c_u[r·ldc + l] += Σ_p dot(word(a_r + off[p]), bp[p][16u + l]) for r < mr (≤ BMR), lanes 16u + l < nr, kp pairs.
-HG_BF16K HG_INLINE void bf16_tile(int kp, const uint16_t *const a[BMR], const int32_t *off, const uint32_t *bp,
-                                  float *const c[BNV], size_t ldc, int mr, int nr) {
+/// c_u[r·ldc + l] += Σ_p dot(word(a_r + off[p]), bp[p][16u + l]) for r < mr (≤ BMR), u < nv, lanes 16u + l < nr,
+/// kp pairs. nv (≤ BNV) vectors: a panel's last 16 or 32 pixels (4×4 and 8×8 levels) cost only their own vectors.
+HG_BF16K HG_INLINE void bf16_tile(const int nv, int kp, const uint16_t *const a[BMR], const int32_t *off,
+                                  const uint32_t *bp, float *const c[BNV], size_t ldc, int mr, int nr) {
     __m512 acc[BMR][BNV];
     for (int r = 0; r < BMR; r++)
-        for (int u = 0; u < BNV; u++) acc[r][u] = _mm512_setzero_ps();
+        for (int u = 0; u < nv; u++) acc[r][u] = _mm512_setzero_ps();
     for (int p = 0; p < kp; p++) {
-        const __m512i b0 = _mm512_loadu_si512(bp + (size_t)p * BNR), b1 = _mm512_loadu_si512(bp + (size_t)p * BNR + 16);
-        const __m512i b2 = _mm512_loadu_si512(bp + (size_t)p * BNR + 32);
+        __m512i b[BNV];
+        for (int u = 0; u < nv; u++) b[u] = _mm512_loadu_si512(bp + (size_t)p * BNR + 16 * u);
         const int32_t o = off[p];
         for (int r = 0; r < BMR; r++) {
             const __m512i x = _mm512_set1_epi32((int)load_word(a[r] + o));
-            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], HG_AS_BH(x), HG_AS_BH(b0));
-            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], HG_AS_BH(x), HG_AS_BH(b1));
-            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], HG_AS_BH(x), HG_AS_BH(b2));
+            for (int u = 0; u < nv; u++) acc[r][u] = _mm512_dpbf16_ps(acc[r][u], HG_AS_BH(x), HG_AS_BH(b[u]));
         }
     }
     for (int r = 0; r < BMR; r++) {
         if (r >= mr) break;
-        for (int u = 0; u < BNV; u++) {
+        for (int u = 0; u < nv; u++) {
             const int w = nr - 16 * u;
             if (w <= 0) break;
             const __mmask16 m = w >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << w) - 1);
@@ -138,6 +137,16 @@ HG_BF16K HG_INLINE void bf16_tile(int kp, const uint16_t *const a[BMR], const in
         }
     }
 }
+
+typedef void (*bf16_tile_fn)(int, const uint16_t *const[BMR], const int32_t *, const uint32_t *, float *const[BNV],
+                             size_t, int, int);
+#define HG_TILE(V)                                                                                                  \
+    HG_BF16K static void bf16_tile_##V(int kp, const uint16_t *const a[BMR], const int32_t *off, const uint32_t *bp, \
+                                       float *const c[BNV], size_t ldc, int mr, int nr) {                            \
+        bf16_tile(V, kp, a, off, bp, c, ldc, mr, nr);                                                                \
+    }
+HG_TILE(1) HG_TILE(2) HG_TILE(3)
+static const bf16_tile_fn bf16_tiles[BNV] = {bf16_tile_1, bf16_tile_2, bf16_tile_3};
 
 HG_BF16K void HG_NAME(hg_conv_s1_avx512bf16)(const uint16_t *w, int gradInput, const float *inp, float *out, int C,
                                              int H, int W, int M, int kernel, int pt, int pl, int Ho, int Wo, int n0,
@@ -171,14 +180,14 @@ HG_BF16K void HG_NAME(hg_conv_s1_avx512bf16)(const uint16_t *w, int gradInput, c
         for (int p0 = 0; p0 < KP; p0 += BKP) {
             const int kp = KP - p0 < BKP ? KP - p0 : BKP;
             for (int j0 = b0; j0 < b1; j0 += BNR) {
-                const int nr = b1 - j0 < BNR ? b1 - j0 : BNR;
-                float *cu[BNV];
+                const int nr = b1 - j0 < BNR ? b1 - j0 : BNR, nv = (nr + 15) / 16;
+                float *cu[BNV] = {NULL, NULL, NULL};
                 // Pack the panel's pairs p0..<p0+kp (two im2col rows (c, t) each). Per vector, the tap t fixes, for
                 // each output row the vector covers (segment), where its lanes read (relative to the channel's
                 // plane) and which lanes are inside the image; the rows then only add c·H·W.
-                for (int u = 0; u < BNV; u++) {
+                for (int u = 0; u < nv; u++) {
                     const int lanes = nr - 16 * u;
-                    const size_t g = (size_t)j0 + 16 * (size_t)(lanes > 0 ? u : 0);
+                    const size_t g = (size_t)j0 + 16 * (size_t)u;
                     const size_t b = g / L, q0 = g % L;
                     const int y0 = (int)(q0 / (size_t)Wo), x0 = (int)(q0 % (size_t)Wo);
                     cu[u] = out + b * (size_t)M * L + q0;
@@ -206,8 +215,9 @@ HG_BF16K void HG_NAME(hg_conv_s1_avx512bf16)(const uint16_t *w, int gradInput, c
                     const int mr = m1 - i0 < BMR ? m1 - i0 : BMR;
                     const uint16_t *ar[BMR];
                     for (int r = 0; r < BMR; r++) ar[r] = w + (size_t)(i0 + (r < mr ? r : mr - 1)) * rowStride;
-                    float *ci[BNV] = {cu[0] + (size_t)i0 * L, cu[1] + (size_t)i0 * L, cu[2] + (size_t)i0 * L};
-                    bf16_tile(kp, ar, off + p0, bp, ci, L, mr, nr);
+                    float *ci[BNV];
+                    for (int u = 0; u < BNV; u++) ci[u] = u < nv ? cu[u] + (size_t)i0 * L : NULL;
+                    bf16_tiles[nv - 1](kp, ar, off + p0, bp, ci, L, mr, nr);
                 }
             }
         }

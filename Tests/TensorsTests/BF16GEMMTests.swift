@@ -149,10 +149,11 @@ final class BF16GEMMTests: XCTestCase {
         return worst
     }
 
-    /// Shapes: 1, 3, 17, 33, 257 in every role, plus edges of the 8×48 micro-tile and the 256-deep K blocks.
+    /// Shapes: 1, 3, 17, 33, 257 in every role, plus edges of the 8×48 micro-tile and the 512-deep K blocks
+    /// (1025: three balanced blocks).
     private let shapes: [(Int, Int, Int)] = [
         (1, 1, 1), (3, 17, 33), (17, 3, 257), (33, 257, 3), (257, 33, 17), (1, 257, 33), (257, 1, 17), (33, 33, 257),
-        (17, 50, 1), (8, 48, 2), (9, 49, 513), (16, 96, 256), (2, 17, 3),
+        (17, 50, 1), (8, 48, 2), (9, 49, 513), (16, 96, 512), (2, 17, 3), (9, 20, 1025),
     ]
 
     func testAllTransposesAndVariantsOnEveryPath() {
@@ -208,11 +209,11 @@ final class BF16GEMMTests: XCTestCase {
             BF16.setThreads(2)
             check(.bf16bf16, transA: false, transB: false, m: 9, n: 3100, k: 40, alpha: 1, beta: 0.5, pad: 1, seed: 11)
             check(.f32bf16, transA: false, transB: true, m: 40, n: 20, k: 600, alpha: 1, beta: 0, pad: 0, seed: 12)
-            check(.bf16f32, transA: true, transB: true, m: 100, n: 7, k: 300, alpha: 2, beta: 1, pad: 3, seed: 13)
+            check(.bf16f32, transA: true, transB: true, m: 100, n: 7, k: 1100, alpha: 2, beta: 1, pad: 3, seed: 13)
         }
         XCTAssertTrue(BF16.setPath(.emulated))
         var rng = SplitMix(seed: 5)
-        let (m, n, k) = (70, 150, 300)
+        let (m, n, k) = (70, 150, 1100)
         let a = BF16.bits((0..<m * k).map { _ in rng.uniform() - 0.5 })
         let b = (0..<k * n).map { _ in rng.uniform() - 0.5 }
         var results: [[Float]] = []
