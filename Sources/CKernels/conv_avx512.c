@@ -27,27 +27,27 @@ size_t hg_conv_avx512_scratch(int K) {
     return (size_t)CKC * CNR + 16 + (size_t)K;
 }
 
-/// c_u[r·ldc + l] += Σ_k a_r[off[k]]·bp[k][16u + l] for r < mr (≤ CMR), lanes 16u + l < nr, kc rows of the packed
-/// panel; c_u: where vector u's first pixel sits in output row 0 (vectors may belong to different images).
-HG_AVX512F HG_INLINE void conv_tile(int kc, const float *const a[CMR], const int32_t *off, const float *bp,
-                              float *const c[CNV], size_t ldc, int mr, int nr) {
+/// c_u[r·ldc + l] += Σ_k a_r[off[k]]·bp[k][16u + l] for r < mr (≤ CMR), u < nv (≤ CNV), lanes 16u + l < nr, kc
+/// rows of the packed panel; c_u: where vector u's first pixel sits in output row 0 (vectors may belong to different
+/// images). nv < CNV for a panel's last 16 or 32 pixels (SD's 4×4 and 8×8 levels), which then cost only their own
+/// vectors.
+HG_AVX512F HG_INLINE void conv_tile(const int nv, int kc, const float *const a[CMR], const int32_t *off,
+                                    const float *bp, float *const c[CNV], size_t ldc, int mr, int nr) {
     __m512 acc[CMR][CNV];
     for (int r = 0; r < CMR; r++)
-        for (int u = 0; u < CNV; u++) acc[r][u] = _mm512_setzero_ps();
+        for (int u = 0; u < nv; u++) acc[r][u] = _mm512_setzero_ps();
     for (int k = 0; k < kc; k++) {
-        const __m512 b0 = _mm512_load_ps(bp + (size_t)k * CNR), b1 = _mm512_load_ps(bp + (size_t)k * CNR + 16);
-        const __m512 b2 = _mm512_load_ps(bp + (size_t)k * CNR + 32);
+        __m512 b[CNV];
+        for (int u = 0; u < nv; u++) b[u] = _mm512_load_ps(bp + (size_t)k * CNR + 16 * u);
         const int32_t o = off[k];
         for (int r = 0; r < CMR; r++) {
             const __m512 x = _mm512_set1_ps(a[r][o]);
-            acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
-            acc[r][2] = _mm512_fmadd_ps(x, b2, acc[r][2]);
+            for (int u = 0; u < nv; u++) acc[r][u] = _mm512_fmadd_ps(x, b[u], acc[r][u]);
         }
     }
     for (int r = 0; r < CMR; r++) {
         if (r >= mr) break;
-        for (int u = 0; u < CNV; u++) {
+        for (int u = 0; u < nv; u++) {
             const int w = nr - 16 * u;
             if (w <= 0) break;
             const __mmask16 m = w >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << w) - 1);
@@ -56,6 +56,16 @@ HG_AVX512F HG_INLINE void conv_tile(int kc, const float *const a[CMR], const int
         }
     }
 }
+
+typedef void (*conv_tile_fn)(int, const float *const[CMR], const int32_t *, const float *, float *const[CNV], size_t,
+                             int, int);
+#define HG_CONV_TILE(V)                                                                                             \
+    HG_AVX512F static void conv_tile_##V(int kc, const float *const a[CMR], const int32_t *off, const float *bp,     \
+                                         float *const c[CNV], size_t ldc, int mr, int nr) {                          \
+        conv_tile(V, kc, a, off, bp, c, ldc, mr, nr);                                                                \
+    }
+HG_CONV_TILE(1) HG_CONV_TILE(2) HG_CONV_TILE(3)
+static const conv_tile_fn conv_tiles[CNV] = {conv_tile_1, conv_tile_2, conv_tile_3};
 
 HG_AVX512F void hg_conv_s1_avx512(const float *w, int gradInput, const float *inp, float *out, int C, int H, int W,
                                   int M, int kernel, int pt, int pl, int Ho, int Wo, int n0, int n1, int m0,
@@ -88,14 +98,14 @@ HG_AVX512F void hg_conv_s1_avx512(const float *w, int gradInput, const float *in
         for (int k0 = 0; k0 < K; k0 += CKC) {
             const int kc = K - k0 < CKC ? K - k0 : CKC;
             for (int j0 = b0; j0 < b1; j0 += CNR) {
-                const int nr = b1 - j0 < CNR ? b1 - j0 : CNR;
-                float *cu[CNV];
+                const int nr = b1 - j0 < CNR ? b1 - j0 : CNR, nv = (nr + 15) / 16;
+                float *cu[CNV] = {NULL, NULL, NULL};
                 // Pack the panel's im2col rows k0..<k0+kc: row k = (c, kh, kw). Per vector, the tap t = (kh, kw)
                 // fixes, for each output row the vector covers (segment), where its lanes read (relative to the
                 // channel's plane) and which lanes are inside the image; the rows then only add c·H·W.
-                for (int u = 0; u < CNV; u++) {
+                for (int u = 0; u < nv; u++) {
                     const int lanes = nr - 16 * u;
-                    const size_t g = (size_t)j0 + 16 * (size_t)(lanes > 0 ? u : 0);
+                    const size_t g = (size_t)j0 + 16 * (size_t)u;
                     const size_t b = g / L, p0 = g % L;
                     const int y0 = (int)(p0 / (size_t)Wo), x0 = (int)(p0 % (size_t)Wo);
                     cu[u] = out + b * (size_t)M * L + p0;
@@ -117,8 +127,9 @@ HG_AVX512F void hg_conv_s1_avx512(const float *w, int gradInput, const float *in
                     const int mr = m1 - i0 < CMR ? m1 - i0 : CMR;
                     const float *a[CMR];
                     for (int r = 0; r < CMR; r++) a[r] = w + (size_t)(i0 + (r < mr ? r : mr - 1)) * rowStride;
-                    float *ci[CNV] = {cu[0] + (size_t)i0 * L, cu[1] + (size_t)i0 * L, cu[2] + (size_t)i0 * L};
-                    conv_tile(kc, a, off + k0, bp, ci, L, mr, nr);
+                    float *ci[CNV];
+                    for (int u = 0; u < CNV; u++) ci[u] = u < nv ? cu[u] + (size_t)i0 * L : NULL;
+                    conv_tiles[nv - 1](kc, a, off + k0, bp, ci, L, mr, nr);
                 }
             }
         }

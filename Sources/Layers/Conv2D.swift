@@ -124,14 +124,18 @@ private enum ImplicitWeights {
 
 /// out (B, M, Ho, Wo) += the correlation of inp (B, C, H, W) with the weights (see hg_conv_s1_avx512 and
 /// hg_conv_s1_avx512bf16), cut into items of whole 48-pixel panels × output channels, about two per thread, spread
-/// over the threads. Channels are split only when there are too few pixels to go round (SD1.5's 4×4 and 8×8 levels,
-/// 1280 channels): each item streams its rows of the weights once, so splitting pixels there would read the 59 MB
-/// of weights per item.
+/// over the threads. Each item streams its rows of the weights from memory once per block of K and reuses them
+/// from L2 for all its panels, so an item with few panels is bound by memory (48 pixels: 24 FLOP per fp32 weight
+/// byte). Images of fewer than 16 panels (SD1.5's 16×16 and smaller levels at batch 2) are therefore split by
+/// channels only, every item taking all the pixels: at 8×8 × 1280 channels the input gradient then reads the
+/// weights once instead of three times (fp32 130 → 170 GFLOPS, bf16 316 → 350; bench conv, 2 threads). Larger
+/// images are split by pixels (channels too, when there are too few panels to go round).
 private func conv2dImplicit(weights: ImplicitWeights, inp: UnsafePointer<Float>,
                             out: UnsafeMutablePointer<Float>, B: Int, C: Int, H: Int, W: Int, M: Int, kernel: Int,
                             pt: Int, pl: Int, Ho: Int, Wo: Int) {
     let N = B * Ho * Wo, K = C * kernel * kernel, threads = max(1, Parallel.threads), want = 2 * threads
-    let chunk = max(48, (N / want + 47) / 48 * 48)
+    let panels = (N + 47) / 48
+    let chunk = panels < 16 ? panels * 48 : max(48, (N / want + 47) / 48 * 48)
     let pixelItems = (N + chunk - 1) / chunk
     let channelParts = pixelItems >= want ? 1 : min((M + 7) / 8, (want + pixelItems - 1) / pixelItems)
     let rows = ((M + channelParts - 1) / channelParts + 7) / 8 * 8
