@@ -128,7 +128,7 @@ private enum ImplicitWeights {
 /// from L2 for all its panels, so an item with few panels is bound by memory (48 pixels: 24 FLOP per fp32 weight
 /// byte). Images of fewer than 16 panels (SD1.5's 16×16 and smaller levels at batch 2) are therefore split by
 /// channels only, every item taking all the pixels: at 8×8 × 1280 channels the input gradient then reads the
-/// weights once instead of three times (fp32 130 → 170 GFLOPS, bf16 316 → 350; bench conv, 2 threads). Larger
+/// weights once instead of three times (fp32 131 → 184 GFLOPS, bf16 320 → 353; bench conv, 2 threads). Larger
 /// images are split by pixels (channels too, when there are too few panels to go round).
 private func conv2dImplicit(weights: ImplicitWeights, inp: UnsafePointer<Float>,
                             out: UnsafeMutablePointer<Float>, B: Int, C: Int, H: Int, W: Int, M: Int, kernel: Int,
