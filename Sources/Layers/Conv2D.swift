@@ -126,16 +126,18 @@ private enum ImplicitWeights {
 /// hg_conv_s1_avx512bf16), cut into items of whole 48-pixel panels × output channels, about two per thread, spread
 /// over the threads. Each item streams its rows of the weights from memory once per block of K and reuses them
 /// from L2 for all its panels, so an item with few panels is bound by memory (48 pixels: 24 FLOP per fp32 weight
-/// byte). Images of fewer than 16 panels (SD1.5's 16×16 and smaller levels at batch 2) are therefore split by
-/// channels only, every item taking all the pixels: at 8×8 × 1280 channels the input gradient then reads the
-/// weights once instead of three times (fp32 131 → 184 GFLOPS, bf16 320 → 353; bench conv, 2 threads). Larger
-/// images are split by pixels (channels too, when there are too few panels to go round).
+/// byte). Images of fewer than 16 panels (SD1.5's 16×16 and smaller levels at batch 2) with weights of 2M elements or
+/// more (SD1.5's 640- and 1280-channel convolutions: 3.7M and 14.7M) are therefore split by channels only, every
+/// item taking all the pixels: at 8×8 × 1280 channels the input gradient then reads the weights once instead of
+/// three times (fp32 131 → 184 GFLOPS, bf16 320 → 353; bench conv, 2 threads). Larger images, and small weights
+/// (which stay in cache, and where every item would pack all the panels), are split by pixels (channels too, when
+/// there are too few panels to go round).
 private func conv2dImplicit(weights: ImplicitWeights, inp: UnsafePointer<Float>,
                             out: UnsafeMutablePointer<Float>, B: Int, C: Int, H: Int, W: Int, M: Int, kernel: Int,
                             pt: Int, pl: Int, Ho: Int, Wo: Int) {
     let N = B * Ho * Wo, K = C * kernel * kernel, threads = max(1, Parallel.threads), want = 2 * threads
     let panels = (N + 47) / 48
-    let chunk = panels < 16 ? panels * 48 : max(48, (N / want + 47) / 48 * 48)
+    let chunk = panels < 16 && M * K >= 1 << 21 ? panels * 48 : max(48, (N / want + 47) / 48 * 48)
     let pixelItems = (N + chunk - 1) / chunk
     let channelParts = pixelItems >= want ? 1 : min((M + 7) / 8, (want + pixelItems - 1) / pixelItems)
     let rows = ((M + channelParts - 1) / channelParts + 7) / 8 * 8
