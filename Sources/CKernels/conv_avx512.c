@@ -48,8 +48,7 @@ HG_AVX512F HG_INLINE void conv_tile(const int nv, int kc, const float *const a[C
     for (int r = 0; r < CMR; r++) {
         if (r >= mr) break;
         for (int u = 0; u < nv; u++) {
-            const int w = nr - 16 * u;
-            if (w <= 0) break;
+            const int w = nr - 16 * u;   // > 0: u < nv = ceil(nr / 16)
             const __mmask16 m = w >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << w) - 1);
             float *o = c[u] + (size_t)r * ldc;
             _mm512_mask_storeu_ps(o, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), acc[r][u]));
@@ -128,7 +127,7 @@ HG_AVX512F void hg_conv_s1_avx512(const float *w, int gradInput, const float *in
                     const float *a[CMR];
                     for (int r = 0; r < CMR; r++) a[r] = w + (size_t)(i0 + (r < mr ? r : mr - 1)) * rowStride;
                     float *ci[CNV];
-                    for (int u = 0; u < CNV; u++) ci[u] = u < nv ? cu[u] + (size_t)i0 * L : NULL;
+                    for (int u = 0; u < nv; u++) ci[u] = cu[u] + (size_t)i0 * L;
                     conv_tiles[nv - 1](kc, a, off + k0, bp, ci, L, mr, nr);
                 }
             }

@@ -129,8 +129,7 @@ HG_BF16K HG_INLINE void bf16_tile(const int nv, int kp, const uint16_t *const a[
     for (int r = 0; r < BMR; r++) {
         if (r >= mr) break;
         for (int u = 0; u < nv; u++) {
-            const int w = nr - 16 * u;
-            if (w <= 0) break;
+            const int w = nr - 16 * u;   // > 0: u < nv = ceil(nr / 16)
             const __mmask16 m = w >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << w) - 1);
             float *o = c[u] + (size_t)r * ldc;
             _mm512_mask_storeu_ps(o, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), acc[r][u]));
@@ -216,7 +215,7 @@ HG_BF16K void HG_NAME(hg_conv_s1_avx512bf16)(const uint16_t *w, int gradInput, c
                     const uint16_t *ar[BMR];
                     for (int r = 0; r < BMR; r++) ar[r] = w + (size_t)(i0 + (r < mr ? r : mr - 1)) * rowStride;
                     float *ci[BNV];
-                    for (int u = 0; u < BNV; u++) ci[u] = u < nv ? cu[u] + (size_t)i0 * L : NULL;
+                    for (int u = 0; u < nv; u++) ci[u] = cu[u] + (size_t)i0 * L;
                     bf16_tiles[nv - 1](kp, ar, off + p0, bp, ci, L, mr, nr);
                 }
             }
