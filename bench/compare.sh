@@ -8,7 +8,8 @@
 # HGDPO_TORCH_PYTHON=PATH uses that interpreter instead; HGDPO_REFERENCE_BENCH=DIR the reference scripts elsewhere.
 # Also prints the kernel paths hgdpo ran (`kernels` of its JSON: attention per head size, convolution, GEMM, bf16 GEMM),
 # the sgemm peak on the same threads (bench/sgemm_peak.c, 4096³, best and median of 5) and each step's GFLOPS as a
-# share of that peak (a step ≈ 6 U-Net forwards of one sample per pair: ../shared/bench/torch_flops.py, BENCHMARKS.md).
+# share of that peak (a step ≈ 6 U-Net forwards of one sample per pair: ../shared/bench/torch_flops.py, BENCHMARKS.md);
+# with BF16=1 also as a share of the VDPBF16PS register-only peak (bench/vector_peak.c), the bf16 step's ceiling.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 config=${1:-small}; latent=${2:-32}; pairs=${3:-1}; steps=${4:-3}; threads=${5:-$(nproc)}
@@ -31,11 +32,14 @@ theirs=$(cd "$bench_dir" && OMP_NUM_THREADS=$threads "$py" torch_dpo_step.py --c
 echo "$ours"
 echo "$theirs"
 peak_bin=$(mktemp /tmp/hgdpo-sgemm-peak.XXXXXX)
-trap 'rm -f "$peak_bin"' EXIT
+vector_bin=$(mktemp /tmp/hgdpo-vector-peak.XXXXXX)
+trap 'rm -f "$peak_bin" "$vector_bin"' EXIT
 gcc -O2 "$root/bench/sgemm_peak.c" -o "$peak_bin" -lopenblas
+gcc -O2 "$root/bench/vector_peak.c" -o "$vector_bin" -lpthread
 peak=$(OPENBLAS_NUM_THREADS=$threads "$peak_bin" 4096 5)
+vector=$("$vector_bin" "$threads" 1)
 forward=$(cd "$bench_dir" && "$py" torch_flops.py "$config" "$latent" 2>/dev/null | tail -n 1)
-python3 - "$ours" "$theirs" "$peak" "$forward" <<'PY'
+python3 - "$ours" "$theirs" "$peak" "$forward" "$vector" <<'PY'
 import json, re, sys
 a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"speed-up (PyTorch median / hgdpo median): {b['median_step_s'] / a['median_step_s']:.2f}x   "
@@ -51,4 +55,12 @@ gflop = 6 * a["pairs"] * fwd
 for name, r in (("hgdpo", a), ("PyTorch", b)):
     g = gflop / r["median_step_s"]
     print(f"{name}: {gflop:.1f} GFLOP per step / {r['median_step_s']:.3f} s = {g:.0f} GFLOPS, {100 * g / best:.0f} % of the sgemm peak")
+vec = json.loads(sys.argv[5])
+line = f"register-only peaks (bench/vector_peak.c, {vec['threads']} threads): {vec['fma']} {vec['fma_gflops']:.0f} GFLOPS"
+if vec["bf16_gflops"] is not None:
+    line += f", vdpbf16ps zmm {vec['bf16_gflops']:.0f} GFLOPS"
+print(line)
+if a.get("bf16") and vec["bf16_gflops"] is not None:
+    g = gflop / a["median_step_s"]
+    print(f"hgdpo bf16 step: {g:.0f} GFLOPS = {100 * g / vec['bf16_gflops']:.0f} % of the VDPBF16PS peak")
 PY
