@@ -26,10 +26,18 @@ enum { HG_POOL_MAX = 255 };
 // Workers keep polling for new work this long after their last task before they sleep on the condition variable.
 #define HG_POOL_SPIN_NS 100000L
 
-// The published run: fn/ctx are written before `word`; word = generation (high 32 bits) | next task (low 32).
-static void (*volatile g_fn)(void *, int);
-static void *volatile g_ctx;
-static _Atomic int g_tasks;
+// The published run: its descriptor is written to g_desc[generation & 1] before `word`; word = generation (high 32
+// bits) | next task (low 32). A descriptor per parity: a worker that saw generation g late reads g's descriptor, never
+// the next run's (with one shared descriptor, a worker preempted between seeing g and reading it could read run g + 1's
+// function and task count while `word` still said g, claim task "g's count" of run g + 1 under g, and that task would
+// then run twice). If the caller has moved on (g + 2 may reuse the slot), `word`'s generation has changed and the
+// worker's compare-and-swap claims nothing.
+typedef struct {
+    void (*fn)(void *, int);
+    void *ctx;
+    int tasks;
+} hg_run_desc;
+static hg_run_desc g_desc[2];
 static _Atomic uint64_t g_word;
 static _Atomic int g_done;
 static _Atomic int g_sleepers;
@@ -87,11 +95,12 @@ static void *worker_main(void *unused) {
             }
         }
         served = (uint32_t)(w >> 32);
-        // fn/ctx/tasks may already belong to a later generation; run_tasks then finds the generation changed and
-        // runs nothing (the caller publishes a new run only after every task of the previous one has finished).
-        void (*fn)(void *, int) = g_fn;
-        void *ctx = g_ctx;
-        const int tasks = atomic_load(&g_tasks);
+        // The descriptor may already belong to generation served + 2 (the caller publishes a run only after every
+        // task of the previous one has finished); run_tasks then finds the generation changed and runs nothing.
+        const hg_run_desc *d = &g_desc[served & 1];
+        void (*fn)(void *, int) = d->fn;
+        void *ctx = d->ctx;
+        const int tasks = d->tasks;
         const int ran = run_tasks(served, fn, ctx, tasks);
         if (ran) atomic_fetch_add(&g_done, ran);
     }
@@ -114,11 +123,9 @@ void hg_parallel(int n, void (*fn)(void *ctx, int t), void *ctx) {
         if (!ok) break;  // fewer workers: the caller takes their tasks
         g_workers++;
     }
-    g_fn = fn;
-    g_ctx = ctx;
-    atomic_store(&g_tasks, n);
-    atomic_store(&g_done, 0);
     const uint32_t gen = (uint32_t)(atomic_load(&g_word) >> 32) + 1;
+    g_desc[gen & 1] = (hg_run_desc){fn, ctx, n};
+    atomic_store(&g_done, 0);
     atomic_store(&g_word, (uint64_t)gen << 32);
     if (atomic_load(&g_sleepers) > 0) {
         pthread_mutex_lock(&g_sleep);
