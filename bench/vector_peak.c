@@ -2,10 +2,11 @@
 // kernel's GFLOPS are measured against (BENCHMARKS.md; bench/compare.sh prints the bf16 step's share of it).
 // Build and run:
 //   gcc -O2 bench/vector_peak.c -o /tmp/vector_peak -lpthread && /tmp/vector_peak [THREADS [SECONDS]]
-// Each thread runs 24 independent accumulators (enough to cover any current core's latency × throughput) through
-//   fma     VFMADD231PS zmm (CPUs with AVX-512F) or ymm (AVX2 + FMA only): 2 FLOP per fp32 lane
-//   bf16    VDPBF16PS zmm (CPUs with AVX512-BF16): 2 products summed into each fp32 lane, 4 FLOP per lane
-// (VECTOR_PEAK_ISA=avx2 takes the ymm FMA on any CPU) three times for about SECONDS (default 1) each, and prints one JSON line: the instruction used and its best GFLOPS
+// Each thread runs independent accumulators (enough to cover any current core's latency × throughput) through
+//   fma     VFMADD231PS zmm, 24 accumulators (CPUs with AVX-512F), or ymm, 14 (AVX2 + FMA only, or
+//           VECTOR_PEAK_ISA=avx2 on any CPU): 2 FLOP per fp32 lane
+//   bf16    VDPBF16PS zmm, 24 accumulators (CPUs with AVX512-BF16): 2 products summed into each fp32 lane, 4 FLOP
+// three times for about SECONDS (default 1) each, and prints one JSON line: the instruction used and its best GFLOPS
 // over all threads (bf16_gflops is null without AVX512-BF16). No memory is touched, so this is the arithmetic
 // ceiling; sgemm_peak.c is what a real GEMM reaches (on Zen 4: sgemm ~91 % of the zmm FMA peak). The asm names its
 // registers; `run` holds no vector values of the compiler's across it.
@@ -38,8 +39,7 @@ static void *run(void *arg) {
     for (long n = 0; n < j->iters; n++) {
         switch (j->kind) {
         case ZMM_FMA: __asm__ volatile(R24(ZFMA) ::: "memory"); break;
-        // ymm: 14 accumulators of 16 registers (ymm14/15 hold the operands); ops 0..13 twice is still 28 independent
-        // instructions per iteration, 2 in flight per register.
+        // ymm: 14 accumulators, all the registers but the two operands (ymm14/15).
         case YMM_FMA:
             __asm__ volatile(YFMA(0) YFMA(1) YFMA(2) YFMA(3) YFMA(4) YFMA(5) YFMA(6) YFMA(7) YFMA(8) YFMA(9) YFMA(10)
                              YFMA(11) YFMA(12) YFMA(13) ::: "memory");

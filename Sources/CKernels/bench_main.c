@@ -47,8 +47,9 @@ int main(int argc, char **argv) {
         {"conv Cout1280 HW64 K11520", CONV, 1280, 64, 11520},
     };
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        const int M = shapes[s].M, N = shapes[s].N, K = shapes[s].K, conv = shapes[s].kind == CONV,
-                  dx = shapes[s].kind == INPUT_GRAD;
+        const int M = shapes[s].M, N = shapes[s].N, K = shapes[s].K, conv = shapes[s].kind == CONV;
+        // x · W: W (N, K) read transposed, or (the input gradient) W (K, N) as it stands.
+        const int wt = shapes[s].kind == LINEAR, ldw = wt ? K : N;
         const size_t wn = conv ? (size_t)M * K : (size_t)N * K, xn = conv ? (size_t)K * N : (size_t)M * K;
         float *w = malloc(wn * 4), *x = malloc(xn * 4), *c = malloc((size_t)M * N * 4), *ref = malloc((size_t)M * N * 4);
         uint16_t *wb = malloc(wn * 2), *xb = malloc(xn * 2);
@@ -66,16 +67,14 @@ int main(int argc, char **argv) {
                 double t0 = now();
                 if (v == 0) {
                     if (conv) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, w, K, x, N, 0, ref, N);
-                    else if (dx) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, x, K, w, N, 0, ref, N);
-                    else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, x, K, w, K, 0, ref, N);
+                    else cblas_sgemm(CblasRowMajor, CblasNoTrans, wt ? CblasTrans : CblasNoTrans, M, N, K, 1, x, K, w, ldw,
+                                     0, ref, N);
                 } else if (v == 1) {
                     if (conv) hg_gemm_bf16w_f32(0, 0, M, N, K, 1, wb, K, x, N, 0, c, N);
-                    else if (dx) hg_gemm_f32_bf16w(0, 0, M, N, K, 1, x, K, wb, N, 0, c, N);
-                    else hg_gemm_f32_bf16w(0, 1, M, N, K, 1, x, K, wb, K, 0, c, N);
+                    else hg_gemm_f32_bf16w(0, wt, M, N, K, 1, x, K, wb, ldw, 0, c, N);
                 } else {
                     if (conv) hg_sbgemm(0, 0, M, N, K, 1, wb, K, xb, N, 0, c, N);
-                    else if (dx) hg_sbgemm(0, 0, M, N, K, 1, xb, K, wb, N, 0, c, N);
-                    else hg_sbgemm(0, 1, M, N, K, 1, xb, K, wb, K, 0, c, N);
+                    else hg_sbgemm(0, wt, M, N, K, 1, xb, K, wb, ldw, 0, c, N);
                 }
                 double dt = now() - t0;
                 if (r >= 0) t[v][r] = dt;

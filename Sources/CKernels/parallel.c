@@ -98,10 +98,7 @@ static void *worker_main(void *unused) {
         // The descriptor may already belong to generation served + 2 (the caller publishes a run only after every
         // task of the previous one has finished); run_tasks then finds the generation changed and runs nothing.
         const hg_run_desc *d = &g_desc[served & 1];
-        void (*fn)(void *, int) = d->fn;
-        void *ctx = d->ctx;
-        const int tasks = d->tasks;
-        const int ran = run_tasks(served, fn, ctx, tasks);
+        const int ran = run_tasks(served, d->fn, d->ctx, d->tasks);
         if (ran) atomic_fetch_add(&g_done, ran);
     }
     return NULL;
