@@ -96,7 +96,7 @@ extension Commands {
         // The kernel paths of this run (bench/compare.sh prints them beside the figures).
         let headDims: [Int] = spec.down.filter(\.hasAttention).map { $0.outChannels / $0.heads }
             + [spec.config.blockOutChannels.last! / spec.midHeads]
-        let attention: [(String, JSONValue)] = Set(headDims).sorted().map { ("head_dim_\($0)", .string(KernelPaths.attention(headDim: $0))) }
+        let attention: [(String, JSONValue)] = Set(headDims).sorted().map { ("head_dim_\($0)", .string(KernelPaths.attention(headDim: $0, bf16: precision == .bf16))) }
         let kernels = JSONValue.object([
             ("attention", .object(attention)),
             ("convolution", .string(KernelPaths.convolution(bf16Weights: precision == .bf16))),

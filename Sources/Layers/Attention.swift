@@ -46,25 +46,42 @@ public var attentionDefaultThreads: Int { max(1, Parallel.threads) }
 
 /// Which code computes one (batch, head): OpenBLAS GEMMs around the softmax rows, or CKernels/attention_avx512.c,
 /// whose register-tiled loops beat OpenBLAS where the head is small (every GEMM then has K or N = d, and OpenBLAS
-/// spends its time packing and zeroing; measured in BENCHMARKS.md).
+/// spends its time packing and zeroing; measured in BENCHMARKS.md), or its bf16 build (attention_avx512bf16.c:
+/// VDPBF16PS products of bf16-rounded operands, fp32 sums), the attention of a model whose projections are bf16
+/// (`--mixed-precision bf16`) on a CPU whose bf16 GEMMs run on AVX512-BF16, as PyTorch's autocast runs attention
+/// in bf16.
 public enum AttentionKernel: String, Sendable {
-    case blas, avx512
+    case blas, avx512, avx512bf16
 
     /// Largest head size given to the AVX-512 kernels by default (measured: faster than OpenBLAS up to here).
     public static let avx512MaxHeadDim = 64
+    /// Largest head size given to the bf16 kernels by default (measured on Zen 4, 2 threads, against OpenBLAS: 1.2×
+    /// faster at SD1.5's 80, no faster at its 160 over 64 tokens).
+    public static let avx512bf16MaxHeadDim = 80
 
     /// The CPU runs the AVX-512 kernels (these and the softmax rows of the OpenBLAS path).
     public static let avx512Available = hg_cpu_has_avx512f() != 0
+    /// The CPU runs the bf16 build (AVX512-BF16).
+    public static let avx512bf16Available = hg_cpu_has_avx512bf16() != 0
 
-    /// HGDPO_ATTENTION=blas|avx512 (`RuntimeOptions.attentionKernel`) forces one (benchmarks); avx512 where the CPU
-    /// lacks AVX-512F falls back to blas.
+    /// HGDPO_ATTENTION=blas|avx512|avx512bf16 (`RuntimeOptions.attentionKernel`) forces one, whatever the model's
+    /// precision (benchmarks; avx512 keeps a bf16 model's attention in fp32); a kernel the CPU lacks falls back to
+    /// avx512, then blas.
     static var forced: AttentionKernel? { RuntimeOptions.current.attentionKernel.flatMap(AttentionKernel.init) }
 
-    /// The default for a head size: avx512 where the CPU has it and d ≤ avx512MaxHeadDim, unless forced.
-    public static func choose(headDim: Int) -> AttentionKernel {
-        guard avx512Available else { return .blas }
-        if let f = forced { return f }
-        return headDim <= avx512MaxHeadDim ? .avx512 : .blas
+    /// `kernel` where the CPU runs it, else the next one down (avx512bf16 → avx512 → blas).
+    static func available(_ kernel: AttentionKernel) -> AttentionKernel {
+        if kernel == .avx512bf16 && !avx512bf16Available { return available(.avx512) }
+        return kernel == .avx512 && !avx512Available ? .blas : kernel
+    }
+
+    /// The default for a head size, unless forced: for a bf16 model avx512bf16 where the bf16 GEMMs run on
+    /// AVX512-BF16 (`BF16.isAccelerated`) and d ≤ avx512bf16MaxHeadDim; else avx512 where the CPU has it and
+    /// d ≤ avx512MaxHeadDim; else blas.
+    public static func choose(headDim: Int, bf16: Bool = false) -> AttentionKernel {
+        if let f = forced { return available(f) }
+        if bf16 && BF16.isAccelerated && avx512bf16Available && headDim <= avx512bf16MaxHeadDim { return .avx512bf16 }
+        return avx512Available && headDim <= avx512MaxHeadDim ? .avx512 : .blas
     }
 }
 
@@ -73,8 +90,8 @@ public enum AttentionKernel: String, Sendable {
 /// (rows·ldS ≲ 2^20) and ldS ≈ Nk rounded up to 16; AVX-512 path (4·d + 64)·ld + 48 with ld ≈ Nk rounded up to 16
 /// (hg_attention_avx512_workspace). It does not grow with Nq.
 public func attentionWorkspaceSize(B: Int, Nq: Int, Nk: Int, heads: Int, headDim: Int,
-                                   threads: Int = attentionDefaultThreads) -> Int {
-    AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim, threads: threads).workspaceSize
+                                   threads: Int = attentionDefaultThreads, bf16: Bool = false) -> Int {
+    AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim, threads: threads, bf16: bf16).workspaceSize
 }
 
 /// How a call is cut up: kernel, query rows per block, score row stride, workers and each worker's workspace slice.
@@ -83,10 +100,11 @@ struct AttentionPlan {
     let rows: Int, ldS: Int, blocks: Int, workers: Int, perWorker: Int
     var workspaceSize: Int { workers * perWorker }
 
-    /// `rows` overrides the block height (tests use it to put block edges inside Nq), `kernel` the default choice.
-    init(B: Int, Nq: Int, Nk: Int, heads: Int, headDim: Int, threads: Int, rows: Int? = nil, kernel: AttentionKernel? = nil) {
-        self.kernel = kernel.map { $0 == .avx512 && !AttentionKernel.avx512Available ? .blas : $0 }
-            ?? AttentionKernel.choose(headDim: headDim)
+    /// `rows` overrides the block height (tests use it to put block edges inside Nq), `kernel` the default choice
+    /// (for a model whose projections are bf16 when `bf16`).
+    init(B: Int, Nq: Int, Nk: Int, heads: Int, headDim: Int, threads: Int, rows: Int? = nil, kernel: AttentionKernel? = nil,
+         bf16: Bool = false) {
+        self.kernel = kernel.map(AttentionKernel.available) ?? AttentionKernel.choose(headDim: headDim, bf16: bf16)
         self.rows = max(1, min(Nq, rows ?? attentionBlockRows(Nq: Nq, Nk: Nk)))
         ldS = attentionScoreStride(Nk: Nk)
         blocks = (Nq + self.rows - 1) / self.rows
@@ -95,6 +113,7 @@ struct AttentionPlan {
         switch self.kernel {
         case .blas: perWorker = 2 * self.rows * ldS + self.rows     // P or S (rows, ldS), dS (rows, ldS), a row vector
         case .avx512: perWorker = hg_attention_avx512_workspace(Int32(Nk), Int32(headDim))
+        case .avx512bf16: perWorker = hg_attention_avx512bf16_workspace(Int32(Nk), Int32(headDim))
         }
     }
 }
@@ -102,15 +121,16 @@ struct AttentionPlan {
 // MARK: - Forward
 
 /// out (B, Nq, H·d) = softmax(q·kᵀ/sqrt(d))·v per head; lse (B, H, Nq) = log Σ_j exp(q_i·k_j/sqrt(d)), kept for backward.
-/// q (B, Nq, H·d), k and v (B, Nk, H·d); workspace ≥ attentionWorkspaceSize(…, threads) floats.
+/// q (B, Nq, H·d), k and v (B, Nk, H·d); workspace ≥ attentionWorkspaceSize(…, threads, bf16) floats. `bf16`: the
+/// model's projections are bf16 (AttentionKernel.choose).
 public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                              q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                              B: Int, Nq: Int, Nk: Int, heads: Int, headDim: Int,
                              workspace: UnsafeMutablePointer<Float>, threads: Int = attentionDefaultThreads,
-                             causal: Bool = false) {
+                             causal: Bool = false, bf16: Bool = false) {
     attentionForward(out: out, lse: lse, q: q, k: k, v: v, B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim,
                      workspace: workspace,
-                     plan: AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim, threads: threads),
+                     plan: AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim, threads: threads, bf16: bf16),
                      causal: causal)
 }
 
@@ -126,10 +146,11 @@ func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointe
     attentionParallel(items: B * H * blocks, workers: plan.workers) { item, worker in
         let bh = item / blocks, b = bh / H, h = bh % H
         let i0 = (item % blocks) * rows, m = min(rows, Nq - i0)
-        if plan.kernel == .avx512 {
+        if plan.kernel != .blas {
             let off = (b * Nq + i0) * C + h * d, kv = b * Nk * C + h * d
-            hg_attention_forward_avx512(q + off, k + kv, v + kv, Int32(C), out + off, lse + bh * Nq + i0, Int32(m),
-                                        Int32(Nk), Int32(d), scale, causal ? 1 : 0, Int32(i0), workspace + worker * perWorker)
+            let kernel = plan.kernel == .avx512 ? hg_attention_forward_avx512 : hg_attention_forward_avx512bf16
+            kernel(q + off, k + kv, v + kv, Int32(C), out + off, lse + bh * Nq + i0, Int32(m), Int32(Nk), Int32(d), scale,
+                   causal ? 1 : 0, Int32(i0), workspace + worker * perWorker)
             return
         }
         let S = workspace + worker * perWorker                     // (m, ldS)
@@ -171,10 +192,10 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                               out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
                               B: Int, Nq: Int, Nk: Int, heads: Int, headDim: Int,
                               workspace: UnsafeMutablePointer<Float>, threads: Int = attentionDefaultThreads,
-                              causal: Bool = false) {
+                              causal: Bool = false, bf16: Bool = false) {
     attentionBackward(dq: dq, dk: dk, dv: dv, dout: dout, q: q, k: k, v: v, out: out, lse: lse,
                       B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim, workspace: workspace,
-                      plan: AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim, threads: threads),
+                      plan: AttentionPlan(B: B, Nq: Nq, Nk: Nk, heads: heads, headDim: headDim, threads: threads, bf16: bf16),
                       causal: causal)
 }
 
@@ -194,11 +215,11 @@ func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer
     // so no two workers write the same gradient element and the sum order does not depend on the thread count.
     attentionParallel(items: B * H, workers: workers) { bh, worker in
         let b = bh / H, h = bh % H
-        if plan.kernel == .avx512 {
+        if plan.kernel != .blas {
             let qo = b * Nq * C + h * d, kv = b * Nk * C + h * d
-            hg_attention_backward_avx512(q + qo, k + kv, v + kv, out + qo, dout + qo, Int32(C), lse + bh * Nq,
-                                         dq + qo, dk + kv, dv + kv, Int32(Nq), Int32(Nk), Int32(d), scale,
-                                         causal ? 1 : 0, workspace + worker * perWorker)
+            let kernel = plan.kernel == .avx512 ? hg_attention_backward_avx512 : hg_attention_backward_avx512bf16
+            kernel(q + qo, k + kv, v + kv, out + qo, dout + qo, Int32(C), lse + bh * Nq, dq + qo, dk + kv, dv + kv,
+                   Int32(Nq), Int32(Nk), Int32(d), scale, causal ? 1 : 0, workspace + worker * perWorker)
             return
         }
         let P = workspace + worker * perWorker                     // (rows, ldS)

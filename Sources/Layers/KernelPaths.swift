@@ -4,10 +4,11 @@
 import Tensors
 
 public enum KernelPaths {
-    /// The attention kernel for a head size.
-    public static func attention(headDim: Int) -> String {
-        switch AttentionKernel.choose(headDim: headDim) {
+    /// The attention kernel for a head size (of a model with bf16 projections when `bf16`).
+    public static func attention(headDim: Int, bf16: Bool = false) -> String {
+        switch AttentionKernel.choose(headDim: headDim, bf16: bf16) {
         case .avx512: return "avx512 (CKernels/attention_avx512.c)"
+        case .avx512bf16: return "avx512bf16 (CKernels/attention_avx512bf16.c, VDPBF16PS products)"
         case .blas: return "blas (OpenBLAS GEMMs per query block" + (AttentionKernel.avx512Available ? ", AVX-512F softmax rows)" : ")")
         }
     }

@@ -43,6 +43,10 @@ public struct Attention {
 
     public struct Saved { let q: Buffer, k: Buffer, v: Buffer, o: Buffer, lse: Buffer, xaQ: Buffer?, xaK: Buffer?, xaV: Buffer?, xaO: Buffer? }
 
+    /// The projections hold bf16 weights (mixed precision): the attention between them may then run in bf16 too
+    /// (AttentionKernel.choose).
+    var bf16: Bool { toQ.weight.isBF16 }
+
     /// x (B, N, C), context (B, S, Dc) or nil for self-attention -> (B, N, C)
     public func forward(_ p: Pass, _ x: Buffer, _ context: Buffer?, _ b: Int, _ n: Int, _ s: Int) -> (Buffer, Saved?) {
         let ctx = context ?? x
@@ -52,9 +56,9 @@ public struct Attention {
         let (v, xaV) = toV.forward(p, ctx, b * nk)
         let o = Buffer(uninitialized: b * n * queryDim)
         let lse = Buffer(uninitialized: b * heads * n)
-        let ws = p.workspace.get(attentionWorkspaceSize(B: b, Nq: n, Nk: nk, heads: heads, headDim: headDim))
+        let ws = p.workspace.get(attentionWorkspaceSize(B: b, Nq: n, Nk: nk, heads: heads, headDim: headDim, bf16: bf16))
         attentionForward(out: o.ptr, lse: lse.ptr, q: q.ptr, k: k.ptr, v: v.ptr, B: b, Nq: n, Nk: nk, heads: heads,
-                         headDim: headDim, workspace: ws, causal: causal)
+                         headDim: headDim, workspace: ws, causal: causal, bf16: bf16)
         let (out, xaO) = toOut.forward(p, o, b * n)
         guard p.training else { return (out, nil) }
         return (out, Saved(q: q, k: k, v: v, o: o, lse: lse, xaQ: xaQ, xaK: xaK, xaV: xaV, xaO: xaO))
@@ -69,9 +73,10 @@ public struct Attention {
         let dO = Buffer(zeros: sv.o.count)
         toOut.backward(p, dout, sv.o, sv.xaO, b * n, into: dO)
         let dq = Buffer(zeros: sv.q.count), dk = Buffer(zeros: sv.k.count), dv = Buffer(zeros: sv.v.count)
-        let ws = p.workspace.get(attentionWorkspaceSize(B: b, Nq: n, Nk: nk, heads: heads, headDim: headDim))
+        let ws = p.workspace.get(attentionWorkspaceSize(B: b, Nq: n, Nk: nk, heads: heads, headDim: headDim, bf16: bf16))
         attentionBackward(dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, dout: dO.ptr, q: sv.q.ptr, k: sv.k.ptr, v: sv.v.ptr, out: sv.o.ptr,
-                          lse: sv.lse.ptr, B: b, Nq: n, Nk: nk, heads: heads, headDim: headDim, workspace: ws, causal: causal)
+                          lse: sv.lse.ptr, B: b, Nq: n, Nk: nk, heads: heads, headDim: headDim, workspace: ws, causal: causal,
+                          bf16: bf16)
         toQ.backward(p, dq, x, sv.xaQ, b * n, into: dx)
         toK.backward(p, dk, ctx, sv.xaK, b * nk, into: isSelf ? dx : nil)
         toV.backward(p, dv, ctx, sv.xaV, b * nk, into: isSelf ? dx : nil)

@@ -7,7 +7,7 @@ public struct RuntimeOptions: Sendable, Equatable {
     /// Threads per process for `parallelFor` and the bf16 GEMMs: HGDPO_THREADS, else OMP_NUM_THREADS (the launchers
     /// export both), else the active processors.
     public var threads: Int
-    /// HGDPO_ATTENTION=blas|avx512: force one attention kernel (benchmarks); nil chooses by head size.
+    /// HGDPO_ATTENTION=blas|avx512|avx512bf16: force one attention kernel (benchmarks); nil chooses by head size and precision.
     public var attentionKernel: String?
     /// HGDPO_CONV=blas: im2col + the GEMMs (OpenBLAS, or the bf16 GEMM for bf16 weights) for every convolution
     /// (benchmarks, tests of both paths); false uses the implicit-GEMM kernels (fp32 and bf16) where they fit.

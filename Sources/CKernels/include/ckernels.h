@@ -36,6 +36,19 @@ void hg_attention_forward_avx512(const float *q, const float *k, const float *v,
 void hg_attention_backward_avx512(const float *q, const float *k, const float *v, const float *out,
                                   const float *dout, int ldx, const float *lse, float *dq, float *dk, float *dv,
                                   int Nq, int Nk, int d, float scale, int causal, float *workspace);
+/// The same with VDPBF16PS products, AVX512-BF16 only (CKernels/attention_avx512bf16.c): every product's operands
+/// (Q, K, V, dO, P, dS) rounded to bf16, fp32 sums, softmax and lse; where the kernels read V and K in place (short
+/// key rows, see attn_bcast) P·V and dS·K stay fp32. `workspace`: hg_attention_avx512bf16_workspace(Nk, d) floats.
+size_t hg_attention_avx512bf16_workspace(int Nk, int d);
+void hg_attention_forward_avx512bf16(const float *q, const float *k, const float *v, int ldx, float *out, float *lse,
+                                     int m, int Nk, int d, float scale, int causal, int row0, float *workspace);
+void hg_attention_backward_avx512bf16(const float *q, const float *k, const float *v, const float *out,
+                                      const float *dout, int ldx, const float *lse, float *dq, float *dk, float *dv,
+                                      int Nq, int Nk, int d, float scale, int causal, float *workspace);
+/// Their reference in scalar C (any CPU; the same roundings, float64 sums): one (batch, head), all Nq query rows.
+/// dout == NULL: the forward (out, lse); else the backward, given out and lse: dq, dk, dv accumulated (+=).
+void hg_attention_bf16_ref(const float *q, const float *k, const float *v, const float *dout, int ldx, int Nq, int Nk,
+                           int d, float scale, int causal, float *out, float *lse, float *dq, float *dk, float *dv);
 /// Stride-1 convolution as an implicit GEMM, AVX-512F only (CKernels/conv_avx512.c), for kernels up to 7×7,
 /// Wo % 16 == 0 or Wo | 16 with Ho·Wo % 16 == 0, and n0 % 16 == 0: out (B, M, Ho, Wo) += correlation of inp (B, C, H, W) with A over the
 /// batch's output pixels [n0, n1) (b·Ho·Wo + y·Wo + x) and output channels [m0, m1), zero outside the image,
