@@ -539,8 +539,8 @@ static void *attn_take(float **cur, size_t n) {
 size_t hg_attention_avx512bf16_workspace(int Nk, int d) {
     const size_t ld = (size_t)attn_ld(Nk), lr = (size_t)attn_pair_ld((int)ld), pc = (size_t)(d + 1) / 2;
     // backward (the forward needs less): Kt2, Vt2 (pc, ld); Kr (d, lr); dKt, dVt (d, ld); P, dS (ATTN_ROWS, ld);
-    // P2, dS2 (ATTN_PAIRS, ld); dSr (ATTN_ROWS, lr); Qw, dOw (ATTN_ROWS, pc); Qt2, dOt2 (d, ATTN_PAIRS); D; 16
-    // floats of alignment each.
+    // P2, dS2 (ATTN_PAIRS, ld); dSr (ATTN_ROWS, lr); Qw, dOw (ATTN_ROWS, pc); Qt2, dOt2 (d, ATTN_PAIRS); D; up to
+    // 15 floats to align each of these 15 buffers.
     return 2 * pc * ld + (size_t)d * lr + 2 * (size_t)d * ld + 2 * (size_t)ATTN_ROWS * ld + 2 * (size_t)ATTN_PAIRS * ld
         + (size_t)ATTN_ROWS * lr + 2 * (size_t)ATTN_ROWS * pc + 2 * (size_t)d * ATTN_PAIRS + ATTN_ROWS + 16 * 16;
 }
