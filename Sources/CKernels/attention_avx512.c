@@ -465,30 +465,24 @@ HG_ATTN_INLINE void words16(uint32_t w[16], const float *x, int c, int d) {
     _mm256_storeu_si256((__m256i *)(w + 8), attn_bf16x16(_mm512_maskz_loadu_ps(k1, x + c + 16)));
 }
 
-/// Channel pairs, keys along a row: dst[p·ld + j] = (src[j][2p], src[j][2p + 1]) for j < n, p < (d + 1) / 2 (the
-/// missing channel of an odd d and keys n..<ld are 0). The scores' B operand (K, V).
-HG_ATTN static void pack_channel_pairs(uint32_t *dst, int ld, const float *src, int lds, int n, int d) {
+/// Channel pairs of rows r < n of src: dst[r·sr + p·sp] = (src[r][2p], src[r][2p + 1]) for p < (d + 1) / 2 (the
+/// missing channel of an odd d is 0). The scores' operands: Q and dO as rows of words (sr = pc, sp = 1), K and V with
+/// the keys along a row (sr = 1, sp = ld; keys n..<ld are then zeroed by the caller).
+HG_ATTN static void pack_channel_pairs(uint32_t *dst, size_t sr, size_t sp, const float *src, int lds, int n, int d) {
     const int pc = (d + 1) / 2;
     uint32_t w[16];
-    for (int j = 0; j < n; j++)
-        for (int c = 0; c < d; c += 32) {
-            words16(w, src + (size_t)j * lds, c, d);
-            const int np = pc - c / 2 < 16 ? pc - c / 2 : 16;
-            for (int p = 0; p < np; p++) dst[(size_t)(c / 2 + p) * ld + j] = w[p];
-        }
-    for (int p = 0; p < pc; p++) memset(dst + (size_t)p * ld + n, 0, (size_t)(ld - n) * sizeof(uint32_t));
-}
-
-/// Rows of channel pairs: dst[r·pc + p] = (src[r][2p], src[r][2p + 1]), pc = (d + 1) / 2. The scores' A operand.
-HG_ATTN static void pack_row_pairs(uint32_t *dst, const float *src, int lds, int rows, int d) {
-    const int pc = (d + 1) / 2;
-    uint32_t w[16];
-    for (int r = 0; r < rows; r++)
+    for (int r = 0; r < n; r++)
         for (int c = 0; c < d; c += 32) {
             words16(w, src + (size_t)r * lds, c, d);
             const int np = pc - c / 2 < 16 ? pc - c / 2 : 16;
-            memcpy(dst + (size_t)r * pc + c / 2, w, (size_t)np * sizeof(uint32_t));
+            for (int p = 0; p < np; p++) dst[(size_t)r * sr + (size_t)(c / 2 + p) * sp] = w[p];
         }
+}
+
+/// K or V as the scores' B operand: (pc, ld) words, keys along a row, zero past n.
+HG_ATTN static void pack_keys_channel_pairs(uint32_t *dst, int ld, const float *src, int lds, int n, int d) {
+    pack_channel_pairs(dst, 1, (size_t)ld, src, lds, n, d);
+    for (int p = 0; p < (d + 1) / 2; p++) memset(dst + (size_t)p * ld + n, 0, (size_t)(ld - n) * sizeof(uint32_t));
 }
 
 /// Row pairs, channels along the rows: dst[c·lr + jj] = (src[2jj][c], src[2jj + 1][c]) for jj < lr, rows ≥ n are 0.
@@ -553,11 +547,11 @@ HG_ATTN void hg_attention_forward_avx512bf16(const float *q, const float *k, con
     uint32_t *Kt2 = attn_take(&cur, (size_t)pc * ld), *Vr = attn_take(&cur, (size_t)d * lr);
     uint32_t *Qw = attn_take(&cur, (size_t)ATTN_ROWS * pc), *Pr = attn_take(&cur, (size_t)ATTN_ROWS * lr);
     float *S = attn_take(&cur, (size_t)ATTN_ROWS * ld), *inv = attn_take(&cur, ATTN_ROWS);
-    pack_channel_pairs(Kt2, ld, k, ldx, Nk, d);
+    pack_keys_channel_pairs(Kt2, ld, k, ldx, Nk, d);
     if (!bcast) pack_key_pairs(Vr, lr, v, ldx, Nk, d);                  // rowdot_bcast reads V in place (fp32)
     for (int i0 = 0; i0 < m; i0 += ATTN_ROWS) {
         const int rows = m - i0 < ATTN_ROWS ? m - i0 : ATTN_ROWS;
-        pack_row_pairs(Qw, q + (size_t)i0 * ldx, ldx, rows, d);
+        pack_channel_pairs(Qw, (size_t)pc, 1, q + (size_t)i0 * ldx, ldx, rows, d);
         scores(SCORES_S, Qw, pc, rows, Kt2, ld, pc, Nk, causal, row0 + i0, scale, 0, 0, S);
         for (int r = 0; r < rows; r++) {
             const float mx = hg_row_max_avx512(S + (size_t)r * ld, ld);
@@ -589,8 +583,8 @@ HG_ATTN void hg_attention_backward_avx512bf16(const float *q, const float *k, co
     uint32_t *Qw = attn_take(&cur, (size_t)ATTN_ROWS * pc), *dOw = attn_take(&cur, (size_t)ATTN_ROWS * pc);
     uint32_t *Qt2 = attn_take(&cur, (size_t)d * ATTN_PAIRS), *dOt2 = attn_take(&cur, (size_t)d * ATTN_PAIRS);
     float *D = attn_take(&cur, ATTN_ROWS);
-    pack_channel_pairs(Kt2, ld, k, ldx, Nk, d);
-    pack_channel_pairs(Vt2, ld, v, ldx, Nk, d);
+    pack_keys_channel_pairs(Kt2, ld, k, ldx, Nk, d);
+    pack_keys_channel_pairs(Vt2, ld, v, ldx, Nk, d);
     if (!bcast) pack_key_pairs(Kr, lr, k, ldx, Nk, d);
     memset(dKt, 0, (size_t)d * ld * sizeof(float));
     memset(dVt, 0, (size_t)d * ld * sizeof(float));
@@ -600,8 +594,8 @@ HG_ATTN void hg_attention_backward_avx512bf16(const float *q, const float *k, co
         const int rows = Nq - i0 < ATTN_ROWS ? Nq - i0 : ATTN_ROWS, pairs = (rows + 1) / 2;
         const float *qb = q + (size_t)i0 * ldx, *ob = out + (size_t)i0 * ldx, *gb = dout + (size_t)i0 * ldx;
         for (int r = 0; r < rows; r++) D[r] = dot_row(ob + (size_t)r * ldx, gb + (size_t)r * ldx, d);
-        pack_row_pairs(Qw, qb, ldx, rows, d);
-        pack_row_pairs(dOw, gb, ldx, rows, d);
+        pack_channel_pairs(Qw, (size_t)pc, 1, qb, ldx, rows, d);
+        pack_channel_pairs(dOw, (size_t)pc, 1, gb, ldx, rows, d);
         scores(SCORES_PROBS, Qw, pc, rows, Kt2, ld, pc, Nk, causal, i0, scale, lse + i0, 0, P);
         scores(SCORES_DS, dOw, pc, rows, Vt2, ld, pc, Nk, causal, i0, 1, D, P, dS);
         rows_paired(P2, P, ld, rows);
