@@ -41,6 +41,8 @@ typedef __m512i attn_vec;
 #define ATTN_LOAD(p) _mm512_loadu_si512(p)
 #define ATTN_SET1(x) _mm512_set1_epi32((int)(x))
 #define ATTN_MADD(acc, a, b) _mm512_dpbf16_ps((acc), (__m512bh)(a), (__m512bh)(b))
+#define HG_BF16_ROUND_TARGET HG_ATTN
+#include "bf16_round.h"
 #else
 #define HG_ATTN HG_AVX512F
 typedef float attn_t;
@@ -374,6 +376,17 @@ HG_ATTN static void outer(const attn_t *A, size_t si, size_t sc, const attn_t *P
 
 // MARK: - Entry points
 
+/// The forward's softmax of a tile: S (rows, ld) ← exp(S − rowmax) in place, lse[r] = rowmax + log Σ, inv[r] = 1/Σ.
+/// Masked and padded columns hold −∞: exp gives 0 there, so the whole padded row can be summed.
+HG_ATTN static void softmax_tile(float *S, int rows, int ld, float *lse, float *inv) {
+    for (int r = 0; r < rows; r++) {
+        const float mx = hg_row_max_avx512(S + (size_t)r * ld, ld);
+        const float sum = hg_row_exp_sum_avx512(S + (size_t)r * ld, ld, mx);
+        lse[r] = mx + logf(sum);
+        inv[r] = 1 / sum;
+    }
+}
+
 /// P·V and dS·K with channels along the vectors (rowdot_bcast) for short key rows: heads of 16 over fewer than 128
 /// keys (cross-attention's 77), heads of 32 and more over fewer than 1024. Otherwise the lanes run along the keys
 /// (rowdot): on small heads half-empty or single vectors are load-bound, and on long key rows full vectors win
@@ -393,13 +406,7 @@ HG_AVX512F void hg_attention_forward_avx512(const float *q, const float *k, cons
     for (int i0 = 0; i0 < m; i0 += ATTN_ROWS) {
         const int rows = m - i0 < ATTN_ROWS ? m - i0 : ATTN_ROWS;
         scores(SCORES_S, q + (size_t)i0 * ldx, ldx, rows, Kt, ld, d, Nk, causal, row0 + i0, scale, 0, 0, S);
-        for (int r = 0; r < rows; r++) {
-            // Masked and padded columns hold −∞: exp gives 0 there, so the whole padded row can be summed.
-            const float mx = hg_row_max_avx512(S + (size_t)r * ld, ld);
-            const float sum = hg_row_exp_sum_avx512(S + (size_t)r * ld, ld, mx);
-            lse[i0 + r] = mx + logf(sum);
-            inv[r] = 1 / sum;
-        }
+        softmax_tile(S, rows, ld, lse + i0, inv);
         if (bcast) rowdot_bcast(S, rows, ld, Nk, v, ldx, d, out + (size_t)i0 * ldx, ldx, inv, 0);
         else rowdot(S, rows, Vt, ld, d, out + (size_t)i0 * ldx, ldx, inv, 0);
     }
@@ -441,28 +448,11 @@ enum { ATTN_PAIRS = ATTN_ROWS / 2 };             // query-row pairs of a tile
 /// Words per row of a keys-paired operand: ld keys (a multiple of 16) in pairs, rounded up to 16 words.
 static int attn_pair_ld(int ld) { return (ld / 2 + 15) & ~15; }
 
-/// fp32 -> the rounded bf16 bits in the upper 16 bits of each lane (NaN -> 0xFFFFxxxx), as avx512_bf16.c's rne_hi.
-HG_ATTN_INLINE __m512i attn_rne_hi(__m512 x) {
-    const __m512i u = _mm512_castps_si512(x);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-    return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_epi32(-1));
-}
-
-/// 16 floats as 16 bf16, in order.
-HG_ATTN_INLINE __m256i attn_bf16x16(__m512 x) { return _mm512_cvtepi32_epi16(_mm512_srli_epi32(attn_rne_hi(x), 16)); }
-
-/// 16 words, lane l = (lo[l], hi[l]) in bf16.
-HG_ATTN_INLINE __m512i attn_pairs16(__m512 lo, __m512 hi) {
-    return _mm512_or_si512(_mm512_srli_epi32(attn_rne_hi(lo), 16),
-                           _mm512_and_si512(attn_rne_hi(hi), _mm512_set1_epi32((int)0xffff0000u)));
-}
-
 /// Channels [c, c + 32) of x (d floats) as 16 channel-pair words: w[p] = (x[c + 2p], x[c + 2p + 1]), zero past d.
 HG_ATTN_INLINE void words16(uint32_t w[16], const float *x, int c, int d) {
     const __mmask16 k0 = attn_lanes(d - c), k1 = d - c > 16 ? attn_lanes(d - c - 16) : 0;
-    _mm256_storeu_si256((__m256i *)w, attn_bf16x16(_mm512_maskz_loadu_ps(k0, x + c)));
-    _mm256_storeu_si256((__m256i *)(w + 8), attn_bf16x16(_mm512_maskz_loadu_ps(k1, x + c + 16)));
+    _mm256_storeu_si256((__m256i *)w, hg_bf16x16(_mm512_maskz_loadu_ps(k0, x + c)));
+    _mm256_storeu_si256((__m256i *)(w + 8), hg_bf16x16(_mm512_maskz_loadu_ps(k1, x + c + 16)));
 }
 
 /// Channel pairs of rows r < n of src: dst[r·sr + p·sp] = (src[r][2p], src[r][2p + 1]) for p < (d + 1) / 2 (the
@@ -493,7 +483,7 @@ HG_ATTN static void pack_key_pairs(uint32_t *dst, int lr, const float *src, int 
         const int j = 2 * jj;
         for (int c = 0; c < d; c += 16) {
             const __mmask16 k = attn_lanes(d - c), k0 = j < n ? k : 0, k1 = j + 1 < n ? k : 0;
-            _mm512_storeu_si512(w, attn_pairs16(_mm512_maskz_loadu_ps(k0, src + (size_t)j * lds + c),
+            _mm512_storeu_si512(w, hg_bf16_pairs16(_mm512_maskz_loadu_ps(k0, src + (size_t)j * lds + c),
                                                 _mm512_maskz_loadu_ps(k1, src + (size_t)(j + 1) * lds + c)));
             const int nc = d - c < 16 ? d - c : 16;
             for (int l = 0; l < nc; l++) dst[(size_t)(c + l) * lr + jj] = w[l];
@@ -506,7 +496,7 @@ HG_ATTN static void keys_paired(uint32_t *dst, int lr, const float *src, int ld,
     for (int r = 0; r < rows; r++) {
         uint16_t *o = (uint16_t *)(dst + (size_t)r * lr);
         const float *x = src + (size_t)r * ld;
-        for (int j = 0; j < ld; j += 16) _mm256_storeu_si256((__m256i *)(o + j), attn_bf16x16(_mm512_loadu_ps(x + j)));
+        for (int j = 0; j < ld; j += 16) _mm256_storeu_si256((__m256i *)(o + j), hg_bf16x16(_mm512_loadu_ps(x + j)));
         memset(o + ld, 0, (size_t)(2 * lr - ld) * sizeof(uint16_t));
     }
 }
@@ -519,7 +509,7 @@ HG_ATTN static void rows_paired(uint32_t *dst, const float *src, int ld, int row
         const __mmask16 k1 = 2 * ip + 1 < rows ? (__mmask16)0xffff : 0;
         for (int j = 0; j < ld; j += 16)
             _mm512_storeu_si512(dst + (size_t)ip * ld + j,
-                                attn_pairs16(_mm512_loadu_ps(x0 + j), _mm512_maskz_loadu_ps(k1, x1 + j)));
+                                hg_bf16_pairs16(_mm512_loadu_ps(x0 + j), _mm512_maskz_loadu_ps(k1, x1 + j)));
     }
 }
 
@@ -553,12 +543,7 @@ HG_ATTN void hg_attention_forward_avx512bf16(const float *q, const float *k, con
         const int rows = m - i0 < ATTN_ROWS ? m - i0 : ATTN_ROWS;
         pack_channel_pairs(Qw, (size_t)pc, 1, q + (size_t)i0 * ldx, ldx, rows, d);
         scores(SCORES_S, Qw, pc, rows, Kt2, ld, pc, Nk, causal, row0 + i0, scale, 0, 0, S);
-        for (int r = 0; r < rows; r++) {
-            const float mx = hg_row_max_avx512(S + (size_t)r * ld, ld);
-            const float sum = hg_row_exp_sum_avx512(S + (size_t)r * ld, ld, mx);
-            lse[i0 + r] = mx + logf(sum);
-            inv[r] = 1 / sum;
-        }
+        softmax_tile(S, rows, ld, lse + i0, inv);
         if (bcast) {
             rowdot_bcast(S, rows, ld, Nk, v, ldx, d, out + (size_t)i0 * ldx, ldx, inv, 0);
         } else {

@@ -23,6 +23,8 @@
 #define HG_NAME(x) x
 #define HG_AS_BH(x) ((__m512bh)(x))
 #endif
+#define HG_BF16_ROUND_TARGET HG_AVX512
+#include "bf16_round.h"
 
 enum {
     MR = 8,           // rows of a micro-tile (broadcast side)
@@ -34,15 +36,6 @@ enum {
 };
 
 // MARK: - Packing
-
-// fp32 -> rounded bits with the bf16 in the upper 16 bits of each lane (NaN -> 0xFFFFxxxx).
-HG_AVX512 HG_INLINE __m512i rne_hi(__m512 x) {
-    __m512i u = _mm512_castps_si512(x);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    return _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(-1));
-}
 
 // The first n lanes (none for n <= 0, all for n >= the width).
 HG_AVX512 HG_INLINE __mmask16 mask16(int n) {
@@ -120,10 +113,8 @@ HG_AVX512 static void pack_k_contiguous(const void *src, int bf16, int ld, int l
                     r[i] = _mm512_maskz_loadu_epi16(mask32(kk), (const uint16_t *)src + off);
                 } else {
                     const float *s = (const float *)src + off;
-                    __m512i lo = _mm512_srli_epi32(rne_hi(_mm512_maskz_loadu_ps(mask16(kk), s)), 16);
-                    __m512i hi = _mm512_srli_epi32(rne_hi(_mm512_maskz_loadu_ps(mask16(kk - 16), s + 16)), 16);
-                    r[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(lo)),
-                                              _mm512_cvtepi32_epi16(hi), 1);
+                    r[i] = _mm512_inserti64x4(_mm512_castsi256_si512(hg_bf16x16(_mm512_maskz_loadu_ps(mask16(kk), s))),
+                                              hg_bf16x16(_mm512_maskz_loadu_ps(mask16(kk - 16), s + 16)), 1);
                 }
             }
             transpose16(r);
@@ -138,7 +129,6 @@ HG_AVX512 static void pack_k_contiguous(const void *src, int bf16, int ld, int l
 HG_AVX512 static void pack_lane_contiguous(const void *src, int bf16, int ld, int l0, int nlanes, int k0, int kc,
                                            const hg_pack_out *o) {
     const int kp = (kc + 1) / 2;
-    const __m512i hi16 = _mm512_set1_epi32((int)0xffff0000u);
     for (int p = 0; p < kp; p++) {
         const int has1 = 2 * p + 1 < kc;
         const size_t row0 = (size_t)(k0 + 2 * p) * ld + l0, row1 = row0 + ld;
@@ -153,10 +143,8 @@ HG_AVX512 static void pack_lane_contiguous(const void *src, int bf16, int ld, in
                 v = _mm512_or_si512(a, b);
             } else {
                 const float *s = src;
-                __m512i a = _mm512_srli_epi32(rne_hi(_mm512_maskz_loadu_ps(m, s + row0 + l)), 16);
-                __m512i b = has1 ? _mm512_and_si512(rne_hi(_mm512_maskz_loadu_ps(m, s + row1 + l)), hi16)
-                                 : _mm512_setzero_si512();
-                v = _mm512_or_si512(a, b);
+                v = hg_bf16_pairs16(_mm512_maskz_loadu_ps(m, s + row0 + l),
+                                    has1 ? _mm512_maskz_loadu_ps(m, s + row1 + l) : _mm512_setzero_ps());
             }
             store16(o, l, p, v);
         }
@@ -298,8 +286,7 @@ HG_AVX512 HG_INLINE __mmask16 tail16(size_t n) { return n >= 16 ? (__mmask16)0xf
 HG_AVX512 void HG_NAME(hg_avx512_f32_to_bf16)(const float *s, uint16_t *d, size_t n) {
     for (size_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail16(n - i);
-        __m256i v = _mm512_cvtepi32_epi16(_mm512_srli_epi32(rne_hi(_mm512_maskz_loadu_ps(m, s + i)), 16));
-        _mm256_mask_storeu_epi16(d + i, m, v);
+        _mm256_mask_storeu_epi16(d + i, m, hg_bf16x16(_mm512_maskz_loadu_ps(m, s + i)));
     }
 }
 HG_AVX512 void HG_NAME(hg_avx512_bf16_to_f32)(const uint16_t *s, float *d, size_t n) {
@@ -313,6 +300,6 @@ HG_AVX512 void HG_NAME(hg_avx512_f32_round_bf16)(const float *s, float *d, size_
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
     for (size_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail16(n - i);
-        _mm512_mask_storeu_epi32(d + i, m, _mm512_and_si512(rne_hi(_mm512_maskz_loadu_ps(m, s + i)), hi));
+        _mm512_mask_storeu_epi32(d + i, m, _mm512_and_si512(hg_rne_hi(_mm512_maskz_loadu_ps(m, s + i)), hi));
     }
 }

@@ -39,6 +39,8 @@
 #define HG_NAME(x) x
 #define HG_AS_BH(x) ((__m512bh)(x))
 #endif
+#define HG_BF16_ROUND_TARGET HG_BF16K
+#include "bf16_round.h"
 
 enum { BMR = 8, BNV = 3, BNR = 48, BKP = 128, BMAX_TAPS = 49 };  // 128 pairs (256 rows of K) per block
 
@@ -94,15 +96,6 @@ static inline void conv_bf16_pair_rows(int gradInput, int kk, int K, int p, int 
 }
 
 // MARK: - Kernel
-
-// fp32 -> the rounded bf16 bits in the upper 16 bits of each lane (NaN -> 0xFFFFxxxx), as avx512_bf16.c's rne_hi.
-HG_BF16K HG_INLINE __m512i conv_rne_hi(__m512 x) {
-    __m512i u = _mm512_castps_si512(x);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    return _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(-1));
-}
 
 HG_BF16K HG_INLINE uint32_t load_word(const uint16_t *p) {
     uint32_t v;
@@ -173,7 +166,6 @@ HG_BF16K void HG_NAME(hg_conv_s1_avx512bf16)(const uint16_t *w, int gradInput, c
     const int rowsM = m1 - m0 > 0 ? m1 - m0 : 1;
     int nb = ((1 << 18) / rowsM) / BNR * BNR;
     if (nb < BNR) nb = BNR;
-    const __m512i hi16 = _mm512_set1_epi32((int)0xffff0000u);
     for (int b0 = n0; b0 < n1; b0 += nb) {
         const int b1 = n1 - b0 < nb ? n1 : b0 + nb;
         for (int p0 = 0; p0 < KP; p0 += BKP) {
@@ -205,9 +197,7 @@ HG_BF16K void HG_NAME(hg_conv_s1_avx512bf16)(const uint16_t *w, int gradInput, c
                             v[h] = _mm512_maskz_loadu_ps(segMask[t][0], plane + segOff[t][0]);
                             for (int q = 1; q < nseg; q++) v[h] = _mm512_mask_loadu_ps(v[h], segMask[t][q], plane + segOff[t][q]);
                         }
-                        const __m512i word = _mm512_or_si512(_mm512_srli_epi32(conv_rne_hi(v[0]), 16),
-                                                             _mm512_and_si512(conv_rne_hi(v[1]), hi16));
-                        _mm512_storeu_si512(bp + (size_t)p * BNR + 16 * u, word);
+                        _mm512_storeu_si512(bp + (size_t)p * BNR + 16 * u, hg_bf16_pairs16(v[0], v[1]));
                     }
                 }
                 for (int i0 = m0; i0 < m1; i0 += BMR) {
