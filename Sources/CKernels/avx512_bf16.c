@@ -23,6 +23,11 @@
 #define HG_NAME(x) x
 #define HG_AS_BH(x) ((__m512bh)(x))
 #endif
+#ifdef HG_EMULATE_AVX512
+#define HG_PREFETCH(p) ((void)(p))
+#else
+#define HG_PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
+#endif
 #define HG_BF16_ROUND_TARGET HG_AVX512
 #include "bf16_round.h"
 
@@ -109,6 +114,11 @@ HG_AVX512 static void pack_k_contiguous(const void *src, int bf16, int ld, int l
                     continue;
                 }
                 size_t off = (size_t)(l0 + l + i) * ld + k0 + 2 * p0;
+                if (l + 16 + i < nlanes) {  // the next 16 lanes' same chunk: a row group ahead
+                    const char *q = (const char *)src + (off + (size_t)16 * ld) * (bf16 ? 2 : 4);
+                    HG_PREFETCH(q);
+                    if (!bf16) HG_PREFETCH(q + 64);
+                }
                 if (bf16) {
                     r[i] = _mm512_maskz_loadu_epi16(mask32(kk), (const uint16_t *)src + off);
                 } else {
@@ -132,9 +142,15 @@ HG_AVX512 static void pack_lane_contiguous(const void *src, int bf16, int ld, in
     for (int p = 0; p < kp; p++) {
         const int has1 = 2 * p + 1 < kc;
         const size_t row0 = (size_t)(k0 + 2 * p) * ld + l0, row1 = row0 + ld;
+        const int ahead = 2 * p + 5 < kc;  // rows k + 4 and k + 5: two pairs ahead
         for (int l = 0; l < nlanes; l += 16) {
             const __mmask16 m = mask16(nlanes - l);
             __m512i v;
+            if (ahead && (bf16 ? (l & 31) == 0 : 1)) {
+                const char *q = (const char *)src + (row0 + (size_t)4 * ld + l) * (bf16 ? 2 : 4);
+                HG_PREFETCH(q);
+                HG_PREFETCH(q + (size_t)ld * (bf16 ? 2 : 4));
+            }
             if (bf16) {
                 const uint16_t *s = src;
                 __m512i a = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, s + row0 + l));

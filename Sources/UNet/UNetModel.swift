@@ -299,20 +299,47 @@ public final class UNetModel: @unchecked Sendable {
         dh = transformer(midAttention, dh, cur)
         dh = resnet(midResnets[0], dh, cur)
         blockDone("mid_block")
+        // With only the LoRA trained and no d(sample) asked for, the down path stops after its last layer (in backward
+        // order) that holds a LoRA target: below it (SD1.5: down_blocks.0.resnets.0, conv_in) nothing is trained and
+        // no gradient is wanted, as autograd leaves frozen layers whose inputs need no gradient.
+        var layersLeft = Int.max
+        if !full && !wantSampleGradient, let lora {
+            var order: [String] = []
+            for (i, blk) in spec.down.enumerated().reversed() {
+                if downsamplers[i] != nil { order.append("down_blocks.\(i).downsamplers.0") }
+                for j in (0..<blk.layers).reversed() {
+                    if blk.hasAttention { order.append("down_blocks.\(i).attentions.\(j)") }
+                    order.append("down_blocks.\(i).resnets.\(j)")
+                }
+            }
+            let last = order.lastIndex { key in lora.targets.contains { $0.module.hasPrefix(key + ".") } }
+            layersLeft = last.map { $0 + 1 } ?? 0
+        }
         var k = t.skipShapes.count - 1
-        for (i, blk) in spec.down.enumerated().reversed() {
+        var stoppedAt = -1
+        down: for (i, blk) in spec.down.enumerated().reversed() {
+            stoppedAt = i
             let size = t.sizes[i]
             if let d = downsamplers[i] {
+                guard layersLeft > 0 else { break down }
+                layersLeft -= 1
                 addInto(dh.ptr, dskips[k]!.ptr, n: dh.count); k -= 1
                 dh = d.conv.backward(p, dh, b, size.0, size.1, x: full ? resampleInputs.removeLast() : nil)
             }
             for j in (0..<blk.layers).reversed() {
+                guard layersLeft > 0 else { break down }
                 addInto(dh.ptr, dskips[k]!.ptr, n: dh.count); k -= 1
-                if blk.hasAttention { dh = transformer(downAttentions[i][j], dh, size) }
-                dh = resnet(downResnets[i][j], dh, size)
+                if blk.hasAttention { dh = transformer(downAttentions[i][j], dh, size); layersLeft -= 1 }
+                guard layersLeft > 0 else { break down }
+                dh = resnet(downResnets[i][j], dh, size); layersLeft -= 1
             }
             blockDone("down_blocks.\(i)")
             cur = size
+        }
+        guard layersLeft > 0 else {
+            // The rest of this down block and the blocks below it hold nothing trained: every gradient is final.
+            for i in (0...max(stoppedAt, 0)).reversed() { blockDone("down_blocks.\(i)") }
+            return nil
         }
         addInto(dh.ptr, dskips[0]!.ptr, n: dh.count)
         precondition(blocks.isEmpty && resampleInputs.isEmpty, "UNetModel.backward: saved activations left over")

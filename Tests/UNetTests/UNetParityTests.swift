@@ -150,6 +150,32 @@ final class UNetParityTests: XCTestCase {
         }
     }
 
+    /// Without d(sample), the backward stops after the lowest layer with a LoRA target (down_blocks.0.attentions.0:
+    /// down_blocks.0.resnets.0 and conv_in are left out). The LoRA gradients are the same bits as a backward that goes
+    /// all the way down for d(sample), with and without gradient checkpointing, and the lowest target's are not zero.
+    func testBackwardStopsBelowTheLowestLoRALayerWithTheSameGradients() throws {
+        for name in ["conv", "linear"] {
+            let f = try fixture(name)
+            for checkpointing in [false, true] {
+                let m = try model(f, lora: "lora_diffusers.safetensors")
+                m.gradientCheckpointing = checkpointing
+                let dout = Buffer(try f.io.floats("loss_weights"))
+                var grads: [[Float]] = []
+                for wantSample in [true, false] {
+                    let saved = try forwardTraining(m, f, scale: 1).saved
+                    m.lora!.zeroGrad()
+                    let dsample = m.backward(dout, saved, wantSampleGradient: wantSample)
+                    XCTAssertEqual(dsample == nil, !wantSample)
+                    grads.append(m.lora!.grads.array)
+                }
+                XCTAssertEqual(grads[0], grads[1], "\(name), checkpointing \(checkpointing): LoRA gradients")
+                let lowest = try XCTUnwrap(m.lora!.targets.first { $0.module.hasPrefix("down_blocks.0.attentions.0.") })
+                XCTAssertTrue(grads[1][lowest.offsetB..<(lowest.offsetB + lowest.outFeatures * m.lora!.rank)].contains { $0 != 0 },
+                              "\(name): \(lowest.module)'s gradients are not all zero")
+            }
+        }
+    }
+
     /// Modules hold no state between calls: two training forwards (LoRA scales 1 and 0.5), then their backwards in
     /// the other order, give each forward its own gradients, bit for bit as one forward followed by its backward.
     func testInterleavedTrainingForwards() throws {
