@@ -123,12 +123,12 @@ private enum ImplicitWeights {
 }
 
 /// out (B, M, Ho, Wo) += the correlation of inp (B, C, H, W) with the weights (see hg_conv_s1_avx512 and
-/// hg_conv_s1_avx512bf16), cut into items of whole 48-pixel panels × output channels, about two per thread, spread
-/// over the threads. Each item streams its rows of the weights from memory once per block of K and reuses them
-/// from L2 for all its panels, so an item with few panels is bound by memory (48 pixels: 24 FLOP per fp32 weight
-/// byte). Images of fewer than 16 panels (SD1.5's 16×16 and smaller levels at batch 2) with weights of 2M elements or
-/// more (SD1.5's 640- and 1280-channel convolutions: 3.7M and 14.7M) are therefore split by channels only, every
-/// item taking all the pixels: at 8×8 × 1280 channels the input gradient then reads the weights once instead of
+/// hg_conv_s1_avx512bf16), cut into items of whole 48-pixel panels × output channels, about two per thread (one
+/// when only the channels are split), spread over the threads. Each item streams its rows of the weights from memory
+/// once per block of K and reuses them from L2 for all its panels, so an item with few panels is bound by memory
+/// (48 pixels: 24 FLOP per fp32 weight byte). Images of fewer than 16 panels (SD1.5's 16×16 and smaller levels at
+/// batch 2) with weights of 2M elements or more (SD1.5's 640- and 1280-channel convolutions: 3.7M and 14.7M) are
+/// therefore split by channels only, every item taking all the pixels: at 8×8 × 1280 channels the input gradient then reads the weights once instead of
 /// three times (fp32 131 → 184 GFLOPS, bf16 320 → 353; bench conv, 2 threads). Larger images, and small weights
 /// (which stay in cache, and where every item would pack all the panels), are split by pixels (channels too, when
 /// there are too few panels to go round).
@@ -139,7 +139,10 @@ private func conv2dImplicit(weights: ImplicitWeights, inp: UnsafePointer<Float>,
     let panels = (N + 47) / 48
     let chunk = panels < 16 && M * K >= 1 << 21 ? panels * 48 : max(48, (N / want + 47) / 48 * 48)
     let pixelItems = (N + chunk - 1) / chunk
-    let channelParts = pixelItems >= want ? 1 : min((M + 7) / 8, (want + pixelItems - 1) / pixelItems)
+    // Every item packs all its panels: an image split by channels only goes one item a thread (two a thread packed
+    // each panel twice as often: 16×16 × 640 and 8×8 × 1280 were 3–6 % slower, bench conv bf16).
+    let parts = pixelItems == 1 ? threads : (want + pixelItems - 1) / pixelItems
+    let channelParts = pixelItems >= want ? 1 : min((M + 7) / 8, parts)
     let rows = ((M + channelParts - 1) / channelParts + 7) / 8 * 8
     let items = pixelItems * ((M + rows - 1) / rows)
     let scratchSize: Int
