@@ -165,17 +165,25 @@ public func gegluForward(out: UnsafeMutablePointer<Float>,  // (N, D)
     }
 }
 
-/// dinp[:, :D] += dout · gelu(gate); dinp[:, D:] += dout · value · gelu'(gate). Accumulates.
+/// dinp[:, :D] += dout · gelu(gate); dinp[:, D:] += dout · value · gelu'(gate). Accumulates (`accumulate` false:
+/// stores, so dinp need not be initialised).
 public func gegluBackward(dinp: UnsafeMutablePointer<Float>,  // (N, 2D)
                           dout: UnsafePointer<Float>,         // (N, D)
                           inp: UnsafePointer<Float>,          // (N, 2D)
-                          N: Int, D: Int) {
+                          N: Int, D: Int, accumulate: Bool = true) {
     parallelFor(N, work: N * D * 4) { row in
         let value = inp + row * 2 * D, gate = value + D
         let dValue = dinp + row * 2 * D, dGate = dValue + D, dy = dout + row * D
-        for d in 0..<D {
-            dValue[d] += dy[d] * geluScalar(gate[d])
-            dGate[d] += dy[d] * value[d] * geluDerivativeScalar(gate[d])
+        if accumulate {
+            for d in 0..<D {
+                dValue[d] += dy[d] * geluScalar(gate[d])
+                dGate[d] += dy[d] * value[d] * geluDerivativeScalar(gate[d])
+            }
+        } else {
+            for d in 0..<D {
+                dValue[d] = dy[d] * geluScalar(gate[d])
+                dGate[d] = dy[d] * value[d] * geluDerivativeScalar(gate[d])
+            }
         }
     }
 }

@@ -29,12 +29,13 @@ public func linearForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<F
     linearForward(out: out, inp: inp, weight: .f32(weight), bias: bias, N: N, I: I, O: O)
 }
 
-/// dinp += dout · weight. Accumulates. (Weight and bias gradients: `linearBackwardWeight`.)
+/// dinp += dout · weight. Accumulates (`accumulate` false: dinp = dout · weight, dinp need not be initialised).
+/// (Weight and bias gradients: `linearBackwardWeight`.)
 public func linearBackwardInput(dinp: UnsafeMutablePointer<Float>,   // (N, I)
                                 dout: UnsafePointer<Float>,          // (N, O)
                                 weight: WeightMatrix,                // (O, I)
-                                N: Int, I: Int, O: Int) {
-    BLAS.gemm(m: N, n: I, k: O, a: dout, lda: O, b: weight, ldb: I, beta: 1, c: dinp, ldc: I)
+                                N: Int, I: Int, O: Int, accumulate: Bool = true) {
+    BLAS.gemm(m: N, n: I, k: O, a: dout, lda: O, b: weight, ldb: I, beta: accumulate ? 1 : 0, c: dinp, ldc: I)
 }
 
 /// `linearBackwardInput` with an fp32 weight (O, I).

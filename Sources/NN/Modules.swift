@@ -225,15 +225,18 @@ public struct Linear {
         return (out, p.training ? xa : nil)
     }
 
-    /// Accumulates the input gradient into `dinp` (unless nil) and, with LoRA on, the adapter's gradients (which
-    /// need the forward's input `x` and its `xa`); with `p.grads`, the weight and bias gradients (which need `x`).
-    public func backward(_ p: Pass, _ dout: Buffer, _ x: Buffer?, _ xa: Buffer?, _ n: Int, into dinp: Buffer?) {
+    /// Accumulates the input gradient into `dinp` (unless nil; `overwrite`: stores it there, so `dinp` need not be
+    /// zeroed) and, with LoRA on, the adapter's gradients (which need the forward's input `x` and its `xa`); with
+    /// `p.grads`, the weight and bias gradients (which need `x`).
+    public func backward(_ p: Pass, _ dout: Buffer, _ x: Buffer?, _ xa: Buffer?, _ n: Int, into dinp: Buffer?,
+                         overwrite: Bool = false) {
         if p.grads != nil {
             linearBackwardWeight(dweight: p.grad(weight.offset), dbias: bias.map { p.grad($0) }, dout: dout.ptr, inp: x!.ptr,
                                  N: n, I: inFeatures, O: outFeatures)
         }
         if let dinp {
-            linearBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: p.matrix(weight), N: n, I: inFeatures, O: outFeatures)
+            linearBackwardInput(dinp: dinp.ptr, dout: dout.ptr, weight: p.matrix(weight), N: n, I: inFeatures, O: outFeatures,
+                                accumulate: !overwrite)
         }
         guard let li = lora, let adapters = p.lora, let m = p.loraMultiplier, let xa, let x else { return }
         let t = adapters.targets[li]

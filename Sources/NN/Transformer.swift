@@ -114,10 +114,11 @@ public struct FeedForward {
             gegluForward(out: gg.ptr, inp: sv.h.ptr, N: n, D: inner)
             g = gg
         }
-        let dg = Buffer(zeros: n * inner)
-        out.backward(p, dout, g, nil, n, into: dg)
-        let dh = Buffer(zeros: sv.h.count)
-        gegluBackward(dinp: dh.ptr, dout: dg.ptr, inp: sv.h.ptr, N: n, D: inner)
+        // Both stored, not accumulated: no zeroing of (n, inner) and (n, 2·inner) buffers.
+        let dg = Buffer(uninitialized: n * inner)
+        out.backward(p, dout, g, nil, n, into: dg, overwrite: true)
+        let dh = Buffer(uninitialized: sv.h.count)
+        gegluBackward(dinp: dh.ptr, dout: dg.ptr, inp: sv.h.ptr, N: n, D: inner, accumulate: false)
         proj.backward(p, dh, x, nil, n, into: dx)
     }
 }

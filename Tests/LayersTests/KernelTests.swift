@@ -515,9 +515,14 @@ final class KernelTests: XCTestCase {
             }
             gegluForward(out: out.p, inp: xb.c, N: N, D: D)
             assertClose(out.doubles, reference(x), rtol: 1e-5, atol: 1e-6, label: "geglu N\(N) D\(D) forward")
-            checkGradient("geglu N\(N) D\(D) dinp", expected: numericalGradient(x, r, reference)) {
+            let expected = numericalGradient(x, r, reference)
+            checkGradient("geglu N\(N) D\(D) dinp", expected: expected) {
                 gegluBackward(dinp: $0, dout: rb.c, inp: xb.c, N: N, D: D)
             }
+            // Stored, not accumulated: whatever the buffer held (NaN here) is overwritten.
+            let stored = Buf(Array(repeating: Float.nan, count: N * 2 * D))
+            gegluBackward(dinp: stored.p, dout: rb.c, inp: xb.c, N: N, D: D, accumulate: false)
+            assertClose(stored.doubles, expected, rtol: 1e-4, atol: 1e-5, label: "geglu N\(N) D\(D) dinp, stored")
         }
     }
 
@@ -579,6 +584,9 @@ final class KernelTests: XCTestCase {
             checkGradient("linear N\(N) dinp", expected: fd) {
                 linearBackwardInput(dinp: $0, dout: rb.c, weight: wb.c, N: N, I: I, O: O)
             }
+            let stored = Buf(Array(repeating: Float.nan, count: N * I))  // accumulate false: stored over anything
+            linearBackwardInput(dinp: stored.p, dout: rb.c, weight: .f32(wb.c), N: N, I: I, O: O, accumulate: false)
+            assertClose(stored.doubles, fd, rtol: 1e-4, atol: 1e-5, label: "linear N\(N) dinp, stored")
         }
     }
 
