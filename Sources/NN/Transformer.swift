@@ -64,20 +64,20 @@ public struct Attention {
         return (out, Saved(q: q, k: k, v: v, o: o, lse: lse, xaQ: xaQ, xaK: xaK, xaV: xaV, xaO: xaO))
     }
 
-    /// Accumulates d(x) into `dx`; the context gets no gradient (it does not depend on trainable parameters) but its
-    /// projections' LoRA adapters do.
+    /// Accumulates d(x) into `dx` (`overwrite`: stores it, so `dx` need not be zeroed); the context gets no gradient
+    /// (it does not depend on trainable parameters) but its projections' LoRA adapters do.
     public func backward(_ p: Pass, _ dout: Buffer, _ x: Buffer, _ context: Buffer?, _ sv: Saved, _ b: Int, _ n: Int, _ s: Int,
-                         into dx: Buffer) {
+                         into dx: Buffer, overwrite: Bool = false) {
         let ctx = context ?? x
         let nk = context == nil ? n : s
-        let dO = Buffer(zeros: sv.o.count)
-        toOut.backward(p, dout, sv.o, sv.xaO, b * n, into: dO)
+        let dO = Buffer(uninitialized: sv.o.count)
+        toOut.backward(p, dout, sv.o, sv.xaO, b * n, into: dO, overwrite: true)
         let dq = Buffer(zeros: sv.q.count), dk = Buffer(zeros: sv.k.count), dv = Buffer(zeros: sv.v.count)
         let ws = p.workspace.get(attentionWorkspaceSize(B: b, Nq: n, Nk: nk, heads: heads, headDim: headDim, bf16: bf16))
         attentionBackward(dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, dout: dO.ptr, q: sv.q.ptr, k: sv.k.ptr, v: sv.v.ptr, out: sv.o.ptr,
                           lse: sv.lse.ptr, B: b, Nq: n, Nk: nk, heads: heads, headDim: headDim, workspace: ws, causal: causal,
                           bf16: bf16)
-        toQ.backward(p, dq, x, sv.xaQ, b * n, into: dx)
+        toQ.backward(p, dq, x, sv.xaQ, b * n, into: dx, overwrite: overwrite)
         toK.backward(p, dk, ctx, sv.xaK, b * nk, into: isSelf ? dx : nil)
         toV.backward(p, dv, ctx, sv.xaV, b * nk, into: isSelf ? dx : nil)
     }
@@ -107,7 +107,9 @@ public struct FeedForward {
     }
 
     /// x: the forward's input, needed (with the recomputed GEGLU output) for the weight gradients (`p.grads`).
-    public func backward(_ p: Pass, _ dout: Buffer, _ sv: Saved, _ n: Int, x: Buffer?, into dx: Buffer) {
+    /// Accumulates d(x) into `dx` (`overwrite`: stores it).
+    public func backward(_ p: Pass, _ dout: Buffer, _ sv: Saved, _ n: Int, x: Buffer?, into dx: Buffer,
+                         overwrite: Bool = false) {
         var g: Buffer?
         if p.grads != nil {
             let gg = Buffer(uninitialized: n * inner)
@@ -119,7 +121,7 @@ public struct FeedForward {
         out.backward(p, dout, g, nil, n, into: dg, overwrite: true)
         let dh = Buffer(uninitialized: sv.h.count)
         gegluBackward(dinp: dh.ptr, dout: dg.ptr, inp: sv.h.ptr, N: n, D: inner, accumulate: false)
-        proj.backward(p, dh, x, nil, n, into: dx)
+        proj.backward(p, dh, x, nil, n, into: dx, overwrite: overwrite)
     }
 }
 
@@ -165,20 +167,21 @@ public struct TransformerBlock {
         let m = b * n
         // out = t3 + ff(norm3(t3))
         let dt3 = copyOf(dout)
-        let dn3 = Buffer(zeros: m * dim)
-        ff.backward(p, dout, sv.ff, m, x: p.grads != nil ? norm3.forward(p, sv.t3, m).0 : nil, into: dn3)
+        // The norms' input gradients are stored, not accumulated, into fresh buffers: no zeroing.
+        let dn3 = Buffer(uninitialized: m * dim)
+        ff.backward(p, dout, sv.ff, m, x: p.grads != nil ? norm3.forward(p, sv.t3, m).0 : nil, into: dn3, overwrite: true)
         norm3.backward(p, dn3, sv.t3, sv.s3, m, into: dt3)
         // t3 = t2 + attn2(norm2(t2), context)
         let dt2 = copyOf(dt3)
         let (n2, _) = norm2.forward(p, sv.t2, m)
-        let dn2 = Buffer(zeros: m * dim)
-        attn2.backward(p, dt3, n2, context, sv.attn2, b, n, s, into: dn2)
+        let dn2 = Buffer(uninitialized: m * dim)
+        attn2.backward(p, dt3, n2, context, sv.attn2, b, n, s, into: dn2, overwrite: true)
         norm2.backward(p, dn2, sv.t2, sv.s2, m, into: dt2)
         // t2 = t1 + attn1(norm1(t1))
         let dt1 = copyOf(dt2)
         let (n1, _) = norm1.forward(p, sv.t1, m)
-        let dn1 = Buffer(zeros: m * dim)
-        attn1.backward(p, dt2, n1, nil, sv.attn1, b, n, s, into: dn1)
+        let dn1 = Buffer(uninitialized: m * dim)
+        attn1.backward(p, dt2, n1, nil, sv.attn1, b, n, s, into: dn1, overwrite: true)
         norm1.backward(p, dn1, sv.t1, sv.s1, m, into: dt1)
         return dt1
     }
