@@ -128,10 +128,10 @@ private enum ImplicitWeights {
 /// once per block of K and reuses them from L2 for all its panels, so an item with few panels is bound by memory
 /// (48 pixels: 24 FLOP per fp32 weight byte). Images of fewer than 16 panels (SD1.5's 16×16 and smaller levels at
 /// batch 2) with weights of 2M elements or more (SD1.5's 640- and 1280-channel convolutions: 3.7M and 14.7M) are
-/// therefore split by channels only, every item taking all the pixels: at 8×8 × 1280 channels the input gradient then reads the weights once instead of
-/// three times (fp32 131 → 184 GFLOPS, bf16 320 → 353; bench conv, 2 threads). Larger images, and small weights
-/// (which stay in cache, and where every item would pack all the panels), are split by pixels (channels too, when
-/// there are too few panels to go round).
+/// therefore split by channels only, every item taking all the pixels: at 8×8 × 1280 channels the input gradient
+/// then reads the weights once instead of three times (fp32 131 → 184 GFLOPS, bf16 320 → 353; bench conv, 2
+/// threads). Larger images, and small weights (which stay in cache, and where every item would pack all the panels),
+/// are split by pixels (channels too, when there are too few panels to go round).
 private func conv2dImplicit(weights: ImplicitWeights, inp: UnsafePointer<Float>,
                             out: UnsafeMutablePointer<Float>, B: Int, C: Int, H: Int, W: Int, M: Int, kernel: Int,
                             pt: Int, pl: Int, Ho: Int, Wo: Int) {
