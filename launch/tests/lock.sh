@@ -35,8 +35,10 @@ else
 fi
 before=$(t_lines "$run/metrics.jsonl")
 t_wait_for 60 t_has_lines "$run/metrics.jsonl" $((before + 1)) || true
-after=$(t_lines "$run/metrics.jsonl")
-steps="$(grep -o '"step":[0-9]*' "$run/metrics.jsonl" | cut -d: -f2)"
+# One snapshot for the count and the steps: the job goes on writing lines between two reads of the file.
+cp "$run/metrics.jsonl" "$T/metrics.snapshot"
+after=$(t_lines "$T/metrics.snapshot")
+steps="$(head -n "$after" "$T/metrics.snapshot" | grep -o '"step":[0-9]*' | cut -d: -f2)"
 if ((after > before)) && [[ "$steps" == "$(seq 1 "$after")" ]]; then
   t_pass "the first job went on undisturbed (metrics.jsonl: steps 1..$after once each)"
 else
