@@ -103,6 +103,7 @@ HG_AVX512 HG_INLINE void transpose16(__m512i r[16]) {
 HG_AVX512 static void pack_k_contiguous(const void *src, int bf16, int ld, int l0, int nlanes, int k0, int kc,
                                         const hg_pack_out *o) {
     const int kp = (kc + 1) / 2;
+    const size_t es = bf16 ? 2 : 4;  // bytes per element
     for (int l = 0; l < nlanes; l += 16) {
         const int rows = nlanes - l < 16 ? nlanes - l : 16;
         for (int p0 = 0; p0 < kp; p0 += 16) {
@@ -115,7 +116,7 @@ HG_AVX512 static void pack_k_contiguous(const void *src, int bf16, int ld, int l
                 }
                 size_t off = (size_t)(l0 + l + i) * ld + k0 + 2 * p0;
                 if (l + 16 + i < nlanes) {  // the next 16 lanes' same chunk: a row group ahead
-                    const char *q = (const char *)src + (off + (size_t)16 * ld) * (bf16 ? 2 : 4);
+                    const char *q = (const char *)src + (off + (size_t)16 * ld) * es;
                     HG_PREFETCH(q);
                     if (!bf16) HG_PREFETCH(q + 64);
                 }
@@ -139,6 +140,7 @@ HG_AVX512 static void pack_k_contiguous(const void *src, int bf16, int ld, int l
 HG_AVX512 static void pack_lane_contiguous(const void *src, int bf16, int ld, int l0, int nlanes, int k0, int kc,
                                            const hg_pack_out *o) {
     const int kp = (kc + 1) / 2;
+    const size_t es = bf16 ? 2 : 4;  // bytes per element
     for (int p = 0; p < kp; p++) {
         const int has1 = 2 * p + 1 < kc;
         const size_t row0 = (size_t)(k0 + 2 * p) * ld + l0, row1 = row0 + ld;
@@ -146,10 +148,10 @@ HG_AVX512 static void pack_lane_contiguous(const void *src, int bf16, int ld, in
         for (int l = 0; l < nlanes; l += 16) {
             const __mmask16 m = mask16(nlanes - l);
             __m512i v;
-            if (ahead && (bf16 ? (l & 31) == 0 : 1)) {
-                const char *q = (const char *)src + (row0 + (size_t)4 * ld + l) * (bf16 ? 2 : 4);
+            if (ahead && (l * es) % 64 == 0) {  // once per 64-byte line of each row
+                const char *q = (const char *)src + (row0 + (size_t)4 * ld + l) * es;
                 HG_PREFETCH(q);
-                HG_PREFETCH(q + (size_t)ld * (bf16 ? 2 : 4));
+                HG_PREFETCH(q + (size_t)ld * es);
             }
             if (bf16) {
                 const uint16_t *s = src;

@@ -316,9 +316,7 @@ public final class UNetModel: @unchecked Sendable {
             layersLeft = last.map { $0 + 1 } ?? 0
         }
         var k = t.skipShapes.count - 1
-        var stoppedAt = -1
         down: for (i, blk) in spec.down.enumerated().reversed() {
-            stoppedAt = i
             let size = t.sizes[i]
             if let d = downsamplers[i] {
                 guard layersLeft > 0 else { break down }
@@ -337,8 +335,8 @@ public final class UNetModel: @unchecked Sendable {
             cur = size
         }
         guard layersLeft > 0 else {
-            // The rest of this down block and the blocks below it hold nothing trained: every gradient is final.
-            for i in (0...max(stoppedAt, 0)).reversed() { blockDone("down_blocks.\(i)") }
+            // What is left holds nothing trained: every gradient is final (blocks already reported are skipped).
+            for i in spec.down.indices.reversed() { blockDone("down_blocks.\(i)") }
             return nil
         }
         addInto(dh.ptr, dskips[0]!.ptr, n: dh.count)
